@@ -1,0 +1,24 @@
+// Every C++ op schema of shallowkern, in one place.
+//
+// These are the *native kernel* entry points. The public ops (torch.ops.shallowkern.wide_conv2d,
+// ...) are defined in Python with torch.library.custom_op so they exist even without this
+// extension; their CPU/CUDA kernels call the native ops below when the extension is loaded and
+// the inputs are eligible. Device choice between the C++ CPU kernel (csrc/cpu) and the CUDA
+// kernel (csrc/cuda/bindings.cu) goes through the dispatcher.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
+  // Fused conv2d + bias + [ReLU] + [2x2/2 max-pool, floor mode]; see csrc/cpu/wide_conv2d.cpp.
+  // pool is 1 (none) or 2. indices: uint8 position (2*di+dj) of the max in each 2x2 window, 4 if
+  // the ReLU zeroed the window (no gradient); empty unless pool == 2 and return_indices.
+  m.def(
+      "_wide_conv2d_native(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, int groups, bool relu, int pool, bool return_indices) "
+      "-> (Tensor out, Tensor indices)");
+  // Backward of the above with the pool and ReLU backward fused. saved is the uint8 indices
+  // (pool == 2), the forward output (pool == 1 and relu), or an empty tensor.
+  m.def(
+      "_wide_conv2d_native_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor saved, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, int pool, "
+      "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+}
