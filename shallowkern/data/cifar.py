@@ -1,0 +1,124 @@
+"""CIFAR-10 / CIFAR-100 loaders for the python-pickle release (batches plain or gzipped)."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._common import DATASETS, DatasetSpec, file_error, load_cached, require_file
+from .download import ensure_downloaded
+
+__all__ = ["load_cifar10", "load_cifar100"]
+
+CIFAR100_COARSE_CLASSES = 20
+
+# Globals a CIFAR pickle may reference: numpy's array reconstruction (both numpy 1 and 2
+# module names, old and new protocols) and the bytes codec used by protocol-2 pickles
+# written by Python 3. Anything else is refused so a tampered file cannot run code.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _parse_batch(payload: bytes, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Decode one pickled batch into (images uint8 (N, 3, 32, 32), {label key: int64 (N,)}).
+
+    Every ``*labels`` entry present is returned, so one cached decode serves both CIFAR-100
+    label modes. Label ranges are checked by the caller, which knows the class count.
+    """
+    try:
+        # encoding="bytes" keeps the Python-2 image buffers as bytes; keys then come back as
+        # bytes (official files) or str (files pickled by Python 3), so normalise them.
+        batch = _RestrictedUnpickler(io.BytesIO(payload), encoding="bytes").load()
+    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, KeyError, ...)
+        raise file_error(path, f"not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(batch, dict):
+        raise file_error(path, f"expected a pickled dict, got {type(batch).__name__}")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise file_error(path, f"'data' must be a uint8 array of shape (N, 3072), got {desc}")
+    labels = {}
+    for key, value in batch.items():
+        if not key.endswith("labels"):
+            continue
+        arr = np.asarray(value)
+        if arr.shape != (data.shape[0],) or not np.issubdtype(arr.dtype, np.integer):
+            raise file_error(
+                path, f"'{key}' must hold {data.shape[0]} integers, got {arr.dtype} {arr.shape}"
+            )
+        labels[key] = arr.astype(np.int64)
+        labels[key].setflags(write=False)  # shared through the cache
+    images = np.ascontiguousarray(data).reshape(-1, 3, 32, 32)  # rows are channel-major CHW
+    images.setflags(write=False)
+    return images, labels
+
+
+def _load_batches(
+    spec: DatasetSpec, root: str | os.PathLike[str] | None, train: bool, download: bool,
+    label_key: str, num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = ensure_downloaded(spec, root, download)
+    xs, ys = [], []
+    for name in spec.train_files if train else spec.test_files:
+        path = require_file(folder, name)
+        images, labels = load_cached(path, _parse_batch)
+        if label_key not in labels:
+            raise file_error(path, f"no '{label_key}' entry (is this a {spec.name} file?)")
+        y = labels[label_key]
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise file_error(path, f"'{label_key}' outside 0..{num_classes - 1}")
+        xs.append(images)
+        ys.append(y)
+    # concatenate copies, so callers never alias (or mutate) the cached arrays
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None, train: bool = True, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from ``<root>/cifar-10-batches-py``.
+
+    Returns ``x`` uint8 (N, 3, 32, 32) RGB and ``y`` int64 (N,) in 0..9; N is 50000 (train)
+    or 10000 (test).
+    """
+    return _load_batches(DATASETS["cifar10"], root, train, download, "labels", 10)
+
+
+def load_cifar100(
+    root: str | os.PathLike[str] | None = None, train: bool = True, download: bool = False,
+    label_mode: str = "fine",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-100 from ``<root>/cifar-100-python`` (files ``train``/``test``).
+
+    Returns ``x`` uint8 (N, 3, 32, 32) and ``y`` int64 (N,): the 100 fine classes, or the 20
+    superclasses with ``label_mode="coarse"``. N is 50000 (train) or 10000 (test).
+    """
+    if label_mode not in ("fine", "coarse"):
+        raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    spec = DATASETS["cifar100"]
+    num_classes = spec.num_classes if label_mode == "fine" else CIFAR100_COARSE_CLASSES
+    return _load_batches(spec, root, train, download, f"{label_mode}_labels", num_classes)

@@ -1,0 +1,6 @@
+"""nn.Module wrappers of the shallowkern ops."""
+
+from .fuse import fuse
+from .wide_conv2d import WideConv2d
+
+__all__ = ["WideConv2d", "fuse"]
