@@ -23,7 +23,7 @@ class DataError(RuntimeError):
 
 
 def file_error(path: Path, problem: str) -> DataError:
-    """Build the one error message format every loader uses: which file, what is wrong, what to do."""
+    """The one message format every loader uses: which file, what is wrong, what to do."""
     return DataError(
         f"{path}: {problem}. Delete it and re-download with download=True, or restore the file."
     )

@@ -57,10 +57,12 @@ def _parse_batch(payload: bytes, path: Path) -> tuple[np.ndarray, dict[str, np.n
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
     data = batch.get("data")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3 * 32 * 32:
-        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise file_error(path, f"'data' must be a uint8 array of shape (N, 3072), got {desc}")
+    if not isinstance(data, np.ndarray):
+        raise file_error(path, f"'data' must be a uint8 array, got {type(data).__name__}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise file_error(
+            path, f"'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}"
+        )
     labels = {}
     for key, value in batch.items():
         if not key.endswith("labels"):
@@ -105,7 +107,8 @@ def load_cifar10(
     Returns ``x`` uint8 (N, 3, 32, 32) RGB and ``y`` int64 (N,) in 0..9; N is 50000 (train)
     or 10000 (test).
     """
-    return _load_batches(DATASETS["cifar10"], root, train, download, "labels", 10)
+    spec = DATASETS["cifar10"]
+    return _load_batches(spec, root, train, download, "labels", spec.num_classes)
 
 
 def load_cifar100(

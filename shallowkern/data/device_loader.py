@@ -97,8 +97,8 @@ class DeviceLoader:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (offset, divisor), shape (1, C, 1, 1): output = (x - offset) / divisor.
 
-        One subtract-and-divide form for every mode keeps the endpoints exact (0 -> -1.0 and
-        255 -> 1.0 for "minus_one_one", which a multiply by 1/127.5 would not).
+        One form for every mode, so conversion is the same two elementwise ops; they run in
+        at least float32 (then cast to ``dtype``) so half-precision outputs are rounded once.
         """
         if normalize == "minus_one_one":
             offset, divisor = [127.5] * channels, [127.5] * channels
@@ -183,7 +183,9 @@ def train_val_split(
     """
     n = y.shape[0]
     if n == 0 or y.dim() != 1 or x.shape[0] != n or y.dtype.is_floating_point:
-        raise ValueError(f"need x with N > 0 rows and integer y (N,), got {tuple(x.shape)}, {y.dtype}")
+        raise ValueError(
+            f"need x with N > 0 rows and integer y (N,), got {tuple(x.shape)} and {y.dtype}"
+        )
     if val_fraction is not None and val_size is not None:
         raise ValueError("pass either val_fraction or val_size, not both")
     if val_size is None:

@@ -160,9 +160,10 @@ def wide_conv2d_backward_reference(grad_out: Tensor, input: Tensor, weight: Tens
     gi, gw, gb = torch.ops.aten.convolution_backward(
         gy, input, weight, [weight.shape[0]], stride, padding, dilation, False, [0, 0], groups,
         list(output_mask))
-    empty = input.new_empty(0)
-    gi = gi.contiguous(memory_format=out_memory_format(input)) if output_mask[0] else empty
-    return gi, gw.contiguous() if output_mask[1] else empty, gb if output_mask[2] else empty
+    gi = gi.contiguous(memory_format=out_memory_format(input)) if output_mask[0] else None
+    gw = gw.contiguous() if output_mask[1] else None
+    # custom ops may not return aliased outputs: a fresh empty tensor for each masked-off grad
+    return tuple(t if t is not None else input.new_empty(0) for t in (gi, gw, gb))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,11 +310,10 @@ def _wide_conv2d_backward_cuda(grad_out, input, weight, saved, stride, padding, 
 @wide_conv2d_backward_op.register_fake
 def _wide_conv2d_backward_fake(grad_out, input, weight, saved, stride, padding, dilation, groups,
                                relu, pool, output_mask):
-    empty = input.new_empty(0)
     gi = input.new_empty(input.shape).contiguous(memory_format=out_memory_format(input))
-    return (gi if output_mask[0] else empty,
-            weight.new_empty(weight.shape) if output_mask[1] else empty,
-            weight.new_empty(weight.shape[0]) if output_mask[2] else empty)
+    return (gi if output_mask[0] else input.new_empty(0),
+            weight.new_empty(weight.shape) if output_mask[1] else input.new_empty(0),
+            weight.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
