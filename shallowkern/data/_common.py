@@ -167,7 +167,10 @@ def require_file(folder: Path, name: str) -> Path:
     """Like find_file, but a missing file is a DataError."""
     path = find_file(folder, name)
     if path is None:
-        raise file_error(folder / name, f"missing (also looked for {name}.gz)")
+        raise DataError(
+            f"{folder / name}: missing (also looked for {name}.gz). Pass download=True to fetch "
+            f"the dataset, or restore the file."
+        )
     return path
 
 

@@ -135,6 +135,7 @@ def flops_to_reach(
     method: str = "frontier",
     x_key: str = "flops",
     extrapolate: bool = False,
+    aggregate: bool = True,
     floor: bool = False,
     n_test: int = 10000,
 ) -> dict[str, float]:
@@ -142,13 +143,13 @@ def flops_to_reach(
 
     ``method="frontier"``: log-log interpolation along the family's Pareto frontier; ``nan`` if
     ``error`` lies outside the frontier's error range unless ``extrapolate=True`` (then the end
-    segment is extended).  ``method="fit"``: invert a power-law fit ``ε = A·F^-ρ [+ ε∞]`` to all
+    segment is extended); ``aggregate`` as in :func:`pareto_frontier`.  ``method="fit"``: invert a power-law fit ``ε = A·F^-ρ [+ ε∞]`` to all
     of the family's records (seeds give the weights); ``inf`` if ``error`` is below the floor.
     """
     if not (np.isfinite(error) and 0 < error < 1):
         raise ValueError(f"error must be a target error rate in (0, 1), got {error!r}")
     if method == "frontier":
-        front = pareto_frontier(records, x_key=x_key)
+        front = pareto_frontier(records, x_key=x_key, aggregate=aggregate)
         return {f: _interp_frontier(pts, error, extrapolate) for f, pts in front.per_family.items()}
     if method == "fit":
         fam, fl, er, sd = _columns(records, x_key)

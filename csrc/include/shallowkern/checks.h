@@ -9,6 +9,10 @@
 #define SK_CHECK_DEVICE_MATCH(a, b) \
   TORCH_CHECK((a).device() == (b).device(), #a " and " #b " must be on the same device, got ", \
               (a).device(), " and ", (b).device())
+// For kernels with float32 / float64 instantiations only; `op` names the op in the message.
+#define SK_CHECK_FLOAT_OR_DOUBLE(op, t)                                                    \
+  TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble, op, \
+              ": " #t " must be float32 or float64, got ", (t).scalar_type())
 #define SK_CHECK_DTYPE_MATCH(a, b) \
   TORCH_CHECK((a).scalar_type() == (b).scalar_type(), #a " and " #b \
               " must have the same dtype, got ", (a).scalar_type(), " and ", (b).scalar_type())
