@@ -1,9 +1,14 @@
-"""shallowkern: Triton, CUDA and C++ kernels for wide, shallow networks."""
+"""shallowkern: Triton, CUDA and C++ kernels for wide, shallow networks.
 
-from . import _ext, ops
+Modules: ``WideConv2d`` (+ ``fuse``), models (``shallowkern.models``), datasets
+(``shallowkern.data``), power laws (``shallowkern.laws``), profiling (``shallowkern.profile``),
+sweeps (``shallowkern.sweep``) and the ``shallowkern`` command (``shallowkern.cli``).
+"""
+
+from . import _ext, data, laws, models, ops
 from .nn import WideConv2d, fuse
 from .ops import last_backend, use_backend
-from . import models  # noqa: E402  (models build on nn)
 
 __version__ = "0.1.0"
-__all__ = ["WideConv2d", "fuse", "last_backend", "models", "ops", "use_backend", "__version__"]
+__all__ = ["WideConv2d", "data", "fuse", "last_backend", "laws", "models", "ops", "use_backend",
+           "__version__"]

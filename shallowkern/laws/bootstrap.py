@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from ._data import Grouped, parse_records
-from .fit import DEFAULT_N_GRID, DEFAULT_RHO_BOUNDS, PowerLawFit, _check_fit_options, _check_level, fit_grouped
+from .fit import (
+    DEFAULT_N_GRID,
+    DEFAULT_RHO_BOUNDS,
+    PowerLawFit,
+    _check_fit_options,
+    _check_level,
+    fit_grouped,
+)
 
 _PARAMS = ("A", "rho", "eps_inf")
 
@@ -87,7 +94,9 @@ def _check_n_boot(n_boot: Any) -> int:
     return int(n_boot)
 
 
-def _replicate_params(g: Grouped, n_boot: int, rng: np.random.Generator, fit_kw: dict) -> tuple[np.ndarray, int]:
+def _replicate_params(
+    g: Grouped, n_boot: int, rng: np.random.Generator, fit_kw: dict
+) -> tuple[np.ndarray, int]:
     """(A, ρ, ε∞) of ``n_boot`` stratified resamples of ``g``; failed refits are dropped."""
     if all(s.size == 1 for s in g.samples):
         warnings.warn(
@@ -150,7 +159,9 @@ def bootstrap_ci(
     n_boot = _check_n_boot(n_boot)
     _check_fit_options(rho_bounds, n_grid)
     g = parse_records(x, err, seeds, x_label=x_label, n_test=n_test, min_distinct=3 if floor else 2)
-    fit_kw = dict(floor=floor, weighted=weighted, x_label=x_label, rho_bounds=rho_bounds, n_grid=n_grid)
+    fit_kw = dict(
+        floor=floor, weighted=weighted, x_label=x_label, rho_bounds=rho_bounds, n_grid=n_grid
+    )
     point = fit_grouped(g, **fit_kw)
     params, failed = _replicate_params(g, n_boot, np.random.default_rng(rng), fit_kw)
     ci = {name: _percentile(params[:, i], level) for i, name in enumerate(_PARAMS)}
@@ -184,10 +195,16 @@ def holdout_check(
     g_all = parse_records(x, err, seeds, x_label=x_label, n_test=n_test, min_distinct=need + 1)
     held = g_all.x.size - 1  # np.unique sorts, so the largest x is last
     g = Grouped(
-        g_all.x[:held], g_all.samples[:held], g_all.mean[:held], g_all.var_mean[:held],
-        g_all.n_test, g_all.n_obs - g_all.samples[held].size,
+        g_all.x[:held],
+        g_all.samples[:held],
+        g_all.mean[:held],
+        g_all.var_mean[:held],
+        g_all.n_test,
+        g_all.n_obs - g_all.samples[held].size,
     )
-    fit_kw = dict(floor=floor, weighted=weighted, x_label=x_label, rho_bounds=rho_bounds, n_grid=n_grid)
+    fit_kw = dict(
+        floor=floor, weighted=weighted, x_label=x_label, rho_bounds=rho_bounds, n_grid=n_grid
+    )
     fit = fit_grouped(g, **fit_kw)
     gen = np.random.default_rng(rng)
     params, failed = _replicate_params(g, n_boot, gen, fit_kw)
@@ -197,10 +214,16 @@ def holdout_check(
     lo, hi = _percentile(pred_b, level)
     observed, predicted = float(g_all.mean[held]), float(fit.predict(x_h))
     return HoldoutResult(
-        x_held=x_h, observed=observed, predicted=predicted,
-        rel_error=(predicted - observed) / observed, interval=(lo, hi),
-        in_interval=bool(lo <= observed <= hi), level=float(level), fit=fit,
-        n_boot=n_boot, n_failed=failed,
+        x_held=x_h,
+        observed=observed,
+        predicted=predicted,
+        rel_error=(predicted - observed) / observed,
+        interval=(lo, hi),
+        in_interval=bool(lo <= observed <= hi),
+        level=float(level),
+        fit=fit,
+        n_boot=n_boot,
+        n_failed=failed,
     )
 
 

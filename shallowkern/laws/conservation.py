@@ -86,11 +86,19 @@ def _conv_out(n: int, kernel: int) -> int:
 
 
 def lenet_layers(
-    d1: float, k: float | None = None, *, d2: float | None = None, input_size: int = 32,
-    kernel: int = 5, pool: int = 2,
+    d1: float,
+    k: float | None = None,
+    *,
+    d2: float | None = None,
+    input_size: int = 32,
+    kernel: int = 5,
+    pool: int = 2,
 ) -> list[tuple[str, int, int, float]]:
     """The two conv layers of a generalized LeNet-5: ``[(conv1, 28, 28, d1), (conv2, 10, 10, d2)]``
-    for 32×32 inputs, 5×5 valid convolutions and 2×2 pooling.  Give either ``k`` (d2 = k·d1) or ``d2``."""
+    for 32×32 inputs, 5×5 valid convolutions and 2×2 pooling.
+
+    Give either ``k`` (then d2 = k·d1) or ``d2``.
+    """
     if (k is None) == (d2 is None):
         raise ValueError("give exactly one of k and d2")
     if not d1 > 0:
@@ -151,7 +159,10 @@ def k_scan(k: Any, err: Any = None, seeds: Any = None, *, n_test: int = 10000) -
     a, b, c = np.polyfit(L, g.mean, 2, w=1.0 / np.sqrt(g.var_mean))
     k_star = float(np.exp(-b / (2 * a))) if a > 0 else float("nan")
     return KScan(
-        k=g.x, mean_error=g.mean, best_k=float(g.x[np.argmin(g.mean)]), k_star=k_star,
+        k=g.x,
+        mean_error=g.mean,
+        best_k=float(g.x[np.argmin(g.mean)]),
+        k_star=k_star,
         coeffs=(float(a), float(b), float(c)),
         vertex_in_range=bool(np.isfinite(k_star) and g.x[0] <= k_star <= g.x[-1]),
     )

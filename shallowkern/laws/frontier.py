@@ -43,7 +43,9 @@ class ParetoFrontier:
         }
 
 
-def _columns(records: Any, x_key: str) -> tuple[list[str], np.ndarray, np.ndarray, list[Any] | None]:
+def _columns(
+    records: Any, x_key: str
+) -> tuple[list[str], np.ndarray, np.ndarray, list[Any] | None]:
     """(family, flops, error, seed) columns from a list of dicts or a dict of columns."""
     if isinstance(records, Mapping):
         cols = records
@@ -52,7 +54,9 @@ def _columns(records: Any, x_key: str) -> tuple[list[str], np.ndarray, np.ndarra
             raise ValueError(f"records has no column(s) {missing}")
         fam, fl, er, sd = cols["family"], cols[x_key], cols["error"], cols.get("seed")
     else:
-        if not isinstance(records, (list, tuple)) or not all(isinstance(r, Mapping) for r in records):
+        if not isinstance(records, (list, tuple)) or not all(
+            isinstance(r, Mapping) for r in records
+        ):
             raise ValueError("records must be a list of dicts or a dict of columns")
         for i, r in enumerate(records):
             missing = [k for k in ("family", x_key, "error") if k not in r]
@@ -97,7 +101,9 @@ def _sweep(points: list[tuple[str, float, float]]) -> tuple[FrontierPoint, ...]:
     return tuple(out)
 
 
-def pareto_frontier(records: Any, *, x_key: str = "flops", aggregate: bool = True) -> ParetoFrontier:
+def pareto_frontier(
+    records: Any, *, x_key: str = "flops", aggregate: bool = True
+) -> ParetoFrontier:
     """Non-dominated (FLOPs, error) points per family and overall.
 
     Args:
@@ -143,8 +149,10 @@ def flops_to_reach(
 
     ``method="frontier"``: log-log interpolation along the family's Pareto frontier; ``nan`` if
     ``error`` lies outside the frontier's error range unless ``extrapolate=True`` (then the end
-    segment is extended); ``aggregate`` as in :func:`pareto_frontier`.  ``method="fit"``: invert a power-law fit ``ε = A·F^-ρ [+ ε∞]`` to all
-    of the family's records (seeds give the weights); ``inf`` if ``error`` is below the floor.
+    segment is extended); ``aggregate`` as in :func:`pareto_frontier`.
+
+    ``method="fit"``: invert a power-law fit ``ε = A·F^-ρ [+ ε∞]`` (``floor``) to all of the
+    family's records (seeds give the weights); ``inf`` if ``error`` is below the floor.
     """
     if not (np.isfinite(error) and 0 < error < 1):
         raise ValueError(f"error must be a target error rate in (0, 1), got {error!r}")

@@ -39,20 +39,42 @@ from .conservation import conservation_audit
 
 # Verbatim inputs of law-le.py / law-custom.py (the latter uses depth[:-1], width[:-1]).
 LENET5_DEPTH: tuple[int, ...] = (1, 6, 6, 16, 16, 120, 84, 10)
-LENET5_WIDTH: tuple[int, ...] = (32 * 32 * 3, 28 * 28 * 6, 14 * 14 * 6, 10 * 10 * 16, 5 * 5 * 16, 120, 84, 10)
+LENET5_WIDTH: tuple[int, ...] = (
+    32 * 32 * 3,
+    28 * 28 * 6,
+    14 * 14 * 6,
+    10 * 10 * 16,
+    5 * 5 * 16,
+    120,
+    84,
+    10,
+)
 CUSTOM_DEPTH: tuple[int, ...] = (1, 32, 32, 64, 64, 128, 128, 10)
-CUSTOM_WIDTH: tuple[int, ...] = (32 * 32 * 3, 30 * 30 * 32, 28 * 28 * 32, 14 * 14 * 64, 12 * 12 * 64, 4 * 4 * 128, 2048, 10)
+CUSTOM_WIDTH: tuple[int, ...] = (
+    32 * 32 * 3,
+    30 * 30 * 32,
+    28 * 28 * 32,
+    14 * 14 * 64,
+    12 * 12 * 64,
+    4 * 4 * 128,
+    2048,
+    10,
+)
 
 
 def _check(depth: Sequence[int], width: Sequence[int]) -> None:
     if len(depth) == 0 or len(depth) != len(width):
-        raise ValueError(f"depth and width must be non-empty and of equal length ({len(depth)} != {len(width)})")
+        raise ValueError(
+            f"depth and width must be non-empty and of equal length ({len(depth)} != {len(width)})"
+        )
     if any(int(v) != v or v <= 0 for v in (*depth, *width)):
         raise ValueError("depth and width must be positive integers")
 
 
-def repo_power_law_constant(depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH) -> float:
-    """The repo's "power law constant": ``log(w[-1]/w[-2]) / log(d[-1]/d[0])`` (−0.924 for LeNet-5)."""
+def repo_power_law_constant(
+    depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH
+) -> float:
+    """The repo's "power law constant" ``log(w[-1]/w[-2]) / log(d[-1]/d[0])`` (LeNet-5: −0.924)."""
     _check(depth, width)
     return math.log(width[-1] / width[-2]) / math.log(depth[-1] / depth[0])
 
@@ -62,7 +84,9 @@ def int64_wrap(n: int) -> int:
     return (n + 2**63) % 2**64 - 2**63
 
 
-def repo_conservation_buggy(depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH) -> float:
+def repo_conservation_buggy(
+    depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH
+) -> float:
     """The repo's arithmetic verbatim, with numpy int64 as on Linux/macOS:
     ``np.prod(depth * width) ** (1/n)``, whose int64 product silently wraps (232.08 for LeNet-5).
     ``nan`` if the wrapped product is negative (numpy's float power of a negative base)."""
@@ -72,14 +96,17 @@ def repo_conservation_buggy(depth: Sequence[int] = LENET5_DEPTH, width: Sequence
         return float(prod ** (1 / len(depth)))
 
 
-def repo_conservation_correct(depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH) -> float:
-    """The intended value: geometric mean ``exp(mean(ln(depth_i·width_i)))`` (5636.28 for LeNet-5)."""
+def repo_conservation_correct(
+    depth: Sequence[int] = LENET5_DEPTH, width: Sequence[int] = LENET5_WIDTH
+) -> float:
+    """The intended value, the geometric mean ``exp(mean(ln(depth_i·width_i)))``: 5636.28 for
+    LeNet-5."""
     _check(depth, width)
     return math.exp(math.fsum(math.log(d * w) for d, w in zip(depth, width)) / len(depth))
 
 
 def sleepingcat4_report() -> dict[str, Any]:
-    """All the repo's printed quantities next to the correct ones, for LeNet-5 and the custom model."""
+    """The repo's printed quantities next to the correct ones, for LeNet-5 and the custom model."""
     out: dict[str, Any] = {}
     for name, depth, width in (
         ("lenet5", LENET5_DEPTH, LENET5_WIDTH),
@@ -98,7 +125,9 @@ def sleepingcat4_report() -> dict[str, Any]:
     out["lenet5"]["power_law_constant"] = repo_power_law_constant(LENET5_DEPTH, LENET5_WIDTH)
     out["custom"]["power_law_constant"] = repo_power_law_constant(CUSTOM_DEPTH, CUSTOM_WIDTH)
     # The paper's invariant on the repo's LeNet-5 conv layers (6 and 16 filters).
-    out["lenet5"]["paper_q"] = conservation_audit([("conv1", 28, 28, 6), ("conv2", 10, 10, 16)]).q.tolist()
+    out["lenet5"]["paper_q"] = conservation_audit(
+        [("conv1", 28, 28, 6), ("conv2", 10, 10, 16)]
+    ).q.tolist()
     return out
 
 

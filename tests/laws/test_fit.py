@@ -21,7 +21,9 @@ def law(d, A, rho, eps_inf=0.0):
     return A * np.asarray(d, dtype=float) ** (-rho) + eps_inf
 
 
-def noisy_sweep(rng, *, A=0.9, rho=0.4, eps_inf=0.0, widths=WIDTHS, n_seeds=8, seed_sd=0.02, n_test=10000):
+def noisy_sweep(
+    rng, *, A=0.9, rho=0.4, eps_inf=0.0, widths=WIDTHS, n_seeds=8, seed_sd=0.02, n_test=10000
+):
     """Per-seed errors: true error × lognormal seed effect, then binomial test-set noise."""
     d = np.repeat(widths, n_seeds)
     p = law(d, A, rho, eps_inf) * np.exp(rng.normal(0.0, seed_sd, d.size))

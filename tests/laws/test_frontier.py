@@ -29,7 +29,11 @@ def _pts(points):
 def test_hand_example_frontier():
     # aggregate=False: the two 4e6 LeNet records are distinct configurations here
     fr = pareto_frontier(HAND, aggregate=False)
-    assert _pts(fr.per_family["LeNet"]) == [("LeNet", 1e6, 0.40), ("LeNet", 2e6, 0.35), ("LeNet", 4e6, 0.30)]
+    assert _pts(fr.per_family["LeNet"]) == [
+        ("LeNet", 1e6, 0.40),
+        ("LeNet", 2e6, 0.35),
+        ("LeNet", 4e6, 0.30),
+    ]
     assert _pts(fr.per_family["VGG-16"]) == [("VGG-16", 1e8, 0.33), ("VGG-16", 2e8, 0.25)]
     assert _pts(fr.overall) == [
         ("LeNet", 1e6, 0.40),
@@ -44,14 +48,22 @@ def test_hand_example_frontier():
 def test_no_frontier_point_is_dominated_random():
     rng = np.random.default_rng(0)
     recs = [
-        {"family": f"f{rng.integers(3)}", "flops": float(rng.integers(1, 50)), "error": float(rng.uniform(0.05, 0.9))}
+        {
+            "family": f"f{rng.integers(3)}",
+            "flops": float(rng.integers(1, 50)),
+            "error": float(rng.uniform(0.05, 0.9)),
+        }
         for _ in range(200)
     ]
     fr = pareto_frontier(recs, aggregate=False)
-    for front, pool in [(fr.overall, recs)] + [(fr.per_family[f], [r for r in recs if r["family"] == f]) for f in fr.per_family]:
+    for front, pool in [(fr.overall, recs)] + [
+        (fr.per_family[f], [r for r in recs if r["family"] == f]) for f in fr.per_family
+    ]:
         for p in front:
             assert not any(
-                r["flops"] <= p.flops and r["error"] <= p.error and (r["flops"], r["error"]) != (p.flops, p.error)
+                r["flops"] <= p.flops
+                and r["error"] <= p.error
+                and (r["flops"], r["error"]) != (p.flops, p.error)
                 for r in pool
             )
         # and every non-frontier record is dominated by (or equal to) a frontier point
@@ -65,7 +77,10 @@ def test_seeds_are_averaged_per_configuration():
         {"family": "A", "flops": 1.0, "seed": 1, "error": 0.50},  # mean 0.40
         {"family": "A", "flops": 2.0, "seed": 0, "error": 0.35},
     ]
-    assert _pts(pareto_frontier(recs).per_family["A"]) == [("A", 1.0, pytest.approx(0.40)), ("A", 2.0, 0.35)]
+    assert _pts(pareto_frontier(recs).per_family["A"]) == [
+        ("A", 1.0, pytest.approx(0.40)),
+        ("A", 2.0, 0.35),
+    ]
     # unaggregated, the lucky seed dominates the 2.0 point
     assert _pts(pareto_frontier(recs, aggregate=False).per_family["A"]) == [("A", 1.0, 0.30)]
 
@@ -78,7 +93,9 @@ def test_flops_to_reach_frontier_interpolation():
     assert need["LeNet"] == pytest.approx(2e6 * 2**t)
     t = math.log(0.325 / 0.33) / math.log(0.25 / 0.33)
     assert need["VGG-16"] == pytest.approx(1e8 * 2**t)
-    assert ops_ratio(HAND, 0.325, "VGG-16", "LeNet", **kw) == pytest.approx(need["VGG-16"] / need["LeNet"])
+    assert ops_ratio(HAND, 0.325, "VGG-16", "LeNet", **kw) == pytest.approx(
+        need["VGG-16"] / need["LeNet"]
+    )
     # at a frontier point exactly
     assert flops_to_reach(HAND, 0.35, **kw)["LeNet"] == pytest.approx(2e6)
     # outside the frontier's error range: nan, unless extrapolating the end segment
@@ -94,10 +111,15 @@ def test_flops_to_reach_frontier_interpolation():
 def test_ops_ratio_exact_power_laws_frontier_and_fit_agree():
     """LeNet ε = 2·F^-0.2, VGG ε = 5·F^-0.2: VGG needs (5/2)^(1/0.2) = 97.66× the FLOPs."""
     recs = []
-    for fam, A, flops in (("LeNet", 2.0, np.geomspace(1e6, 1e8, 6)), ("VGG-16", 5.0, np.geomspace(1e8, 1e10, 6))):
+    for fam, A, flops in (
+        ("LeNet", 2.0, np.geomspace(1e6, 1e8, 6)),
+        ("VGG-16", 5.0, np.geomspace(1e8, 1e10, 6)),
+    ):
         for F in flops:
             for s in range(2):
-                recs.append({"family": fam, "flops": float(F), "seed": s, "error": float(A * F**-0.2)})
+                recs.append(
+                    {"family": fam, "flops": float(F), "seed": s, "error": float(A * F**-0.2)}
+                )
     e = 0.08  # reached by both within their measured ranges (0.126 ... 0.050)
     expected = 2.5**5
     assert ops_ratio(recs, e, "VGG-16", "LeNet") == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,142 @@
+// The thin torch binding of the CUDA kernels: validates arguments (errors name the argument),
+// allocates outputs, takes the current stream and calls the torch-free launchers in csrc/cuda.
+// Built only with a CUDA torch (setup.py adds csrc/cuda/*.cu and -DSHALLOWKERN_WITH_CUDA).
+//
+// shallowkern::_wide_conv2d_native (schema in csrc/registration.cpp), CUDA:
+//   input (N, C, H, W) fp32/fp16/bf16, C <= 16 (the op routes C <= 4 here), made contiguous;
+//   weight (K, C, R, S), bias (K) or None, same dtype and device; groups == 1;
+//   returns out (N, K, OH/pool, OW/pool) contiguous, and uint8 indices of the same shape when
+//   pool == 2 and return_indices, else an empty uint8 tensor of shape (0,).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <tuple>
+
+#include "shallowkern/checks.h"
+#include "wide_conv2d.h"
+
+namespace shallowkern {
+namespace {
+
+namespace skc = shallowkern::cuda;
+
+int checked_int(int64_t v, const char* what) {
+  TORCH_CHECK(v >= 0 && v <= std::numeric_limits<int>::max(), "wide_conv2d (CUDA): ", what, " = ",
+              v, " is out of the kernel's range [0, 2^31)");
+  return static_cast<int>(v);
+}
+
+std::tuple<at::Tensor, at::Tensor> wide_conv2d_native_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias_opt,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    bool relu, int64_t pool, bool return_indices) {
+  SK_CHECK_DIM(input, 4);
+  SK_CHECK_DIM(weight, 4);
+  TORCH_CHECK(input.is_cuda(), "wide_conv2d (CUDA): input must be a CUDA tensor, got ",
+              input.device());
+  SK_CHECK_DEVICE_MATCH(input, weight);
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "wide_conv2d (CUDA): input must be float32, float16 or bfloat16, got ", dtype);
+  SK_CHECK_DTYPE_MATCH(input, weight);
+  TORCH_CHECK(groups == 1, "wide_conv2d (CUDA): groups must be 1 for the direct kernel, got ",
+              groups);
+  TORCH_CHECK(weight.size(1) == input.size(1), "wide_conv2d (CUDA): weight has ", weight.size(1),
+              " input channels but input has ", input.size(1));
+  TORCH_CHECK(input.size(1) >= 1 && input.size(1) <= skc::kWideConv2dMaxCin,
+              "wide_conv2d (CUDA): input must have 1..", skc::kWideConv2dMaxCin,
+              " channels for the direct kernel, got ", input.size(1));
+  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
+  if (has_bias) {
+    const at::Tensor& bias = *bias_opt;
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0),
+                "wide_conv2d (CUDA): bias must have shape (", weight.size(0), ",), got ",
+                bias.sizes());
+    SK_CHECK_DEVICE_MATCH(input, bias);
+    SK_CHECK_DTYPE_MATCH(input, bias);
+  }
+  TORCH_CHECK(stride.size() == 2, "wide_conv2d (CUDA): stride must have 2 elements, got ",
+              stride.size());
+  TORCH_CHECK(padding.size() == 2, "wide_conv2d (CUDA): padding must have 2 elements, got ",
+              padding.size());
+  TORCH_CHECK(dilation.size() == 2, "wide_conv2d (CUDA): dilation must have 2 elements, got ",
+              dilation.size());
+  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, "wide_conv2d (CUDA): stride must be >= 1, got ",
+              stride);
+  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1,
+              "wide_conv2d (CUDA): dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "wide_conv2d (CUDA): padding must be >= 0, got ",
+              padding);
+  TORCH_CHECK(pool == 1 || pool == 2, "wide_conv2d (CUDA): pool must be 1 or 2, got ", pool);
+
+  const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
+  const int64_t k = weight.size(0), r = weight.size(2), s = weight.size(3);
+  const int64_t oh = conv_out_size(h, r, stride[0], padding[0], dilation[0]);
+  const int64_t ow = conv_out_size(w, s, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(oh >= 1 && ow >= 1, "wide_conv2d (CUDA): the ", r, "x", s,
+              " weight does not fit the padded ", h, "x", w, " input (output ", oh, "x", ow, ")");
+  TORCH_CHECK(pool == 1 || (oh >= 2 && ow >= 2),
+              "wide_conv2d (CUDA): pool=2 needs a conv output of at least 2x2, got ", oh, "x", ow);
+
+  skc::WideConv2dShape shape;
+  shape.n = checked_int(n, "input.size(0)");
+  shape.c = checked_int(input.size(1), "input.size(1)");
+  shape.h = checked_int(h, "input.size(2)");
+  shape.w = checked_int(w, "input.size(3)");
+  shape.k = checked_int(k, "weight.size(0)");
+  shape.r = checked_int(r, "weight.size(2)");
+  shape.s = checked_int(s, "weight.size(3)");
+  shape.stride_h = checked_int(stride[0], "stride[0]");
+  shape.stride_w = checked_int(stride[1], "stride[1]");
+  shape.pad_h = checked_int(padding[0], "padding[0]");
+  shape.pad_w = checked_int(padding[1], "padding[1]");
+  shape.dil_h = checked_int(dilation[0], "dilation[0]");
+  shape.dil_w = checked_int(dilation[1], "dilation[1]");
+  shape.pool = static_cast<int>(pool);
+  shape.relu = relu;
+  shape.write_indices = pool == 2 && return_indices;
+
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous();
+  const at::Tensor wt = weight.contiguous();
+  const at::Tensor b = has_bias ? bias_opt->contiguous() : at::Tensor();
+  const std::vector<int64_t> out_shape = {n, k, oh / pool, ow / pool};
+  at::Tensor out = at::empty(out_shape, x.options());
+  at::Tensor indices = shape.write_indices ? at::empty(out_shape, x.options().dtype(at::kByte))
+                                           : at::empty({0}, x.options().dtype(at::kByte));
+  if (out.numel() == 0) return {out, indices};
+
+  skc::WideConv2dArgs args;
+  args.dtype = dtype == at::kFloat  ? skc::WideConv2dDtype::kFloat32
+               : dtype == at::kHalf ? skc::WideConv2dDtype::kFloat16
+                                    : skc::WideConv2dDtype::kBFloat16;
+  args.input = x.const_data_ptr();
+  args.weight = wt.const_data_ptr();
+  args.bias = has_bias ? b.const_data_ptr() : nullptr;
+  args.out = out.mutable_data_ptr();
+  args.indices = shape.write_indices ? indices.mutable_data_ptr<uint8_t>() : nullptr;
+  args.shape = shape;
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input.device().index()).stream();
+  const cudaError_t err = skc::wide_conv2d_forward(args, stream);
+  TORCH_CHECK(err != cudaErrorInvalidValue,
+              "wide_conv2d (CUDA): the direct kernel does not support this call (input ",
+              input.sizes(), ", weight ", weight.sizes(), ", stride ", stride, ", padding ",
+              padding, ", dilation ", dilation, ", pool ", pool,
+              "): the tile does not fit in shared memory or a size is out of range");
+  TORCH_CHECK(err == cudaSuccess, "wide_conv2d (CUDA): kernel launch failed: ",
+              cudaGetErrorString(err));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, indices};
+}
+
+}  // namespace
+}  // namespace shallowkern
+
+TORCH_LIBRARY_IMPL(shallowkern, CUDA, m) {
+  m.impl("_wide_conv2d_native", &shallowkern::wide_conv2d_native_cuda);
+}

@@ -1,0 +1,89 @@
+"""Optional cluster backends: submitit (Slurm) and Ray, running the same trial function.
+
+Both submit ``trial_fn(config_dict, data_root)`` — by default ``run_trial``, unchanged — as the
+job, collect the returned records in the driver as jobs finish, and append them to the results
+file there (cluster jobs may not share a file system with the results file; the driver does).
+The packages are imported only when a backend is used, and a missing one is a clear error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .config import TrialConfig
+from .store import append_record
+
+__all__ = ["BackendUnavailable", "require", "run_ray", "run_submitit"]
+
+
+class BackendUnavailable(RuntimeError):
+    """An optional backend's package is not installed."""
+
+
+def require(package: str, backend: str) -> Any:
+    """Import ``package`` or raise BackendUnavailable saying how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the {backend!r} sweep backend needs the {package!r} package, which is not "
+            f"installed ({exc}); install it with `pip install {package}`, or use "
+            f"--backend local") from None
+
+
+def _collect(summary, results: Path, cfg: TrialConfig, get_record, bar) -> None:
+    try:
+        append_record(results, get_record())
+        summary.completed.append(cfg.trial_id)
+        bar.update(cfg.label())
+    except Exception:
+        summary.failed[cfg.trial_id] = traceback.format_exc()
+        bar.update(cfg.label(), ok=False)
+
+
+def run_submitit(pending: list[TrialConfig], results: Path, trial_fn, root: str | None, summary,
+                 *, progress: bool = True, folder: str | None = None,
+                 **parameters: Any) -> None:
+    """One Slurm job per trial through ``submitit.AutoExecutor``.
+
+    ``folder`` holds submitit's logs (default ``<results>.submitit/``); ``parameters`` go to
+    ``executor.update_parameters`` (e.g. ``slurm_partition``, ``gpus_per_node=1``,
+    ``timeout_min``). Blocks until every job has finished.
+    """
+    submitit = require("submitit", "submitit")
+    from .scheduler import _Progress
+
+    executor = submitit.AutoExecutor(folder=folder or str(results) + ".submitit")
+    if parameters:
+        executor.update_parameters(**parameters)
+    jobs = [(cfg, executor.submit(trial_fn, cfg.to_dict(), root)) for cfg in pending]
+    bar = _Progress(len(jobs), progress)
+    for cfg, job in jobs:  # job.result() blocks; records are appended in submission order
+        _collect(summary, results, cfg, job.result, bar)
+
+
+def run_ray(pending: list[TrialConfig], results: Path, trial_fn, root: str | None, summary,
+            *, progress: bool = True, num_gpus: float | None = None, num_cpus: float = 1,
+            address: str | None = None) -> None:
+    """One Ray task per trial; ``num_gpus`` per task defaults to 1 if the cluster has GPUs.
+
+    Connects to ``address`` (or starts a local Ray) unless Ray is already initialised.
+    """
+    ray = require("ray", "ray")
+    from .scheduler import _Progress
+
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True)
+    if num_gpus is None:
+        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(trial_fn)
+    refs = {remote.remote(cfg.to_dict(), root): cfg for cfg in pending}
+    bar = _Progress(len(refs), progress)
+    waiting = list(refs)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        for ref in done:
+            _collect(summary, results, refs[ref], lambda ref=ref: ray.get(ref), bar)

@@ -1,0 +1,93 @@
+"""Named sweeps: ``quick`` (minutes on a CPU) and ``paper`` (the full study, for GPUs).
+
+quick — generalized LeNet on CIFAR-10, d1 in {4, 8, 16, 32}, k = 2.8, 2 seeds, the ``quick``
+    recipe (4 epochs on a stratified 5,000-image training subset, 1,000 validation images,
+    the full 10,000-image test set). 8 trials; see docs/sweeps.md for the measured time.
+paper — generalized LeNet, d1 in {6, 16, 32, 64, 128, 256, 512, 768} x k in {2.0, 2.8, 4.0},
+    3 seeds (72 trials), plus width-scaled VGG-16 (with BatchNorm) at width in
+    {0.125, 0.25, 0.5, 1.0} (8 to 64 first-layer filters), 3 seeds (12 trials); all with the
+    ``lab`` recipe (100 epochs on 45,000 images, 5,000 held out for validation).
+"""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .config import TrialConfig
+
+__all__ = ["PRESETS", "estimate", "get_preset", "lenet_grid", "paper", "quick", "vgg_grid"]
+
+
+def lenet_grid(d1s: Iterable[int], ks: Iterable[float] = (2.8,), seeds: Iterable[int] = (0,), *,
+               dataset: str = "cifar10", recipe: str = "lab",
+               overrides: Mapping[str, Any] | None = None,
+               train_subset: int | None = None) -> list[TrialConfig]:
+    """Every (d1, k, seed) combination of a generalized LeNet, seeds innermost."""
+    return [TrialConfig("lenet", d1=d1, k=k, dataset=dataset, recipe=recipe,
+                        overrides=dict(overrides or {}), seed=s, train_subset=train_subset)
+            for d1, k, s in product(d1s, ks, seeds)]
+
+
+def vgg_grid(widths: Iterable[float], seeds: Iterable[int] = (0,), *, batch_norm: bool = True,
+             dataset: str = "cifar10", recipe: str = "lab",
+             overrides: Mapping[str, Any] | None = None,
+             train_subset: int | None = None) -> list[TrialConfig]:
+    """Every (width, seed) combination of the width-scaled VGG-16."""
+    return [TrialConfig("vgg16", width=w, batch_norm=batch_norm, dataset=dataset, recipe=recipe,
+                        overrides=dict(overrides or {}), seed=s, train_subset=train_subset)
+            for w, s in product(widths, seeds)]
+
+
+QUICK_D1 = (4, 8, 16, 32)
+PAPER_D1 = (6, 16, 32, 64, 128, 256, 512, 768)
+PAPER_K = (2.0, 2.8, 4.0)
+PAPER_VGG_WIDTHS = (0.125, 0.25, 0.5, 1.0)
+
+
+def quick(seeds: Sequence[int] = (0, 1), dataset: str = "cifar10") -> list[TrialConfig]:
+    return lenet_grid(QUICK_D1, (2.8,), seeds, dataset=dataset, recipe="quick")
+
+
+def paper(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10") -> list[TrialConfig]:
+    return (lenet_grid(PAPER_D1, PAPER_K, seeds, dataset=dataset, recipe="lab")
+            + vgg_grid(PAPER_VGG_WIDTHS, seeds, dataset=dataset, recipe="lab"))
+
+
+PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {"quick": quick, "paper": paper}
+
+
+def get_preset(name: str, **kwargs: Any) -> list[TrialConfig]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name](**kwargs)
+
+
+def estimate(configs: Sequence[TrialConfig], n_train_full: int = 50000) -> dict[str, Any]:
+    """Size of a sweep without running it: trials, epochs, and training work in MAC units.
+
+    ``train_macs`` ~ 3 x forward MACs x images x epochs (forward + two backward GEMMs), summed
+    over trials; divide by a measured MAC/s rate to get a time.
+    """
+    from ..models import layer_report
+    from .trial import build_model
+
+    total_epochs = 0
+    train_macs = 0.0
+    per_family: dict[str, int] = {}
+    cache: dict[tuple, int] = {}
+    for cfg in configs:
+        r = cfg.resolved_recipe()
+        n = min(r.train_subset or n_train_full, n_train_full - r.val_size)
+        key = (cfg.family, cfg.d1, cfg.d2, cfg.k, cfg.width, cfg.batch_norm)
+        if key not in cache:  # meta-device build: free even for d1 = 768
+            import torch
+
+            with torch.device("meta"):
+                model = build_model(cfg)
+            cache[key] = sum(x["macs"] for x in layer_report(model, (3, 32, 32)))
+        total_epochs += r.epochs
+        train_macs += 3.0 * cache[key] * n * r.epochs
+        per_family[cfg.family] = per_family.get(cfg.family, 0) + 1
+    return {"trials": len(configs), "per_family": per_family, "epochs": total_epochs,
+            "train_macs": train_macs}
