@@ -1,7 +1,7 @@
 """Benchmark helpers: timing and device facts recorded with every result.
 
 GPU timings use triton.testing.do_bench (median, synchronized, L2 flushed between runs); CPU
-timings use torch.utils.benchmark (median of blocked_autorange).
+timings use shallowkern.profile's timer (torch.utils.benchmark, median of blocked_autorange).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import platform
 
 import torch
-import torch.utils.benchmark as tbench
 
 import shallowkern
+from shallowkern.profile import latency, roofline
 
 
 def device() -> torch.device:
@@ -24,14 +24,11 @@ def median_seconds(fn, dev: torch.device) -> float:
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-    fn()  # warm-up (and first-call compilation)
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=0.3).median
+    return latency.measure(fn, dev, warmup=2, repeats=20, backward=False).median_s
 
 
 def device_info(dev: torch.device) -> dict:
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    return dict(device=name, threads=torch.get_num_threads(), torch=torch.__version__,
+    return dict(device=roofline.device_name(dev), host=platform.node(), threads=torch.get_num_threads(), torch=torch.__version__,
                 triton=_version("triton"), shallowkern=shallowkern.__version__,
                 native_ext=shallowkern._ext.available())
 
@@ -43,3 +40,16 @@ def _version(mod: str) -> str | None:
         return None
 
 
+
+
+def roofline_for(dev: torch.device, dtype: torch.dtype, tf32: bool) -> "roofline.Roofline":
+    """Peaks for the roofline floor. fp32 with TF32 runs on tensor cores at half the bf16 dense
+    rate on Hopper (the datasheet ratio, applied to the bf16 rate measured here)."""
+    roof, note = roofline.for_device(dev, dtype)
+    if roof is None:
+        raise RuntimeError(note)
+    if tf32 and dev.type == "cuda":
+        bf16, _ = roofline.for_device(dev, torch.bfloat16)
+        return roofline.Roofline(bf16.flops_per_s / 2, roof.bytes_per_s, roof.name, "tf32",
+                                 "bf16 rate / 2 (TF32 dense rate, datasheet ratio)")
+    return roof

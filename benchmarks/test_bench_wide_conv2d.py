@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import shapes
-from benchmarks.common import device_info, median_seconds
+from benchmarks.common import device_info, median_seconds, roofline_for
 from shallowkern import WideConv2d
 from shallowkern.ops.wide_conv2d import conv_flops
-from shallowkern.profile import roofline_for
 
 GPU_DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False),
               "fp32_tf32": (torch.float32, True), "fp32": (torch.float32, False)}
@@ -95,14 +94,14 @@ def test_wide_conv2d(benchmark, case, dtype_name, dev, smoke):
     flops_fwd = conv_flops(x.shape, w.shape, [1, 1], [0, 0], [1, 1])
     flops = {"fwd": flops_fwd, "fwdbwd": flops_fwd * (2 if c == 3 else 3)}
     flops["bwd"] = flops["fwdbwd"] - flops_fwd
-    roof = roofline_for(dev, dtype, tf32=tf32)
+    roof = roofline_for(dev, dtype, tf32)
     info = dict(case=case["name"], dtype=dtype_name, n=n, **device_info(dev),
                 peak_flops_per_s=roof.flops_per_s, peak_bytes_per_s=roof.bytes_per_s, **times)
     for p in ("fwd", "bwd", "fwdbwd"):
         nbytes = _min_bytes(x, w, out, "fwd" if p == "fwd" else "fwdbwd") - (
             _min_bytes(x, w, out, "fwd") if p == "bwd" else 0)
         t = times[f"shallowkern_{p}_s"]
-        floor = roof.floor_seconds(flops[p], nbytes)
+        floor, _bound = roof.floor(flops[p], nbytes)
         info.update({f"{p}_flops": flops[p], f"{p}_min_bytes": nbytes,
                      f"{p}_tflops_per_s": flops[p] / t / 1e12 if t else None,
                      f"{p}_gb_per_s": nbytes / t / 1e9 if t else None,

@@ -8,7 +8,8 @@ sweeps (``shallowkern.sweep``) and the ``shallowkern`` command (``shallowkern.cl
 from . import _ext, data, laws, models, ops
 from .nn import WideConv2d, fuse
 from .ops import last_backend, use_backend
+from .profile import profile  # noqa: E402  (the function; the package stays importable by path)
 
 __version__ = "0.1.0"
-__all__ = ["WideConv2d", "data", "fuse", "last_backend", "laws", "models", "ops", "use_backend",
-           "__version__"]
+__all__ = ["WideConv2d", "data", "fuse", "last_backend", "laws", "models", "ops", "profile",
+           "use_backend", "__version__"]

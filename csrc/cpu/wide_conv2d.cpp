@@ -52,8 +52,6 @@ constexpr int64_t kTargetCols = 512;
 constexpr int64_t kMaxChunkBytes = 4 << 20;
 
 inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
-// ceil(a / b) for b > 0 and any sign of a.
-inline int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
 struct Geom {
   int64_t N, C, H, W, K, G, Cg, Kg, R, S;
@@ -127,11 +125,23 @@ Geom check_and_geom(const char* op, const at::Tensor& input, const at::Tensor& w
 
 // Images per chunk: see kTargetCols / kMaxChunkBytes.
 int64_t images_per_chunk(const Geom& g, int64_t elem, int64_t rows) {
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t b = std::max<int64_t>(1, std::min(g.N, div_up(kTargetCols, g.npos())));
   while (b > 1 && b * g.npos() * rows * elem > kMaxChunkBytes) --b;
-  while (b > 1 && div_up(g.N, b) * g.G < 2 * threads) b = div_up(b, 2);
   return b;
+}
+
+// Work is split over units u = grp * N + n (one image of one group); at::parallel_for hands each
+// thread an equal contiguous range, which is cut here into chunks of <= B images of one group,
+// balanced so that no chunk is much smaller than the others.
+template <typename F>
+void for_each_chunk(const Geom& g, int64_t B, int64_t begin, int64_t end, const F& f) {
+  for (int64_t u = begin; u < end;) {
+    const int64_t grp = u / g.N, n0 = u % g.N;
+    const int64_t avail = std::min(end - u, g.N - n0);
+    const int64_t nb = div_up(avail, div_up(avail, B));
+    f(grp, n0, nb);
+    u += nb;
+  }
 }
 
 // Input view of one image and group: base pointer (at channel 0 of the group) and strides.
@@ -141,66 +151,100 @@ struct Plane {
   int64_t sC, sH, sW;
 };
 
-// Range of output columns ow in [0, EW) whose input column ow*sw - pw + s*dw lies in [0, W).
-inline std::pair<int64_t, int64_t> valid_cols(const Geom& g, int64_t s) {
-  const int64_t off = s * g.dw - g.pw;
-  int64_t lo = std::min(g.EW, std::max<int64_t>(0, ceil_div(-off, g.sw)));
-  int64_t hi = std::max(lo, std::min(g.EW, ceil_div(g.W - off, g.sw)));
-  return {lo, hi};
+// The padded image of one group in HWC order: (Hp, Wp, Cg), zero borders. With it, the im2col
+// row of an output position is R contiguous runs of S*Cg values (dilation 1): memcpy, no bounds.
+struct Padded {
+  int64_t Hp, Wp, Cg;
+  int64_t size() const { return Hp * Wp * Cg; }
+};
+
+// Column order of the GEMM (positions of the conv output that reach the op output). pool 1:
+// p = oh*OW + ow. pool 2, window-major: p = q*PH*PW + i*PW + j with (oh, ow) = (2i + q/2, 2j + q%2),
+// so that the 2x2 epilogue and the unpooling are elementwise over four contiguous sub-planes.
+// Entry: offset of the window's top-left element in the Padded buffer.
+std::vector<int64_t> position_offsets(const Geom& g, const Padded& pd) {
+  std::vector<int64_t> off(g.npos());
+  const int64_t phw = g.PH * g.PW;
+  for (int64_t p = 0; p < g.npos(); ++p) {
+    int64_t oh, ow;
+    if (g.pool == 2) {
+      const int64_t q = p / phw, t = p % phw;
+      oh = 2 * (t / g.PW) + q / 2, ow = 2 * (t % g.PW) + q % 2;
+    } else {
+      oh = p / g.OW, ow = p % g.OW;
+    }
+    off[p] = (oh * g.sh * pd.Wp + ow * g.sw) * pd.Cg;
+  }
+  return off;
 }
 
-// col[(c*R + r)*S + s, ldoff + oh*EW + ow] = x[c, oh*sh-ph+r*dh, ow*sw-pw+s*dw] (0 outside).
+// x (Cg, H, W) with any strides -> interior of the padded HWC buffer (borders stay zero).
 template <typename T>
-void im2col(Plane<const T> x, const Geom& g, T* col, int64_t ld) {
-  for (int64_t c = 0; c < g.Cg; ++c) {
+void pad_hwc(Plane<const T> x, const Geom& g, const Padded& pd, T* dst) {
+  for (int64_t h = 0; h < g.H; ++h) {
+    T* row = dst + ((h + g.ph) * pd.Wp + g.pw) * pd.Cg;
+    const T* src = x.p + h * x.sH;
+    if (x.sC == 1) {
+      for (int64_t w = 0; w < g.W; ++w)
+        std::memcpy(row + w * pd.Cg, src + w * x.sW, pd.Cg * sizeof(T));
+    } else {
+      for (int64_t c = 0; c < pd.Cg; ++c)
+        for (int64_t w = 0; w < g.W; ++w) row[w * pd.Cg + c] = src[c * x.sC + w * x.sW];
+    }
+  }
+}
+
+// The adjoint: interior of the padded HWC buffer -> gx (Cg, H, W) with any strides (overwrites).
+template <typename T>
+void unpad_hwc(const T* src, const Geom& g, const Padded& pd, Plane<T> x) {
+  for (int64_t h = 0; h < g.H; ++h) {
+    const T* row = src + ((h + g.ph) * pd.Wp + g.pw) * pd.Cg;
+    T* dst = x.p + h * x.sH;
+    if (x.sC == 1) {
+      for (int64_t w = 0; w < g.W; ++w)
+        std::memcpy(dst + w * x.sW, row + w * pd.Cg, pd.Cg * sizeof(T));
+    } else {
+      for (int64_t c = 0; c < pd.Cg; ++c)
+        for (int64_t w = 0; w < g.W; ++w) dst[c * x.sC + w * x.sW] = row[w * pd.Cg + c];
+    }
+  }
+}
+
+// colT[p, (r, s, c)] = xpad[off[p] + (r*dh*Wp + s*dw)*Cg + c] for the positions of one image.
+template <typename T>
+void im2col(const T* xpad, const Geom& g, const Padded& pd, const std::vector<int64_t>& off,
+            T* colT) {
+  const int64_t CRS = g.crs(), run = g.S * pd.Cg, rstep = g.dh * pd.Wp * pd.Cg;
+  for (int64_t p = 0; p < g.npos(); ++p) {
+    const T* src = xpad + off[p];
+    T* dst = colT + p * CRS;
     for (int64_t r = 0; r < g.R; ++r) {
-      for (int64_t s = 0; s < g.S; ++s) {
-        T* dst = col + ((c * g.R + r) * g.S + s) * ld;
-        const auto [lo, hi] = valid_cols(g, s);
-        const int64_t off = s * g.dw - g.pw;
-        for (int64_t oh = 0; oh < g.EH; ++oh) {
-          T* d = dst + oh * g.EW;
-          const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-          if (ih < 0 || ih >= g.H) {
-            std::fill(d, d + g.EW, T(0));
-            continue;
-          }
-          const T* src = x.p + c * x.sC + ih * x.sH;
-          std::fill(d, d + lo, T(0));
-          if (g.sw == 1 && x.sW == 1) {
-            const T* s0 = src + off;
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] = s0[ow];
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) d[ow] = src[(ow * g.sw + off) * x.sW];
-          }
-          std::fill(d + hi, d + g.EW, T(0));
-        }
+      if (g.dw == 1) {
+        std::memcpy(dst + r * run, src + r * rstep, run * sizeof(T));
+      } else {
+        for (int64_t s = 0; s < g.S; ++s)
+          std::memcpy(dst + r * run + s * pd.Cg, src + r * rstep + s * g.dw * pd.Cg,
+                      pd.Cg * sizeof(T));
       }
     }
   }
 }
 
-// The adjoint of im2col: x[c, ih, iw] += col[(c, r, s), (oh, ow)].
+// The adjoint of im2col: xpad[...] += colT[p, (r, s, c)].
 template <typename T>
-void col2im_add(const T* col, int64_t ld, const Geom& g, Plane<T> x) {
-  for (int64_t c = 0; c < g.Cg; ++c) {
+void col2im_add(const T* colT, const Geom& g, const Padded& pd, const std::vector<int64_t>& off,
+                T* xpad) {
+  const int64_t CRS = g.crs(), run = g.S * pd.Cg, rstep = g.dh * pd.Wp * pd.Cg;
+  const int64_t seg = g.dw == 1 ? run : pd.Cg, nseg = g.dw == 1 ? 1 : g.S;
+  for (int64_t p = 0; p < g.npos(); ++p) {
+    const T* src = colT + p * CRS;
+    T* dst = xpad + off[p];
     for (int64_t r = 0; r < g.R; ++r) {
-      for (int64_t s = 0; s < g.S; ++s) {
-        const T* src = col + ((c * g.R + r) * g.S + s) * ld;
-        const auto [lo, hi] = valid_cols(g, s);
-        const int64_t off = s * g.dw - g.pw;
-        for (int64_t oh = 0; oh < g.EH; ++oh) {
-          const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          const T* d = src + oh * g.EW;
-          T* dst = x.p + c * x.sC + ih * x.sH;
-          if (g.sw == 1 && x.sW == 1) {
-            T* d0 = dst + off;
-            for (int64_t ow = lo; ow < hi; ++ow) d0[ow] += d[ow];
-          } else {
-            for (int64_t ow = lo; ow < hi; ++ow) dst[(ow * g.sw + off) * x.sW] += d[ow];
-          }
-        }
+      for (int64_t s = 0; s < nseg; ++s) {
+        const T* a = src + r * run + s * pd.Cg;
+        T* d = dst + r * rstep + s * g.dw * pd.Cg;
+#pragma omp simd
+        for (int64_t e = 0; e < seg; ++e) d[e] += a[e];
       }
     }
   }
@@ -212,77 +256,91 @@ at::Tensor mat(T* p, int64_t rows, int64_t cols, int64_t ld, const at::TensorOpt
   return at::from_blob(const_cast<std::remove_const_t<T>*>(p), {rows, cols}, {ld, 1}, opt);
 }
 
+// Same-width integer for the index lanes of the vectorized 2x2 scan.
+template <typename T>
+using lane_int_t = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
+
 // ------------------------------------------------------------------------------------------------
 // forward
 // ------------------------------------------------------------------------------------------------
 template <typename T>
-void forward_impl(const at::Tensor& x, const at::Tensor& w, const T* bias, const Geom& g,
+void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, const Geom& g,
                   bool relu, at::Tensor& out, at::Tensor* idx) {
-  const int64_t CRS = g.crs(), P = g.npos();
+  using I = lane_int_t<T>;
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
   const int64_t B = images_per_chunk(g, sizeof(T), CRS + g.Kg);
-  const int64_t items = div_up(g.N, B) * g.G;
+  const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
+  const std::vector<int64_t> off = position_offsets(g, pd);
   const T* xp = x.const_data_ptr<T>();
-  const T* wp = w.const_data_ptr<T>();
+  const T* wp = w2.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
   uint8_t* ip = idx ? idx->mutable_data_ptr<uint8_t>() : nullptr;
   const auto xs = x.strides();
   const auto os = out.strides();  // indices share the output's shape and layout
+  const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
   const auto opt = x.options();
 
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> col(CRS * B * P), y(g.Kg * B * P);
-    for (int64_t it = begin; it < end; ++it) {
-      const int64_t grp = it % g.G, n0 = (it / g.G) * B, nb = std::min(B, g.N - n0);
+  at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> colT(B * P * CRS), y(g.Kg * B * P), xpad(pd.size(), T(0)), tmp(PHW);
+    std::vector<uint8_t> tix(PHW);
+    for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
       const int64_t ld = nb * P;
       for (int64_t b = 0; b < nb; ++b) {
-        Plane<const T> xv{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]};
-        im2col(xv, g, col.data() + b * P, ld);
+        pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
+                g, pd, xpad.data());
+        im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
       }
       auto ym = mat(y.data(), g.Kg, ld, ld, opt);
-      at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt), mat(col.data(), CRS, ld, ld, opt));
+      at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
+                 mat(colT.data(), ld, CRS, CRS, opt).t());
 
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         const T bv = bias ? bias[kk] : T(0);
         for (int64_t b = 0; b < nb; ++b) {
-          const T* pl = y.data() + k * ld + b * P;
+          const T* v0 = y.data() + k * ld + b * P;
           T* o = op + (n0 + b) * os[0] + kk * os[1];
-          if (g.pool == 1) {
-            for (int64_t oh = 0; oh < g.EH; ++oh) {
-              for (int64_t ow = 0; ow < g.EW; ++ow) {
-                T v = pl[oh * g.EW + ow] + bv;
-                if (relu) v = (v > T(0) || std::isnan(v)) ? v : T(0);
-                o[oh * os[2] + ow * os[3]] = v;
-              }
-            }
-            continue;
-          }
           uint8_t* ix = ip ? ip + (n0 + b) * os[0] + kk * os[1] : nullptr;
-          for (int64_t i = 0; i < g.PH; ++i) {
-            const T* r0 = pl + 2 * i * g.EW;
-            const T* r1 = r0 + g.EW;
-            for (int64_t j = 0; j < g.PW; ++j) {
-              // max_pool2d's scan from -inf with `v > best || isnan(v)`; starting at position 0
+          T* ot = dense ? o : tmp.data();
+          uint8_t* it = dense && ix ? ix : tix.data();
+          if (g.pool == 1) {
+#pragma omp simd
+            for (int64_t t = 0; t < PHW; ++t) {
+              const T v = v0[t] + bv;
+              ot[t] = (!relu || v > T(0) || v != v) ? v : T(0);
+            }
+          } else {
+            const T *v1 = v0 + PHW, *v2 = v1 + PHW, *v3 = v2 + PHW;
+#pragma omp simd
+            for (int64_t t = 0; t < PHW; ++t) {
+              // max_pool2d scans from -inf with `v > best || isnan(v)`; starting at position 0
               // is the same (v0 either wins the first comparison or is -inf like the start).
-              T best = r0[2 * j] + bv;
-              uint8_t bi = 0;
-              const T v1 = r0[2 * j + 1] + bv, v2 = r1[2 * j] + bv, v3 = r1[2 * j + 1] + bv;
-              bool t = v1 > best || std::isnan(v1);
-              best = t ? v1 : best, bi = t ? 1 : bi;
-              t = v2 > best || std::isnan(v2);
-              best = t ? v2 : best, bi = t ? 2 : bi;
-              t = v3 > best || std::isnan(v3);
-              best = t ? v3 : best, bi = t ? 3 : bi;
+              T best = v0[t] + bv;
+              I bi = 0;
+              const T a1 = v1[t] + bv, a2 = v2[t] + bv, a3 = v3[t] + bv;
+              bool u = a1 > best || a1 != a1;
+              best = u ? a1 : best, bi = u ? 1 : bi;
+              u = a2 > best || a2 != a2;
+              best = u ? a2 : best, bi = u ? 2 : bi;
+              u = a3 > best || a3 != a3;
+              best = u ? a3 : best, bi = u ? 3 : bi;
               // relu then pool == pool then relu, with the same first index whenever out > 0
               // (positive values are unchanged, the rest become 0 < out; NaN survives both).
-              if (relu && best <= T(0)) best = T(0), bi = kNoGrad;
-              o[i * os[2] + j * os[3]] = best;
-              if (ix) ix[i * os[2] + j * os[3]] = bi;
+              const bool z = relu && best <= T(0);
+              ot[t] = z ? T(0) : best;
+              it[t] = static_cast<uint8_t>(z ? I(kNoGrad) : bi);
             }
+          }
+          if (!dense) {  // channels_last or otherwise strided output
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) {
+                o[i * os[2] + j * os[3]] = ot[i * g.PW + j];
+                if (ix) ix[i * os[2] + j * os[3]] = it[i * g.PW + j];
+              }
           }
         }
       }
-    }
+    });
   });
 }
 
@@ -307,10 +365,11 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
                                    input.options().dtype(at::kByte).memory_format(fmt))
                        : at::empty({0}, input.options().dtype(at::kByte));
   if (out.numel() == 0) return {out, idx};
-  const at::Tensor w = weight.contiguous();
+  // (K, Cg, R, S) -> (K, R, S, Cg): the column order of im2col over the padded HWC image.
+  const at::Tensor w2 = weight.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_forward_cpu", [&] {
-    forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
+    forward_impl<scalar_t>(input, w2, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
                            out, idx.numel() ? &idx : nullptr);
   });
   return {out, idx};
@@ -320,15 +379,16 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
 // backward
 // ------------------------------------------------------------------------------------------------
 template <typename T>
-void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& w,
+void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& w2,
                    const at::Tensor& saved, const Geom& g, bool relu, std::array<bool, 3> mask,
-                   at::Tensor& gx, at::Tensor& gw, at::Tensor& gb) {
-  const int64_t CRS = g.crs(), P = g.npos();
+                   at::Tensor& gx, at::Tensor& gw2, at::Tensor& gb) {
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
   const bool need_col = mask[0] || mask[1];
   const int64_t B = images_per_chunk(g, sizeof(T), (need_col ? CRS : 0) + g.Kg);
-  const int64_t items = div_up(g.N, B) * g.G;
+  const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
+  const std::vector<int64_t> off = position_offsets(g, pd);
   const T* xp = x.const_data_ptr<T>();
-  const T* wp = w.const_data_ptr<T>();
+  const T* wp = w2.const_data_ptr<T>();
   const T* gp = gout.const_data_ptr<T>();
   const auto xs = x.strides();
   const auto gs = gout.strides();
@@ -338,10 +398,9 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   const auto ss = (pooled || masked) ? saved.strides() : gout.strides();
   T* gxp = mask[0] ? gx.mutable_data_ptr<T>() : nullptr;
   const auto gxs = mask[0] ? gx.strides() : x.strides();
-  const bool gx_dense = mask[0] && gx.is_contiguous();
   const auto opt = x.options();
 
-  // Per-invocation partial sums of gw and gb, keyed by the first chunk of the invocation and
+  // Per-invocation partial sums of gw and gb, keyed by the first unit of the invocation and
   // summed in that order afterwards, so the result does not depend on thread timing.
   struct Partial {
     int64_t begin;
@@ -351,77 +410,71 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   std::vector<Partial> partials;
   std::mutex mu;
 
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> gy(g.Kg * B * P), col(need_col ? CRS * B * P : 0);
+  at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> gy(g.Kg * B * P), colT(need_col ? B * P * CRS : 0);
+    std::vector<T> xpad(need_col ? pd.size() : 0, T(0)), gt(PHW);
+    std::vector<uint8_t> qt(PHW);
     Partial part{begin, std::vector<T>(mask[1] ? g.K * CRS : 0),
                  std::vector<double>(mask[2] ? g.K : 0)};
-    for (int64_t it = begin; it < end; ++it) {
-      const int64_t grp = it % g.G, n0 = (it / g.G) * B, nb = std::min(B, g.N - n0);
+    for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
       const int64_t ld = nb * P;
-      // gy of this chunk, from grad_out and saved (the pooled / masked gradient is never
-      // materialised for the whole batch).
+      // gy of this chunk (Kg x nb*P, columns in position order) from grad_out and saved; the
+      // unpooled / masked gradient is never materialised for the whole batch.
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         double bsum = 0;
         for (int64_t b = 0; b < nb; ++b) {
           T* pl = gy.data() + k * ld + b * P;
           const T* go = gp + (n0 + b) * gs[0] + kk * gs[1];
+          const uint8_t* sq = pooled ? sp8 + (n0 + b) * ss[0] + kk * ss[1] : nullptr;
+          const T* sv = masked ? spT + (n0 + b) * ss[0] + kk * ss[1] : nullptr;
+          for (int64_t i = 0; i < g.PH; ++i)
+            for (int64_t j = 0; j < g.PW; ++j) {
+              const int64_t t = i * g.PW + j;
+              const T v = go[i * gs[2] + j * gs[3]];
+              if (pooled) {
+                gt[t] = v, qt[t] = sq[i * ss[2] + j * ss[3]];
+              } else {
+                pl[t] = (masked && !(sv[i * ss[2] + j * ss[3]] > T(0))) ? T(0) : v;
+              }
+            }
           if (pooled) {
-            const uint8_t* id = sp8 + (n0 + b) * ss[0] + kk * ss[1];
-            for (int64_t i = 0; i < g.PH; ++i) {
-              T* r0 = pl + 2 * i * g.EW;
-              T* r1 = r0 + g.EW;
-              for (int64_t j = 0; j < g.PW; ++j) {
-                const T v = go[i * gs[2] + j * gs[3]];
-                const uint8_t q = id[i * ss[2] + j * ss[3]];  // >= 4: no gradient
-                r0[2 * j] = q == 0 ? v : T(0);
-                r0[2 * j + 1] = q == 1 ? v : T(0);
-                r1[2 * j] = q == 2 ? v : T(0);
-                r1[2 * j + 1] = q == 3 ? v : T(0);
-                bsum += q < 4 ? double(v) : 0.0;
-              }
+            for (int64_t q = 0; q < 4; ++q) {
+              T* d = pl + q * PHW;
+#pragma omp simd
+              for (int64_t t = 0; t < PHW; ++t) d[t] = qt[t] == q ? gt[t] : T(0);  // >= 4: none
             }
+            for (int64_t t = 0; t < PHW; ++t) bsum += qt[t] < 4 ? double(gt[t]) : 0.0;
           } else {
-            const T* sv = masked ? spT + (n0 + b) * ss[0] + kk * ss[1] : nullptr;
-            for (int64_t oh = 0; oh < g.EH; ++oh) {
-              for (int64_t ow = 0; ow < g.EW; ++ow) {
-                T v = go[oh * gs[2] + ow * gs[3]];
-                if (masked && !(sv[oh * ss[2] + ow * ss[3]] > T(0))) v = T(0);
-                pl[oh * g.EW + ow] = v;
-                bsum += double(v);
-              }
-            }
+            for (int64_t t = 0; t < PHW; ++t) bsum += double(pl[t]);
           }
         }
         if (mask[2]) part.gb[kk] += bsum;
       }
       if (mask[1]) {
         for (int64_t b = 0; b < nb; ++b) {
-          Plane<const T> xv{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]};
-          im2col(xv, g, col.data() + b * P, ld);
+          pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
+                  g, pd, xpad.data());
+          im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
         }
         auto gwm = mat(part.gw.data() + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt);
         at::addmm_out(gwm, gwm, mat(gy.data(), g.Kg, ld, ld, opt),
-                      mat(col.data(), CRS, ld, ld, opt).t());
+                      mat(colT.data(), ld, CRS, CRS, opt));
       }
       if (mask[0]) {
-        // dcol = W_g^T gy, reusing the col buffer, then scatter-add into this chunk's images.
-        auto dcol = mat(col.data(), CRS, ld, ld, opt);
-        at::mm_out(dcol, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt).t(),
-                   mat(gy.data(), g.Kg, ld, ld, opt));
+        // dcolT = gy^T W2_g (reusing colT), then scatter-add per image into a padded HWC buffer
+        // and write the interior to this chunk's own images and channels of gx (no races).
+        auto dcol = mat(colT.data(), ld, CRS, CRS, opt);
+        at::mm_out(dcol, mat(gy.data(), g.Kg, ld, ld, opt).t(),
+                   mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt));
         for (int64_t b = 0; b < nb; ++b) {
-          T* base = gxp + (n0 + b) * gxs[0] + grp * g.Cg * gxs[1];
-          if (gx_dense) {
-            std::fill(base, base + g.Cg * g.H * g.W, T(0));
-          } else {
-            for (int64_t c = 0; c < g.Cg; ++c)
-              for (int64_t h = 0; h < g.H; ++h)
-                for (int64_t ww = 0; ww < g.W; ++ww) base[c * gxs[1] + h * gxs[2] + ww * gxs[3]] = 0;
-          }
-          col2im_add(col.data() + b * P, ld, g, Plane<T>{base, gxs[1], gxs[2], gxs[3]});
+          std::fill(xpad.begin(), xpad.end(), T(0));
+          col2im_add(colT.data() + b * P * CRS, g, pd, off, xpad.data());
+          unpad_hwc(xpad.data(), g, pd,
+                    Plane<T>{gxp + (n0 + b) * gxs[0] + grp * g.Cg * gxs[1], gxs[1], gxs[2], gxs[3]});
         }
       }
-    }
+    });
     std::lock_guard<std::mutex> lock(mu);
     partials.push_back(std::move(part));
   });
@@ -429,7 +482,7 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   std::sort(partials.begin(), partials.end(),
             [](const Partial& a, const Partial& b) { return a.begin < b.begin; });
   if (mask[1]) {
-    T* o = gw.mutable_data_ptr<T>();
+    T* o = gw2.mutable_data_ptr<T>();
     std::fill(o, o + g.K * CRS, T(0));
     for (const auto& p : partials)
       for (int64_t i = 0; i < g.K * CRS; ++i) o[i] += p.gw[i];
@@ -490,10 +543,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wide_conv2d_backward_cpu(
     if (output_mask[2]) gb.zero_();
     return {gx, gw, gb};
   }
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor w2 = weight.permute({0, 2, 3, 1}).contiguous();  // see the forward
+  at::Tensor gw2 = output_mask[1] ? at::empty({g.K, g.R, g.S, g.Cg}, input.options()) : empty;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_backward_cpu", [&] {
-    backward_impl<scalar_t>(grad_out, input, w, saved, g, relu, output_mask, gx, gw, gb);
+    backward_impl<scalar_t>(grad_out, input, w2, saved, g, relu, output_mask, gx, gw2, gb);
   });
+  if (output_mask[1]) gw.copy_(gw2.permute({0, 3, 1, 2}));
   return {gx, gw, gb};
 }
 

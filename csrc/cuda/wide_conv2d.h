@@ -108,7 +108,7 @@ struct WideConv2dPlan {
   int tiles_i, tiles_j;    // tiles per image
   int slabs;               // cdiv(K, kg * kt)
   int rows_in, cols_in;    // staged input tile per channel (fp32)
-  int pitch;               // row pitch of the staged tile, even (aligned float2 reads)
+  int pitch;               // row pitch of the staged tile: even, >= cols_in (wc2d_pick_pitch)
   int64_t blocks;          // N * slabs * tiles_i * tiles_j
   size_t smem_bytes;       // dynamic shared memory per block
   double cost;             // modelled time (arbitrary units), for tests and debugging
@@ -131,17 +131,90 @@ SK_HD int64_t wc2d_tile_cols_in(const WideConv2dShape& s, int tj) {
   return int64_t(2 * tj - 1) * s.stride_w + int64_t(s.s - 1) * s.dil_w + 1;
 }
 
+// Modelled cost of one thread item (KT channels x one quad), in warp issue slots: the larger of
+// the instructions issued (FFMA, LDS, address arithmetic) and 4x the shared-memory wavefronts
+// (an SM issues 4 warp-instructions but serves 1 shared-memory wavefront per clock). Weight reads
+// are warp-uniform float4 broadcasts (1 wavefront); a warp-wide LDS.64 is 2 wavefronts; the
+// generic path's scalar input reads hit lanes 2*stride apart (2-way conflicts).
+// `conflicts`: wavefronts of an input read over the conflict-free minimum (wc2d_input_conflicts).
+inline double wc2d_item_cost(const WideConv2dShape& s, int kt, double conflicts) {
+  double issue, wavefronts;
+  if (wc2d_fast_path(s) != 0) {  // per (c, r): S taps, one row pair of S+1 values
+    issue = s.s * (4.0 * kt + kt / 4) + (s.s + 1) + 2;
+    wavefronts = s.s * (kt / 4.0) + 2.0 * (s.s + 1) * conflicts;
+    issue *= s.r * s.c;
+    wavefronts *= s.r * s.c;
+  } else {  // per (c, r, s)
+    const double crs = double(s.c) * s.r * s.s;
+    issue = crs * (4.0 * kt + kt / 4 + 4 + 2);
+    wavefronts = crs * (kt / 4.0 + 4.0 * conflicts);
+  }
+  return (issue > 4 * wavefronts ? issue : 4 * wavefronts) + 12.0 * kt;  // + epilogue
+}
+
+// Bank conflicts of the per-item input reads. Lanes take consecutive quads p -> (p / tj, p % tj)
+// of a tile with tp quads; quad (ti, tj) reads at float offset 2*ti*sh*pitch + 2*tj*sw (+ a
+// lane-independent offset). Fast path: float2 reads, a wavefront serves a half-warp over 16
+// 8-byte banks (minimum 2 per warp); generic path: float reads, 32 4-byte banks (minimum 1).
+// Returns the average wavefronts over that minimum for the first (up to 8) warps of a tile.
+inline double wc2d_input_conflicts(const WideConv2dShape& s, int tp, int tj, int pitch) {
+  const bool unit = wc2d_fast_path(s) != 0;
+  const int warps = cdiv(tp, 32) < 8 ? cdiv(tp, 32) : 8;
+  const int lanes_per_wf = unit ? 16 : 32;
+  int total = 0;
+  for (int wv = 0; wv < warps; ++wv) {
+    for (int part = 0; part < 32 / lanes_per_wf; ++part) {
+      int64_t addr[32];
+      for (int l = 0; l < lanes_per_wf; ++l) {
+        const int p = (32 * wv + part * lanes_per_wf + l) % tp;
+        const int64_t ti = p / tj, tjj = p % tj;
+        const int64_t words = 2 * ti * s.stride_h * pitch + 2 * tjj * s.stride_w;
+        addr[l] = unit ? words / 2 : words;  // bank units: 8 bytes (fast path) or 4 bytes
+      }
+      int worst = 1;
+      for (int bank = 0; bank < lanes_per_wf; ++bank) {  // distinct addresses per bank
+        int distinct = 0;
+        for (int l = 0; l < lanes_per_wf; ++l) {
+          if (((addr[l] % lanes_per_wf) + lanes_per_wf) % lanes_per_wf != bank) continue;
+          bool seen = false;
+          for (int m = 0; m < l && !seen; ++m) seen = addr[m] == addr[l];
+          distinct += !seen;
+        }
+        worst = distinct > worst ? distinct : worst;
+      }
+      total += worst;
+    }
+  }
+  return double(total) / double(warps * (32 / lanes_per_wf));
+}
+
+// Row pitch of the staged input: even (aligned float2 reads), at least cols_in, and, among the
+// next 16 even values, the one with the fewest bank conflicts for whole-row tiles (e.g. LeNet's
+// 14-quad rows: pitch 46, not 32, so lanes 14..27 of a warp, one quad row further down, land on
+// the banks after lanes 0..13 instead of on the same ones).
+inline int wc2d_pick_pitch(const WideConv2dShape& s, int tp, int tj, int cols_in,
+                           double* conflicts) {
+  const int base = round_up(cols_in, 2);
+  int best = base;
+  double best_c = wc2d_input_conflicts(s, tp, tj, base);
+  for (int pitch = base + 2; pitch < base + 32 && best_c > 1.0; pitch += 2) {
+    const double c = wc2d_input_conflicts(s, tp, tj, pitch);
+    if (c < best_c) best = pitch, best_c = c;
+  }
+  if (conflicts) *conflicts = best_c;
+  return best;
+}
+
 // Modelled cost of one candidate; < 0 if it does not fit. The kernel is FFMA-bound (see the
-// roofline in wide_conv2d.cu), so the model counts thread instructions: per item
-// 4*KT*CRS FFMA plus the shared-memory reads, times the iterations of the block's item loop,
+// roofline in wide_conv2d.cu), so the model counts warp issue slots: wc2d_item_cost times the
+// iterations of the block's item loop (lane utilization of the last one included), plus staging,
 // times the blocks on the busiest SM.
 inline double wc2d_plan_cost(const WideConv2dShape& s, const WideConv2dGeometry& g,
                              const WideConv2dDeviceLimits& lim, int kt, int kg, int ti, int tj,
-                             WideConv2dPlan* p) {
+                             int pitch, double conflicts, WideConv2dPlan* p) {
   const int crs = s.c * s.r * s.s;
   const int64_t rows_in = wc2d_tile_rows_in(s, ti);
   const int64_t cols_in = wc2d_tile_cols_in(s, tj);
-  const int64_t pitch = round_up<int64_t>(cols_in, 2);
   const int64_t floats = wc2d_smem_input_offset(kg, kt, crs) + int64_t(s.c) * rows_in * pitch;
   const size_t smem = size_t(floats) * sizeof(float);
   if (smem > lim.smem_per_block) return -1.0;
@@ -149,8 +222,7 @@ inline double wc2d_plan_cost(const WideConv2dShape& s, const WideConv2dGeometry&
   const int tiles_i = cdiv(g.qh, ti), tiles_j = cdiv(g.qw, tj);
   const int64_t blocks = int64_t(s.n) * slabs * tiles_i * tiles_j;
   if (blocks > INT32_MAX) return -1.0;
-  const bool unit = wc2d_fast_path(s) != 0;
-  const double item = double(crs) * (4 * kt + kt / 4 + (unit ? 2 : 4)) + 12.0 * kt;
+  const double item = wc2d_item_cost(s, kt, conflicts);
   const int64_t items = int64_t(ti) * tj * kg;
   const double iters = double(cdiv<int64_t>(items, kWideConv2dThreads));
   const double stage = 4.0 * double(floats) / kWideConv2dThreads + 200.0;
@@ -170,7 +242,7 @@ inline double wc2d_plan_cost(const WideConv2dShape& s, const WideConv2dGeometry&
     p->slabs = slabs;
     p->rows_in = int(rows_in);
     p->cols_in = int(cols_in);
-    p->pitch = int(pitch);
+    p->pitch = pitch;
     p->blocks = blocks;
     p->smem_bytes = smem;
     p->cost = cost;
@@ -189,6 +261,10 @@ inline bool wc2d_make_plan(const WideConv2dShape& s, const WideConv2dGeometry& g
                            size_t(round_up<int64_t>(wc2d_tile_cols_in(s, tj), 2)) * sizeof(float) >
                        lim.smem_per_block / 4)
     tj = cdiv(tj, 2);
+  const int64_t cols_in = wc2d_tile_cols_in(s, tj);
+  if (cols_in > (1 << 24)) return false;
+  double conflicts = 1.0;
+  const int pitch = wc2d_pick_pitch(s, (g.qh < 64 ? g.qh : 64) * tj, tj, int(cols_in), &conflicts);
   bool found = false;
   best->cost = 0.0;
   const int kts[2] = {16, 4};
@@ -202,7 +278,7 @@ inline bool wc2d_make_plan(const WideConv2dShape& s, const WideConv2dGeometry& g
       last_ti = ti;
       for (int kg = 1; kg <= kg_max; ++kg) {
         WideConv2dPlan p;
-        const double c = wc2d_plan_cost(s, g, lim, kt, kg, ti, tj, &p);
+        const double c = wc2d_plan_cost(s, g, lim, kt, kg, ti, tj, pitch, conflicts, &p);
         if (c >= 0.0 && (!found || c < best->cost)) {
           *best = p;
           found = true;
@@ -338,11 +414,11 @@ SK_HD float2 wc2d_ld2(const float* p) {
 template <int KT>
 SK_HD void wc2d_fma_quad(float (&acc)[4][KT], const float* __restrict__ wp, float x00, float x01,
                          float x10, float x11) {
-#pragma unroll
+SK_UNROLL
   for (int q4 = 0; q4 < KT / 4; ++q4) {
     const float4 wv = wc2d_ld4(wp + 4 * q4);
     const float wq[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
+SK_UNROLL
     for (int e = 0; e < 4; ++e) {
       const int q = 4 * q4 + e;
       acc[0][q] = wc2d_fma(x00, wq[e], acc[0][q]);
@@ -368,12 +444,12 @@ SK_HD void wc2d_quad_conv(float (&acc)[4][KT], const float* __restrict__ xs,
     for (int c = 0; c < s.c; ++c) {
       const float* xc = xs + c * plane;
       const float* wc = wg + c * (RC * SC * KT);
-#pragma unroll
+SK_UNROLL
       for (int r = 0; r < RC; ++r) {
         const float* r0 = xc + r * row_r;
         const float* r1 = r0 + row_di;
         float a[SC + 1], b[SC + 1];
-#pragma unroll
+SK_UNROLL
         for (int m = 0; m < (SC + 1) / 2; ++m) {
           const float2 va = wc2d_ld2(r0 + 2 * m);
           const float2 vb = wc2d_ld2(r1 + 2 * m);
@@ -382,7 +458,7 @@ SK_HD void wc2d_quad_conv(float (&acc)[4][KT], const float* __restrict__ xs,
           b[2 * m] = vb.x;
           b[2 * m + 1] = vb.y;
         }
-#pragma unroll
+SK_UNROLL
         for (int t = 0; t < SC; ++t)
           wc2d_fma_quad<KT>(acc, wc + (r * SC + t) * KT, a[t], a[t + 1], b[t], b[t + 1]);
       }
@@ -418,7 +494,7 @@ SK_HD void wc2d_epilogue(const float (&acc)[4][KT], const float* __restrict__ sb
                          T* __restrict__ out, uint8_t* __restrict__ idx,
                          const WideConv2dShape& s, const WideConv2dGeometry& g, int n, int kbase,
                          int i, int j, bool pair_stores) {
-#pragma unroll
+SK_UNROLL
   for (int q = 0; q < KT; ++q) {
     const int k = kbase + q;
     if (k >= s.k) break;
@@ -428,7 +504,7 @@ SK_HD void wc2d_epilogue(const float (&acc)[4][KT], const float* __restrict__ sb
       float best = round_to<T>(acc[0][q] + bq);
       if (s.relu) best = wc2d_relu(best);
       int pos = 0;
-#pragma unroll
+SK_UNROLL
       for (int o = 1; o < 4; ++o) {
         float v = round_to<T>(acc[o][q] + bq);
         if (s.relu) v = wc2d_relu(v);
@@ -443,10 +519,10 @@ SK_HD void wc2d_epilogue(const float (&acc)[4][KT], const float* __restrict__ sb
         idx[off] = static_cast<uint8_t>((s.relu && !(best > 0.0f) && !is_nan(best)) ? 4 : pos);
     } else {
       float v[4];
-#pragma unroll
+SK_UNROLL
       for (int o = 0; o < 4; ++o) v[o] = s.relu ? wc2d_relu(acc[o][q] + bq) : acc[o][q] + bq;
       const int oy = 2 * i, ox = 2 * j;
-#pragma unroll
+SK_UNROLL
       for (int di = 0; di < 2; ++di) {
         if (oy + di >= g.oh) break;
         T* row = out + (plane * g.oh + oy + di) * g.ow + ox;
@@ -482,9 +558,9 @@ SK_HD void wc2d_block_items(const float* __restrict__ sw, const float* __restric
     const int ti = pq / b.tje;
     const int tj = pq - ti * b.tje;
     float acc[4][KT];
-#pragma unroll
+SK_UNROLL
     for (int o = 0; o < 4; ++o)
-#pragma unroll
+SK_UNROLL
       for (int q = 0; q < KT; ++q) acc[o][q] = 0.0f;
     const float* xs = sx + (2 * ti * s.stride_h) * p.pitch + 2 * tj * s.stride_w;
     wc2d_quad_conv<KT, RC, SC>(acc, xs, sw + grp * crs * KT, s, p.rows_in, p.pitch);

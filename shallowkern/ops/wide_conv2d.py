@@ -321,6 +321,7 @@ def _setup_context(ctx, inputs, output):
     out, idx = output
     saved = idx if pool == 2 else (out if relu else input.new_empty(0))
     ctx.save_for_backward(input, weight, saved)
+    ctx.set_materialize_grads(False)  # the uint8 indices output never gets a gradient
     ctx.params = (stride, padding, dilation, groups, relu, pool)
     ctx.has_bias = bias is not None
     ctx.missing_indices = pool == 2 and not return_indices
@@ -331,6 +332,8 @@ def _backward(ctx, grad_out, _grad_idx):
         raise RuntimeError("wide_conv2d: backward through pool=2 needs return_indices=True in the "
                            "forward (the functional shallowkern.ops.wide_conv2d sets it for you)")
     input, weight, saved = ctx.saved_tensors
+    if grad_out is None:  # only the indices were used downstream
+        return (None,) * 10
     stride, padding, dilation, groups, relu, pool = ctx.params
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     gi, gw, gb = wide_conv2d_backward_op(grad_out.contiguous(memory_format=out_memory_format(input)),

@@ -1,4 +1,4 @@
-"""One instrumented run: FLOPs per module (FlopCounterMode), plus bytes, op counts and uncounted ops.
+"""One instrumented run: FLOPs per module (FlopCounterMode), bytes, op counts, uncounted ops.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` and its registry, in which the
 ``shallowkern::`` ops register their formulas at import. Its convention is 2 FLOPs per
@@ -61,7 +61,7 @@ def register_executed_flop_formula(op: Any) -> Callable[[Callable[..., int]], Ca
     and must return the executed FLOPs (same 2-per-multiply-add convention as its dense formula,
     which must exist in ``torch.utils.flop_counter``). Ops without one execute their dense FLOPs.
     """
-    packet = getattr(op, "_overloadpacket", op)
+    packet = op._overloadpacket if isinstance(op, torch._ops.OpOverload) else op
 
     def deco(fn: Callable[..., int]) -> Callable[..., int]:
         EXECUTED_FLOP_REGISTRY[packet] = fn

@@ -71,7 +71,7 @@ def _expand(mask: Tensor, weight: Tensor, name: str) -> Tensor:
 
 
 def kept_fraction(module: nn.Module, name: str, mask: Tensor | None) -> tuple[float, str | None]:
-    """(fraction of weight elements in use, note or None) for one weight-bearing module."""
+    """(fraction of weight elements in use, why it may be overstated or None) for one module."""
     weight = weight_of(module)
     if weight is None or weight.numel() == 0:
         return 1.0, None
@@ -80,13 +80,13 @@ def kept_fraction(module: nn.Module, name: str, mask: Tensor | None) -> tuple[fl
     with torch.no_grad():
         if weight.is_meta:
             keep = None  # no values: no zero detection
-            note = f"{name}: weights on meta, zero kernels not detected"
+            note = "weights on meta: zero kernels not detected"
         else:
             pairs = weight.reshape(weight.shape[0], weight.shape[1], -1).ne(0).any(-1)
             keep = pairs.reshape(*pairs.shape, *([1] * (weight.dim() - 2))).expand(weight.shape)
         if mask is not None:
             if mask.is_meta:
-                return 1.0, f"{name}: mask on meta, ignored"
+                return 1.0, "mask on meta: ignored"
             m = _expand(mask, weight, name).to(weight.device if keep is not None else mask.device)
             keep = m if keep is None else keep & m
         if keep is None:

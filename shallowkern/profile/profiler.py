@@ -139,7 +139,8 @@ def _roof_device(data: torch.device, device: torch.device | str | None
                              f"is for models on meta (this one is on {data})")
         return device
     if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"profile: device must be a torch.device or str, got {type(device).__name__}")
+        raise TypeError("profile: device must be a torch.device or str, got "
+                        f"{type(device).__name__}")
     dev = torch.device(device)
     if data.type != "meta" and (dev.type != data.type or
                                 (dev.index is not None and data.index is not None
@@ -192,7 +193,7 @@ def _rows(model: nn.Module, raw: RawCounts, masks: dict[str, Tensor]
         return sum(raw.ops.get(name, {}).values())
 
     warnings: list[str] = []
-    notes: list[str] = []
+    by_note: dict[str, list[str]] = {}
     own_savings: dict[str, int] = {}
     fractions: dict[str, float] = {}
     flagged: set[str] = set()
@@ -202,18 +203,20 @@ def _rows(model: nn.Module, raw: RawCounts, masks: dict[str, Tensor]
             fractions[name], note = kept_fraction(mod, name or type(model).__name__,
                                                   masks.get(name))
             if note:
-                notes.append(note)
+                by_note.setdefault(note, []).append(name or type(model).__name__)
             own_savings[name] = round(own * (1.0 - fractions[name]))
         own_ops = ops(name) - sum(ops(c) for c in children[name])
         if own == 0 and own_ops > 0 and any(True for _ in mod.parameters(recurse=False)):
             flagged.add(name)
-            own_uncounted = {op: n - sum(raw.uncounted.get(c, {}).get(op, 0) for c in children[name])
+            in_children = [raw.uncounted.get(c, {}) for c in children[name]]
+            own_uncounted = {op: n - sum(u.get(op, 0) for u in in_children)
                              for op, n in raw.uncounted.get(name, {}).items()}
             listed = ", ".join(op for op, n in own_uncounted.items() if n > 0)
             warnings.append(f"{name or type(model).__name__} ({type(mod).__name__}) has parameters "
                             f"and does work ({listed}) but no FLOP formula counted it: its FLOPs "
                             "read 0")
 
+    notes = [f"{note} ({', '.join(names)})" for note, names in by_note.items()]
     rows = []
     for name, mod in named:
         inside = [n for n in own_savings if n == name or not name or n.startswith(name + ".")]

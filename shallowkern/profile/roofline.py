@@ -131,7 +131,8 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def for_device(device: torch.device | str, dtype: torch.dtype) -> tuple[Roofline | None, str | None]:
+def for_device(device: torch.device | str, dtype: torch.dtype
+               ) -> tuple[Roofline | None, str | None]:
     """(roofline, note): the table entry, or a measurement, or None with the reason."""
     if isinstance(device, str) and not _is_device_string(device):
         found = known(device, dtype)

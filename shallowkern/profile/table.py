@@ -17,7 +17,9 @@ def si(x: float | None, unit: str = "") -> str:
     for scale, prefix in _SI:
         if abs(x) >= scale:
             return f"{x / scale:.3g}{prefix}{unit}"
-    return f"{x:.3g}{unit}" if isinstance(x, float) and not float(x).is_integer() else f"{int(x)}{unit}"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:.3g}{unit}"
+    return f"{int(x)}{unit}"
 
 
 def seconds(t: float | None) -> str:
@@ -57,7 +59,8 @@ def render(result: "ProfileResult", depth: int | None = None) -> str:
     header = ["Module", "Type", "Params", "FLOPs", "MACs", "Eff. FLOPs", "Exec. FLOPs", "Bytes",
               "FLOP/B", "Uncounted ops"]
     table = [header]
-    leaves = {r.name for r in result.rows} - {r.name.rpartition(".")[0] for r in result.rows if r.name}
+    parents = {r.name.rpartition(".")[0] for r in result.rows if r.name}
+    leaves = {r.name for r in result.rows} - parents
     for r in result.rows:
         if depth is not None and r.depth > depth:
             continue

@@ -85,25 +85,31 @@ def _latency(model: nn.Module, example: torch.Tensor, repeats: int = LATENCY_REP
 
 def model_cost(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
                batch_size: int = 100) -> dict[str, Any]:
-    """Forward cost per image and inference latency per batch of ``batch_size``.
+    """Forward cost per image and inference latency per batch of ``batch_size`` images.
 
-    ``macs`` counts conv and linear multiply-adds (``layer_report``), ``flops = 2 * macs``
-    (ReLU, pooling and bias adds are ignored: < 1 % for these models). ``bytes`` and the
-    latency come from ``shallowkern.profile`` when it provides them, else bytes is None and
-    the latency is timed here (median of 5 after a warm-up).
+    From ``shallowkern.profile.profile`` (2 FLOPs per multiply-add of conv and linear layers;
+    bias, ReLU and pooling are not counted): ``flops``/``macs`` per image, ``bytes`` moved by one
+    batch (each op's inputs read and outputs written once), ``latency`` = median seconds of one
+    inference batch. If the profiler fails, MACs come from ``layer_report`` (same convention),
+    bytes is None and the latency is timed here; ``cost_source`` says which.
     """
-    macs = sum(r["macs"] for r in layer_report(model, input_shape))
-    out: dict[str, Any] = {
-        "macs": int(macs),
-        "flops": int(2 * macs),
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "bytes": None,
-        "latency_batch": batch_size,
-    }
+    params = int(sum(p.numel() for p in model.parameters()))
+    model.eval()
     example = torch.randn(batch_size, *input_shape, device=device,
                           generator=torch.Generator(device).manual_seed(0))
-    out["latency"] = _latency(model, example)
-    return out
+    try:
+        from ..profile import profile
+
+        res = profile(model, example, warmup=1, repeats=LATENCY_REPEATS)
+        return {"macs": int(res.totals.macs // batch_size),
+                "flops": int(res.totals.flops // batch_size), "params": params,
+                "bytes": int(res.totals.bytes), "latency": float(res.latency.median_s),
+                "latency_batch": batch_size, "cost_source": "shallowkern.profile"}
+    except Exception as exc:  # noqa: BLE001 - cost is secondary; never lose a trained trial
+        macs = sum(r["macs"] for r in layer_report(model, input_shape))
+        return {"macs": int(macs), "flops": int(2 * macs), "params": params, "bytes": None,
+                "latency": _latency(model, example), "latency_batch": batch_size,
+                "cost_source": f"layer_report (profile failed: {type(exc).__name__}: {exc})"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,6 +20,13 @@
 #define SK_DEVICE inline
 #endif
 
+// `#pragma unroll` for the device pass only (host compilers warn about the unknown pragma).
+#if defined(__CUDA_ARCH__)
+#define SK_UNROLL _Pragma("unroll")
+#else
+#define SK_UNROLL
+#endif
+
 // Return the error of a CUDA runtime call from the enclosing function (launchers return
 // cudaError_t and never abort the process; the torch binding turns the error into an exception).
 #define SK_CUDA_TRY(expr)                      \
