@@ -550,11 +550,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .sweep import get_preset
 
-    configs = get_preset("quick", **({"seeds": args.seeds} if args.seeds else {}))
+    from .sweep import visible_gpus
+
+    configs = get_preset("quick", dataset=args.dataset,
+                         **({"seeds": args.seeds} if args.seeds else {}))
+    if args.workers is None and not visible_gpus():
+        # Two single-threaded workers rather than one with two threads: the trials are
+        # independent, and OpenMP threads spin-waiting on a busy machine made a 2-thread
+        # worker 5-20x slower than a 1-thread one in our measurements (docs/sweeps.md).
+        args.workers = min(2, os.cpu_count() or 1)
     summary = _do_sweep(configs, args)
     records = _load_records(args.results)
     # The fit and plots use the same options as `fit` / `plot`, fixed to the quick sweep.
-    for name, value in dict(family="lenet", dataset="cifar10", k=2.8, metric="test_error",
+    for name, value in dict(family="lenet", dataset=configs[0].dataset, k=2.8, metric="test_error",
                             floor=False, formats=["png", "svg"]).items():
         setattr(args, name, value)
     wanted = {c.trial_id for c in configs}
@@ -576,6 +584,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def _bench_passthrough(argv: list[str]) -> list[str]:
+    """Everything after ``bench`` except its own ``--dir DIR``; a leading ``--`` is dropped."""
+    rest = argv[argv.index("bench") + 1:]
+    out, i = [], 0
+    while i < len(rest):
+        if rest[i] == "--":
+            out += rest[i + 1:]
+            break
+        if rest[i] == "--dir":
+            i += 2
+            continue
+        if not rest[i].startswith("--dir="):
+            out.append(rest[i])
+        i += 1
+    return out
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     candidates = [Path(args.dir)] if args.dir else [Path.cwd() / "benchmarks",
                                                     Path(__file__).resolve().parents[1] / "benchmarks"]
@@ -583,10 +608,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if bench_dir is None:
         raise CLIError(f"no benchmarks folder found (looked in {', '.join(map(str, candidates))}); "
                        "run from a source checkout or pass --dir")
-    extra = list(args.pytest_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
-    return subprocess.call([sys.executable, "-m", "pytest", str(bench_dir), *extra])
+    return subprocess.call([sys.executable, "-m", "pytest", str(bench_dir), *args.pytest_args])
 
 
 # ----------------------------------------------------------------------------- parser
@@ -610,9 +632,10 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
 
 
-def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+def _add_sweep_options(p: argparse.ArgumentParser, workers_default: str = "1") -> None:
     p.add_argument("--workers", type=int, help="CPU worker processes when there is no GPU "
-                   "(default 1; 0 runs in this process). With GPUs: one per GPU")
+                   f"(default {workers_default}; 0 runs in this process), each with cores/workers "
+                   "threads. With GPUs: one per GPU")
     p.add_argument("--backend", choices=("local", "submitit", "ray"), default="local",
                    help="where trials run (default local)")
     p.add_argument("--backend-opt", action="append", metavar="KEY=VALUE",
@@ -706,8 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumable), then print the fitted power law with its CI, "
                                    "the profile of the largest model, and where the plots are.")
     _add_results(p, default="shallowkern-quick.jsonl")
-    _add_sweep_options(p)
+    _add_sweep_options(p, workers_default="min(2, cores)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1)")
+    p.add_argument("--dataset", default="cifar10",
+                   help="cifar10 (default); 'synthetic' smoke-tests the pipeline without data")
     p.add_argument("--out-dir", default=None,
                    help="plots and fit.json (default <results without .jsonl>_out/)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -719,8 +744,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shallowkern`` console script and ``python -m shallowkern``."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        # parse_known_args: `bench` passes options it does not know (-k, -q, ...) to pytest.
+        args, unknown = parser.parse_known_args(argv)
+        if args.command == "bench":
+            args.pytest_args = _bench_passthrough(argv)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help (0) or a usage error (2): keep main() returning an int
         return int(exc.code or 0)
     if args.command is None:

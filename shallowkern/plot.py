@@ -43,6 +43,25 @@ def _save(fig, stem: Path, formats: Sequence[str]) -> list[Path]:
     return out
 
 
+def _plain_log_ticks(ax, x: Sequence[float] | None, y: bool = True) -> None:
+    """Readable ticks on log axes spanning less than a decade, where matplotlib would label only
+    minor ticks in 10^x notation: x ticks at the data, ~5 y ticks with 2 significant digits."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
+    if x is not None:
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(float(v) for v in x))))
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if not y:
+        return
+    lo, hi = ax.get_ylim()
+    ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 6)[1:-1]})
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def _means(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xa, ya = np.asarray(x, float), np.asarray(y, float)
     xu = np.unique(xa)
@@ -75,6 +94,7 @@ def plot_error_vs_width(width: Sequence[float], error: Sequence[float], boot: An
     ax.plot(grid, fit.predict(grid), color="C1", label=label, zorder=4)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_ticks(ax, xu)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title or f"{metric.replace('_', ' ')} vs {xlabel}")
@@ -100,10 +120,14 @@ def plot_error_vs_flops(records: list[dict[str, Any]], stem: str | Path, *,
         xu, mean, _ = _means([r["flops"] for r in rows], [r["error"] for r in rows])
         ax.scatter(xu, mean, color=f"C{i}", s=18, label=fam)
         pts = front.per_family[fam]
-        ax.step([p.flops for p in pts], [p.error for p in pts], where="post", color=f"C{i}",
-                alpha=0.8)
+        # Staircase: with at least F FLOPs the best error reachable is that of the last
+        # frontier point at or below F; extend it to the family's largest model.
+        fx = [p.flops for p in pts] + [float(xu.max())]
+        fy = [p.error for p in pts] + [pts[-1].error]
+        ax.step(fx, fy, where="post", color=f"C{i}", alpha=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_log_ticks(ax, None)
     ax.set_xlabel("forward FLOPs per image")
     ax.set_ylabel(f"mean {metric.replace('_', ' ')}")
     ax.set_title("error vs FLOPs (lines: Pareto frontier per family)")
@@ -133,6 +157,7 @@ def plot_k_scan(scans: dict[int, list[tuple[float, float, Any]]], stem: str | Pa
             ax.axvline(scan.k_star, color=f"C{i}", ls=":", alpha=0.7)
     ax.axvline(lenet_optimal_k(), color="k", ls="--", label=f"conservation k = {lenet_optimal_k():.1f}")
     ax.set_xscale("log")
+    _plain_log_ticks(ax, [k for rows in scans.values() for k, _, _ in rows], y=False)
     ax.set_xlabel("k = d2 / d1")
     ax.set_ylabel(f"mean {metric.replace('_', ' ')}")
     ax.set_title("conservation-law k-scan (dotted: fitted optimum)")

@@ -256,17 +256,12 @@ at::Tensor mat(T* p, int64_t rows, int64_t cols, int64_t ld, const at::TensorOpt
   return at::from_blob(const_cast<std::remove_const_t<T>*>(p), {rows, cols}, {ld, 1}, opt);
 }
 
-// Same-width integer for the index lanes of the vectorized 2x2 scan.
-template <typename T>
-using lane_int_t = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
-
 // ------------------------------------------------------------------------------------------------
 // forward
 // ------------------------------------------------------------------------------------------------
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, const Geom& g,
                   bool relu, at::Tensor& out, at::Tensor* idx) {
-  using I = lane_int_t<T>;
   const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
   const int64_t B = images_per_chunk(g, sizeof(T), CRS + g.Kg);
   const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
@@ -279,6 +274,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
   const auto os = out.strides();  // indices share the output's shape and layout
   const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
   const auto opt = x.options();
+  // As an int, not a captured bool: a bool loaded through the lambda's reference has no vector
+  // type, and GCC then gives up on the epilogue loops.
+  const int32_t act = relu ? 1 : 0;
 
   at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> colT(B * P * CRS), y(g.Kg * B * P), xpad(pd.size(), T(0)), tmp(PHW);
@@ -307,7 +305,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
 #pragma omp simd
             for (int64_t t = 0; t < PHW; ++t) {
               const T v = v0[t] + bv;
-              ot[t] = (!relu || v > T(0) || v != v) ? v : T(0);
+              ot[t] = ((act == 0) | (v > T(0)) | (v != v)) ? v : T(0);
             }
           } else {
             const T *v1 = v0 + PHW, *v2 = v1 + PHW, *v3 = v2 + PHW;
@@ -315,20 +313,22 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
             for (int64_t t = 0; t < PHW; ++t) {
               // max_pool2d scans from -inf with `v > best || isnan(v)`; starting at position 0
               // is the same (v0 either wins the first comparison or is -inf like the start).
+              // Bitwise | and & (no short-circuit) keep this branch-free, so GCC vectorizes it
+              // (float: SSE2 and up; an int32 index lane, narrowed to uint8 on store).
               T best = v0[t] + bv;
-              I bi = 0;
+              int32_t bi = 0;
               const T a1 = v1[t] + bv, a2 = v2[t] + bv, a3 = v3[t] + bv;
-              bool u = a1 > best || a1 != a1;
+              bool u = (a1 > best) | (a1 != a1);
               best = u ? a1 : best, bi = u ? 1 : bi;
-              u = a2 > best || a2 != a2;
+              u = (a2 > best) | (a2 != a2);
               best = u ? a2 : best, bi = u ? 2 : bi;
-              u = a3 > best || a3 != a3;
+              u = (a3 > best) | (a3 != a3);
               best = u ? a3 : best, bi = u ? 3 : bi;
               // relu then pool == pool then relu, with the same first index whenever out > 0
               // (positive values are unchanged, the rest become 0 < out; NaN survives both).
-              const bool z = relu && best <= T(0);
+              const bool z = (act != 0) & (best <= T(0));
               ot[t] = z ? T(0) : best;
-              it[t] = static_cast<uint8_t>(z ? I(kNoGrad) : bi);
+              it[t] = static_cast<uint8_t>(z ? int32_t(kNoGrad) : bi);
             }
           }
           if (!dense) {  // channels_last or otherwise strided output

@@ -41,9 +41,12 @@
 // reference), and writes the pooled output: the 32 lanes of a warp store 32 consecutive
 // elements of one output plane (and the uint8 index), coalesced. The launcher picks KT in {16, 4},
 // KG in 1..16 and the tile height with a small cost model (wide_conv2d.h: wc2d_make_plan) that
-// counts FFMA issue per block, lane utilization of the last item-loop iteration and blocks on the
-// busiest SM; e.g. N = 128, d1 = 256 on 132 SMs gives whole-image tiles and one slab of 256
-// channels per image.
+// counts issue slots and shared-memory wavefronts per item, lane utilization of the last
+// item-loop iteration and blocks on the busiest SM, and pads the staged rows to a pitch that
+// avoids bank conflicts between quad rows. For LeNet conv1 on 132 SMs it picks whole-image tiles
+// (14x14 quads, pitch 46) with KT = 4 x 13 groups (N = 128, d1 = 256: 640 blocks, 33 KB smem)
+// or KT = 16 x 13 groups (d1 >= 1024: 81 KB); csrc/tests/test_cuda_indexing.cpp prints the table.
+// SHALLOWKERN_WC2D_KT=4|16 pins KT, to compare the two on a GPU.
 //
 // Staging is negligible here: ~3K input + ~19K weight floats per block against ~10^7 FMA.
 // The index arithmetic and the per-item math are SK_HD functions in wide_conv2d.h, exercised on
@@ -51,6 +54,7 @@
 // scripts/gpu_check.sh and tests/cuda/test_wide_conv2d_cuda.py.
 
 #include <atomic>
+#include <cstdlib>
 
 #include "wide_conv2d.h"
 
@@ -106,6 +110,17 @@ cudaError_t device_limits(WideConv2dDeviceLimits* lim, int* device) {
   lim->smem_per_block = size_t(optin[dev].load(std::memory_order_relaxed));
   lim->smem_per_sm = size_t(per_sm[dev].load(std::memory_order_relaxed));
   return cudaSuccess;
+}
+
+// SHALLOWKERN_WC2D_KT=4|16 restricts the plan to one register blocking (read once per process):
+// a tuning knob for comparing the two on a GPU, not an API.
+int forced_kt() {
+  static const int kt = [] {
+    const char* v = std::getenv("SHALLOWKERN_WC2D_KT");
+    const int k = v ? std::atoi(v) : 0;
+    return (k == 4 || k == 16) ? k : 0;
+  }();
+  return kt;
 }
 
 bool same_shape(const WideConv2dShape& a, const WideConv2dShape& b) {
@@ -178,7 +193,7 @@ cudaError_t wide_conv2d_forward(const WideConv2dArgs& a, cudaStream_t stream) {
   if (cache.valid && cache.device == device && same_shape(cache.shape, s)) {
     plan = cache.plan;
   } else {
-    if (!wc2d_make_plan(s, g, lim, &plan)) return cudaErrorInvalidValue;
+    if (!wc2d_make_plan(s, g, lim, &plan, forced_kt())) return cudaErrorInvalidValue;
     cache.valid = true;
     cache.device = device;
     cache.shape = s;

@@ -250,9 +250,11 @@ inline double wc2d_plan_cost(const WideConv2dShape& s, const WideConv2dGeometry&
   return cost;
 }
 
-// Picks kt in {16, 4}, kg in 1..16, the tile; false if nothing fits (cudaErrorInvalidValue).
+// Picks kt in {16, 4} (only `only_kt` if non-zero), kg in 1..16, the tile; false if nothing fits
+// (cudaErrorInvalidValue).
 inline bool wc2d_make_plan(const WideConv2dShape& s, const WideConv2dGeometry& g,
-                           const WideConv2dDeviceLimits& lim, WideConv2dPlan* best) {
+                           const WideConv2dDeviceLimits& lim, WideConv2dPlan* best,
+                           int only_kt = 0) {
   if (s.n < 1 || s.k < 1 || lim.sms < 1) return false;
   // Tile width: whole quad rows when the tile's input rows fit in a quarter of shared memory
   // (contiguous stores), else halve.
@@ -270,6 +272,7 @@ inline bool wc2d_make_plan(const WideConv2dShape& s, const WideConv2dGeometry& g
   const int kts[2] = {16, 4};
   for (int a = 0; a < 2; ++a) {
     const int kt = kts[a];
+    if (only_kt != 0 && kt != only_kt) continue;
     const int kg_max = cdiv(s.k, kt) < 16 ? cdiv(s.k, kt) : 16;
     int last_ti = -1;
     for (int m = 1; m <= 16; ++m) {  // tile heights that cut the quad rows into m tiles

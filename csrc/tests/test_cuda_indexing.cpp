@@ -107,9 +107,10 @@ void check_plan(const skc::WideConv2dShape& s, const skc::WideConv2dGeometry& g,
 
 // Runs one case; returns false (and counts failures) on mismatch.
 // integer_data: small integers, so fp32 is exact and ties are frequent: values must match exactly
-// and indices everywhere (first maximum in scan order).
+// and indices everywhere (first maximum in scan order). nan_data: a few input NaNs (the NaN wins
+// the pool, survives the ReLU, and its index is never 4).
 void run_case(const skc::WideConv2dShape& s, const skc::WideConv2dDeviceLimits& lim,
-              bool with_bias, unsigned seed, bool integer_data = false) {
+              bool with_bias, unsigned seed, bool integer_data = false, bool nan_data = false) {
   skc::WideConv2dGeometry g;
   EXPECT(skc::wc2d_geometry(s, &g), "geometry rejected");
   skc::WideConv2dPlan p;
@@ -125,6 +126,8 @@ void run_case(const skc::WideConv2dShape& s, const skc::WideConv2dDeviceLimits& 
   std::uniform_int_distribution<int> small(-2, 2);
   for (auto* t : {&x, &w, &bias})
     for (auto& v : *t) v = integer_data ? float(small(gen)) : nd(gen);
+  if (nan_data)
+    for (size_t e = 0; e < x.size(); e += 1 + gen() % 97) x[e] = std::nanf("");
   const size_t n_out = size_t(s.n) * s.k * g.ph * g.pw;
   std::vector<float> out(n_out, std::nanf(""));
   std::vector<uint8_t> idx(s.write_indices ? n_out : 0, 255);
@@ -160,21 +163,24 @@ void run_case(const skc::WideConv2dShape& s, const skc::WideConv2dDeviceLimits& 
             for (int o = 0; o < 4; ++o) v[o] = conv(n, k, 2 * i + o / 2, 2 * j + o % 2);
             ref = v[0];
             for (int o = 1; o < 4; ++o)
-              if (v[o] > ref) ref = v[o], ref_pos = o;
+              if (v[o] > ref || std::isnan(v[o])) ref = v[o], ref_pos = o;
             for (int o = 0; o < 4; ++o)
               if (o != ref_pos) gap = std::min(gap, ref - v[o]);
+            if (std::isnan(ref)) gap = 1e30;  // exact: the last NaN in scan order
             if (s.relu && ref <= 0.0) ref_pos = 4;
           } else {
             ref = conv(n, k, i, j);
           }
           const double got = out[off];
-          if (!(std::fabs(got - ref) <= tol + 1e-5 * std::fabs(ref))) {
+          const bool ok = std::isnan(ref) ? std::isnan(got)
+                                          : std::fabs(got - ref) <= tol + 1e-5 * std::fabs(ref);
+          if (!ok) {
             if (bad++ < 5)
               std::fprintf(stderr, "  out[%d,%d,%d,%d] = %.8g, reference %.8g\n", n, k, i, j,
                            got, ref);
           }
           if (s.write_indices) {
-            const bool tie = !integer_data &&
+            const bool tie = !integer_data && !std::isnan(ref) &&
                              (gap < 100 * tol || (s.relu && std::fabs(ref) < 100 * tol));
             if (idx[off] > 4 || (!tie && idx[off] != ref_pos)) {
               if (bad++ < 5)
@@ -279,6 +285,9 @@ int main() {
   }
   // Exact arithmetic with many ties: tie-breaking and the relu index 4, on every path.
   for (const auto& c : cases) run_case(c.s, kH100, c.bias, seed++, /*integer_data=*/true);
+
+  // NaN inputs.
+  for (const auto& c : cases) run_case(c.s, kH100, c.bias, seed++, false, /*nan_data=*/true);
 
   // Large images: spatial tiles (rows and, on the small device, columns).
   run_case(make_shape(1, 3, 131, 157, 20, 5, 5, 1, 1, 2, 2, 1, 1, 2, true, true), kSmall, true, 99);

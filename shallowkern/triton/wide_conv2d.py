@@ -25,6 +25,9 @@ Reduction order, two modes chosen by the launcher:
        strided load (contiguous for channels_last input) and the weight, made channels_last
        (K, R, S, C) by the launcher, is contiguous along c.
 Inputs are read through their strides (NCHW, channels_last or any view: no copies).
+channels_last is the fast layout for CHANNEL mode: with C % 8 == 0 the JIT's stride-1 and
+divisible-by-16 specializations let the channel-block gather load 16-byte vectors through
+cp.async (sm_90 TTGIR checked); NCHW gathers are element-wise loads.
 
 fp32 inputs use TF32 tensor cores when PyTorch allows it for convolutions
 (torch.backends.cudnn.allow_tf32, default True), "ieee" fp32 FMA otherwise. fp16/bf16 accumulate
@@ -151,7 +154,9 @@ def _wide_conv2d_fwd_kernel(
                       & (iw >= 0) & (iw < W))
             a = tl.load(x_ptr + x_row[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw,
                         mask=a_mask, other=0.0)
-            b = tl.load(w_ptr + (c * swc + rr * swr + ss * sws)[:, None] + w_col[None, :],
+            # contiguous (K, C*R*S) weight (the launcher ensures it): t is the column offset,
+            # so the weight tile loads as 16-byte vectors
+            b = tl.load(w_ptr + t[:, None] + w_col[None, :],
                         mask=t_ok[:, None] & k_ok[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     else:
@@ -178,12 +183,6 @@ def _wide_conv2d_fwd_kernel(
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)  # keeps NaN, as torch.relu does
 
-    pr = pid_m * BMP + tl.arange(0, BMP)
-    pn = pr // (PH * PW)
-    prem = pr % (PH * PW)
-    o_off = (pn.to(tl.int64) * son + (prem // PW) * soh + (prem % PW) * sow)[:, None] \
-        + (kk * sok)[None, :]
-    o_mask = (pr < MP - 1)[:, None] & k_ok[None, :]
     if POOL == 2:
         # rows w*BMP + m, w = 2*di + dj: (di, dj, m, k) -> (m, k, di, dj); split peels the
         # last axis (dj), the second split di
@@ -202,13 +201,31 @@ def _wide_conv2d_fwd_kernel(
         upd = (v11 > best) | (v11 != v11)
         best = tl.where(upd, v11, best)
         pos = tl.where(upd, 3, pos)
+        pr = pid_m * BMP + tl.arange(0, BMP)
+        prem = pr % (PH * PW)
+        o_off = ((pr // (PH * PW)).to(tl.int64) * son + (prem // PW) * soh
+                 + (prem % PW) * sow)[:, None] + (kk * sok)[None, :]
+        o_mask = (pr < MP)[:, None] & k_ok[None, :]
         tl.store(out_ptr + o_off, best.to(out_ptr.dtype.element_ty), mask=o_mask)
         if WRITE_IDX:
             if RELU:
                 pos = tl.where(best <= 0, 4, pos)
             tl.store(idx_ptr + o_off, pos.to(tl.uint8), mask=o_mask)
     else:
-        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=o_mask)
+        # two half-height stores: one 128x128 store needs a 64-bit pointer per element and
+        # pushed this path to 255 registers
+        HALF: tl.constexpr = BLOCK_M // 2
+        top, bot = tl.split(tl.permute(tl.reshape(acc.to(out_ptr.dtype.element_ty),
+                                                  (2, HALF, BLOCK_N)), (1, 2, 0)))
+        hr = pid_m * BLOCK_M + tl.arange(0, HALF)
+        for half in tl.static_range(2):
+            r_h = hr + half * HALF
+            n_h = r_h // (PH * PW)
+            rem_h = r_h % (PH * PW)
+            off = (n_h.to(tl.int64) * son + (rem_h // PW) * soh + (rem_h % PW) * sow)[:, None] \
+                + (kk * sok)[None, :]
+            tl.store(out_ptr + off, top if half == 0 else bot,
+                     mask=(r_h < MP)[:, None] & k_ok[None, :])
 
 
 def _prune_fwd(configs, named_args, **kwargs):
@@ -236,7 +253,8 @@ def conv_out_hw(h: int, w: int, r: int, s: int, stride, padding, dilation) -> tu
 
 def out_memory_format(x: Tensor) -> torch.memory_format:
     """channels_last in -> channels_last out (same rule as shallowkern.ops.wide_conv2d)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -268,7 +286,8 @@ def supports(input: Tensor, weight: Tensor, groups: int = 1) -> str | None:
 def _pair(v, name: str) -> tuple[int, int]:
     v = (v, v) if isinstance(v, int) else tuple(v)
     if len(v) != 2 or not all(isinstance(e, int) for e in v):
-        raise ValueError(f"wide_conv2d (triton): {name} must be an int or a pair of ints, got {v!r}")
+        raise ValueError(f"wide_conv2d (triton): {name} must be an int or a pair of ints, "
+                         f"got {v!r}")
     return v
 
 
@@ -343,7 +362,9 @@ def _forward(input, weight, bias, stride, padding, dilation, relu, pool, return_
     if c == 0:  # empty reduction: the conv is the bias
         raise ValueError("wide_conv2d (triton): input has 0 channels")
     flat = use_flat(c) if flat is None else flat
-    if not flat:
+    if flat:
+        weight = weight.contiguous()  # the flat reduction indexes it as (K, C*R*S)
+    else:
         # (K, R, S, C) order: weight tiles contiguous along c. A no-op for channels_last weights;
         # otherwise one copy of the weight, small next to the conv's N*OH*OW*K*C*R*S work.
         weight = weight.contiguous(memory_format=torch.channels_last)

@@ -49,20 +49,30 @@ from .wide_conv2d import (check_conv_args, device_guard, input_precision, interp
 __all__ = ["backward", "BWD_INPUT_CONFIGS", "BWD_WEIGHT_CONFIGS", "INTERPRET_BWD_INPUT_CONFIG",
            "INTERPRET_BWD_WEIGHT_CONFIG"]
 
-# These gather kernels reach ptxas' 255-register cap on sm_90 (no spills): two 2-D gathers
-# (grad_out + saved) feed each tl.dot. Tiles are kept at BLOCK_K = 32 so fp32 stays well under
-# the 227 KB shared-memory limit and ptxas stays fast.
-BWD_INPUT_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
+# sm_90 compile check: most of these gather kernels reach ptxas' 255-register cap, without
+# spills (two 2-D gathers, grad_out and saved, form each gy tile). BLOCK_K stays at 32 so fp32
+# stays well under the 227 KB shared-memory limit and ptxas stays fast.
+def _in_cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                         num_warps=warps, num_stages=stages)
+
+
+def _w_cfg(bko, bcrs, bp, warps, stages):
+    return triton.Config({"BLOCK_KO": bko, "BLOCK_CRS": bcrs, "BLOCK_P": bp},
+                         num_warps=warps, num_stages=stages)
+
+
+BWD_INPUT_CONFIGS = [  # rows = input positions, columns = C, reduction = K per (r, s)
+    _in_cfg(128, 128, 32, 8, 3),
+    _in_cfg(128, 64, 32, 4, 3),
+    _in_cfg(64, 128, 32, 4, 3),
+    _in_cfg(128, 32, 32, 4, 3),  # small C_in (conv1's gx, rarely needed)
 ]
-BWD_WEIGHT_CONFIGS = [
-    triton.Config({"BLOCK_KO": 128, "BLOCK_CRS": 128, "BLOCK_P": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_KO": 128, "BLOCK_CRS": 64, "BLOCK_P": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_KO": 64, "BLOCK_CRS": 128, "BLOCK_P": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_KO": 128, "BLOCK_CRS": 32, "BLOCK_P": 32}, num_warps=4, num_stages=3),
+BWD_WEIGHT_CONFIGS = [  # rows = K, columns = C*R*S, reduction = positions
+    _w_cfg(128, 128, 32, 8, 3),
+    _w_cfg(128, 64, 32, 4, 3),
+    _w_cfg(64, 128, 32, 4, 3),
+    _w_cfg(128, 32, 32, 4, 3),  # conv1: C*R*S = 75 -> 3 column tiles
 ]
 INTERPRET_BWD_INPUT_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}
 INTERPRET_BWD_WEIGHT_CONFIG = {"BLOCK_KO": 32, "BLOCK_CRS": 64, "BLOCK_P": 64}
@@ -271,9 +281,9 @@ def _check_grad_args(grad_out: Tensor, input: Tensor, weight: Tensor, saved: Ten
         what = "the uint8 pool indices" if pool == 2 else "the forward output"
         if (not isinstance(saved, Tensor) or tuple(saved.shape) != shape or saved.dtype != want
                 or saved.device != input.device):
-            raise ValueError(f"wide_conv2d backward (triton): saved must be {what}, {shape} {want}"
-                             f" on {input.device}, got "
-                             f"{(tuple(saved.shape), saved.dtype) if isinstance(saved, Tensor) else saved}")
+            got = (tuple(saved.shape), saved.dtype) if isinstance(saved, Tensor) else saved
+            raise ValueError(f"wide_conv2d backward (triton): saved must be {what}, {shape} "
+                             f"{want} on {input.device}, got {got}")
 
 
 def backward(grad_out: Tensor, input: Tensor, weight: Tensor, saved: Tensor,
@@ -314,7 +324,9 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if want_gw else empty
     gb = torch.empty((k,), dtype=weight.dtype, device=weight.device) if want_gb else empty
     mr = nb * eh * ew
-    if nb == 0 or k == 0 or c == 0:  # nothing to reduce: zero gradients, no launch
+    if c == 0:
+        raise ValueError("wide_conv2d backward (triton): input has 0 channels")
+    if nb == 0 or k == 0:  # nothing to reduce: zero gradients, no launch
         gi.zero_(), gw.zero_(), gb.zero_()
         return gi, gw, gb
     prec = input_precision(input.dtype)
@@ -342,7 +354,7 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
             if split is None:
                 sms = (torch.cuda.get_device_properties(input.device).multi_processor_count
                        if input.device.type == "cuda" else 2)
-                split = choose_split(mr, k if want_gw else 1, crs if want_gw else 1, sms)
+                split = choose_split(mr, k, crs if want_gw else 1, sms)
             chunk = triton.cdiv(triton.cdiv(mr, split), 64) * 64
             split = triton.cdiv(mr, chunk)  # every split owns >= 1 row: every partial is written
             f32 = torch.float32

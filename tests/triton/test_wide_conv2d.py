@@ -260,7 +260,8 @@ def test_helpers_match_op_layer():
     x = torch.empty(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
     for t in (x, x.contiguous(), x[:, :2]):
         assert tk.out_memory_format(t) == out_memory_format(t)
-    for args in [((31, 30), (5, 4), (1, 2), (2, 0), (1, 3)), ((8, 8), (1, 1), (1, 1), (0, 0), (1, 1))]:
+    for args in [((31, 30), (5, 4), (1, 2), (2, 0), (1, 3)),
+                 ((8, 8), (1, 1), (1, 1), (0, 0), (1, 1))]:
         (h, w), (r, s), st, p, d = args
         assert tk.conv_out_hw(h, w, r, s, st, p, d) == conv_out_hw(h, w, (r, s), st, p, d)
 
@@ -401,63 +402,88 @@ def test_bad_arguments():
 # ---------------------------------------------------------------------------------------------
 # sm_90 compile check (subprocess without TRITON_INTERPRET)
 # ---------------------------------------------------------------------------------------------
+# Specializations the JIT makes at launch for the layouts that matter: strides equal to 1 become
+# constants and ints divisible by 16 get a divisibility hint. They decide whether the gathers
+# vectorize to 16-byte loads and get cp.async-pipelined, so the check compiles them as launched
+# (stride = dilation = 1, C % 16 == 0 for channel mode; K = 2.8*d1 is not a multiple of 16).
+_ONES = ("STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W")
+SCENARIOS = {
+    # kernel: {scenario: (stride args == 1, int args divisible by 16)}
+    "fwd": {
+        "cl": (("sxc", "swc", "sok"), ("C", "sxn", "sxh", "sxw", "swk", "swr", "sws")),
+        "nchw": (("sxw", "swc", "sow"), ("C", "swk", "swr", "sws")),
+        # conv1: 3x32x32 NCHW input, contiguous (K, C, R, S) weight
+        "flat": (("sxw", "sws", "sow"), ("sxn", "sxc", "sxh")),
+    },
+    "bwd_input": {
+        "cl": (("sgk", "ssk", "swc", "sxc"), ("C", "swk", "swr", "sws", "sxn", "sxh", "sxw")),
+        "nchw": (("sgw", "ssw", "swc", "sxw"), ("C", "swk", "swr", "sws")),
+    },
+    "bwd_weight": {
+        "cl": (("sgk", "ssk", "sxc"), ("C", "sxn", "sxh", "sxw")),
+        "nchw": (("sgw", "ssw", "sxw"), ()),
+    },
+}
+_PTRS = {"fwd": ("x_ptr", "w_ptr", "b_ptr", "out_ptr", "idx_ptr"),
+         "bwd_input": ("go_ptr", "sv_ptr", "w_ptr", "gx_ptr"),
+         "bwd_weight": ("go_ptr", "sv_ptr", "x_ptr", "gw_ptr", "gb_ptr")}
+
+
 def _compile_jobs(full: bool):
-    """(label, kernel, pointer types, constexprs, config) for the compile check."""
+    """(label, kernel name, pointer types, constexprs, divisible args, config index) tuples."""
     dts = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
-
-    def prec(dt):
-        return "tf32" if dt == "fp32" else "ieee"
-
     jobs = []
 
-    def fwd(i, cfg, dt, flat=None, pool=2, relu=True):
-        flat = cfg.kwargs["BLOCK_K"] == 16 if flat is None else flat
-        ptrs = {a: dts[dt] for a in ("x_ptr", "w_ptr", "b_ptr", "out_ptr")} | {"idx_ptr": "*u8"}
-        const = dict(R=5, S=5, HAS_BIAS=True, RELU=relu, POOL=pool, WRITE_IDX=pool == 2,
-                     FLAT=flat, INPUT_PRECISION=prec(dt))
-        jobs.append((f"fwd[{i}] {dt} {'flat' if flat else 'chan'} pool{pool}",
-                     tk._wide_conv2d_fwd_kernel, ptrs, const, cfg))
+    def job(kind, i, dt, scenario, **const):
+        ones, div = SCENARIOS[kind][scenario]
+        const = {**{a: 1 for a in ones + _ONES}, "R": 5, "S": 5, "RELU": True, "POOL": 2,
+                 "INPUT_PRECISION": "tf32" if dt == "fp32" else "ieee", **const}
+        ptrs = {a: dts[dt] for a in _PTRS[kind]}
+        if kind == "fwd":
+            const = {"HAS_BIAS": True, "WRITE_IDX": const["POOL"] == 2, "FLAT": scenario == "flat",
+                     **const}
+            ptrs["idx_ptr"] = "*u8"
+        elif kind == "bwd_weight":
+            const = {"HAS_GW": True, "HAS_GB": True, "CL_ORDER": scenario == "cl", **const}
+            ptrs.update(gw_ptr="*fp32", gb_ptr="*fp32")
+        if const["POOL"] == 2 and "sv_ptr" in ptrs:
+            ptrs["sv_ptr"] = "*u8"
+        extra = "".join(f" {k}={v}" for k, v in const.items() if k in ("POOL", "RELU", "HAS_GW")
+                        and v != (True if k != "POOL" else 2))
+        jobs.append((f"{kind}[{i}] {dt} {scenario}{extra}", kind, ptrs, const, div, i))
 
-    def bwd_in(i, cfg, dt, pool=2, relu=True):
-        ptrs = {a: dts[dt] for a in ("go_ptr", "w_ptr", "gx_ptr")}
-        ptrs["sv_ptr"] = "*u8" if pool == 2 else dts[dt]
-        const = dict(R=5, S=5, RELU=relu, POOL=pool, INPUT_PRECISION=prec(dt))
-        jobs.append((f"bwd_input[{i}] {dt} pool{pool}", tb._wide_conv2d_bwd_input_kernel, ptrs,
-                     const, cfg))
-
-    def bwd_w(i, cfg, dt, has_gw=True, cl=False):
-        ptrs = {a: dts[dt] for a in ("go_ptr", "x_ptr")} | {
-            "sv_ptr": "*u8", "gw_ptr": "*fp32", "gb_ptr": "*fp32"}
-        const = dict(R=5, S=5, RELU=True, POOL=2, HAS_GW=has_gw, HAS_GB=True, CL_ORDER=cl,
-                     INPUT_PRECISION=prec(dt))
-        jobs.append((f"bwd_weight[{i}] {dt} {'gw+gb' if has_gw else 'gb'}{' cl' if cl else ''}",
-                     tb._wide_conv2d_bwd_weight_kernel, ptrs, const, cfg))
-
-    main_dts = ("fp32", "fp16", "bf16") if full else ("bf16",)
-    for dt in main_dts:
-        for i, cfg in enumerate(tk.FWD_CONFIGS):
-            fwd(i, cfg, dt)
-        for i, cfg in enumerate(tb.BWD_INPUT_CONFIGS):
-            bwd_in(i, cfg, dt)
-        for i, cfg in enumerate(tb.BWD_WEIGHT_CONFIGS):
-            bwd_w(i, cfg, dt)
-    if not full:  # the other dtypes on the first (largest-smem) configs
-        for dt in ("fp32", "fp16"):
-            fwd(0, tk.FWD_CONFIGS[0], dt)
-            bwd_in(0, tb.BWD_INPUT_CONFIGS[0], dt)
-            bwd_w(0, tb.BWD_WEIGHT_CONFIGS[0], dt)
-        fwd(1, tk.FWD_CONFIGS[1], "fp32")  # BLOCK_K = 64: the most fp32 shared memory
-    # other specializations
-    fwd(5, tk.FWD_CONFIGS[5], "fp32", flat=True)
-    fwd(0, tk.FWD_CONFIGS[0], "bf16", pool=1, relu=False)
-    bwd_in(0, tb.BWD_INPUT_CONFIGS[0], "bf16", pool=1)
-    bwd_w(0, tb.BWD_WEIGHT_CONFIGS[0], "bf16", has_gw=False)
-    bwd_w(0, tb.BWD_WEIGHT_CONFIGS[0], "bf16", cl=True)
+    configs = {"fwd": tk.FWD_CONFIGS, "bwd_input": tb.BWD_INPUT_CONFIGS,
+               "bwd_weight": tb.BWD_WEIGHT_CONFIGS}
+    for dt in ("fp32", "fp16", "bf16") if full else ("bf16",):
+        for kind, cfgs in configs.items():
+            for i, cfg in enumerate(cfgs):
+                flat = kind == "fwd" and cfg.kwargs["BLOCK_K"] == 16  # the conv1 configs
+                job(kind, i, dt, "flat" if flat else "cl")
+    if not full:  # fp32 (twice the shared memory) on the first configs
+        for kind in configs:
+            job(kind, 0, "fp32", "cl")
+        job("fwd", 0, "fp16", "cl")  # fp16 and bf16 compile to the same resources
+        job("fwd", 1, "fp32", "cl")  # BLOCK_K = 64: the most fp32 shared memory
+        job("fwd", 5, "fp32", "flat")
+    for kind in configs:  # NCHW: strided gathers, no 16-byte vectors
+        job(kind, 0, "bf16", "nchw")
+    job("fwd", 0, "bf16", "cl", POOL=1, RELU=False, HAS_BIAS=False)
+    job("bwd_input", 0, "bf16", "cl", POOL=1)
+    job("bwd_weight", 0, "bf16", "cl", HAS_GW=False)
     return jobs
 
 
-def compile_check(full: bool = False) -> list[dict]:
-    """Compile the kernels for sm_90; one dict per job (must run without TRITON_INTERPRET)."""
+def _kernel(kind):
+    return {"fwd": tk._wide_conv2d_fwd_kernel, "bwd_input": tb._wide_conv2d_bwd_input_kernel,
+            "bwd_weight": tb._wide_conv2d_bwd_weight_kernel}[kind]
+
+
+def _config(kind, i):
+    return {"fwd": tk.FWD_CONFIGS, "bwd_input": tb.BWD_INPUT_CONFIGS,
+            "bwd_weight": tb.BWD_WEIGHT_CONFIGS}[kind][i]
+
+
+def _compile_one(job) -> dict:
     import re
     import tempfile
     import time
@@ -466,31 +492,44 @@ def compile_check(full: bool = False) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    assert not tk.interpreting(), "compile_check needs TRITON_INTERPRET unset"
+    label, kind, ptrs, const, div, i = job
+    fn, cfg = _kernel(kind), _config(kind, i)
+    const = {**const, **cfg.kwargs}
+    sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+             for a in (*ptrs, *div) if a not in const}
+    t0 = time.perf_counter()
+    kern = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    ttgir = kern.asm["ttgir"]
+    row = dict(kernel=label, tile=cfg.kwargs, warps=cfg.num_warps, stages=cfg.num_stages,
+               seconds=round(time.perf_counter() - t0, 2), shared=kern.metadata.shared,
+               wgmma="warp_group_dot" in ttgir, cp_async="async_copy" in ttgir, regs=None,
+               spill_bytes=None)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
                              "cuobjdump")
-    rows = []
-    for label, fn, ptrs, const, cfg in _compile_jobs(full):
-        const = {**const, **cfg.kwargs}
-        sig = {a: "constexpr" if a in const else ptrs.get(a, "i32") for a in fn.arg_names}
-        t0 = time.perf_counter()
-        kern = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
-                              target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-        row = dict(kernel=label, tile=cfg.kwargs, warps=cfg.num_warps, stages=cfg.num_stages,
-                   seconds=round(time.perf_counter() - t0, 2), shared=kern.metadata.shared,
-                   wgmma="wgmma" in kern.asm["ptx"], regs=None, spill_bytes=None)
-        if os.path.exists(cuobjdump):
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(kern.asm["cubin"])
-                f.flush()
-                res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
-                                     text=True).stdout
-            m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", res)
-            if m:
-                row["regs"], row["spill_bytes"] = int(m.group(1)), int(m.group(2))
-        rows.append(row)
-    return rows
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kern.asm["cubin"])
+            f.flush()
+            res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True,
+                                 text=True).stdout
+        m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", res)
+        if m:
+            row["regs"], row["spill_bytes"] = int(m.group(1)), int(m.group(2))
+    return row
+
+
+def compile_check(full: bool = False, workers: int | None = None) -> list[dict]:
+    """Compile the kernels for sm_90, one dict per job (needs TRITON_INTERPRET unset)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    assert not tk.interpreting(), "compile_check needs TRITON_INTERPRET unset"
+    jobs = _compile_jobs(full)
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_compile_one, jobs))
 
 
 def _nvidia_backend_available() -> bool:
@@ -515,6 +554,7 @@ def test_compile_sm90(full):
         print(row)
         assert row["shared"] <= SMEM_LIMIT, row
         assert not row["spill_bytes"], row  # None (no cuobjdump) or 0
+        assert row["wgmma"] or "HAS_GW=False" in row["kernel"], row  # tensor-core dots
 
 
 if __name__ == "__main__":

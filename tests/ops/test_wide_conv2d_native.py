@@ -1,0 +1,354 @@
+"""The C++ CPU kernels shallowkern::_wide_conv2d_native{,_backward} against the references.
+
+Oracles: wide_conv2d_reference / wide_conv2d_backward_reference (shallowkern/ops/wide_conv2d.py),
+evaluated in float64 on the same inputs. The public op (routing, autograd, fake) is tested in
+tests/ops/test_wide_conv2d.py; here the native ops are called directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from shallowkern.ops.wide_conv2d import (NO_GRAD, conv_out_hw, wide_conv2d_backward_reference,
+                                         wide_conv2d_reference)
+from shallowkern.testing import EMPTY_BATCH, FIRST_LAYER_CIN, ODD_HW, assert_close, has_ext
+
+pytestmark = pytest.mark.skipif(not has_ext(), reason="shallowkern._C (the C++ kernels) is not built")
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def fwd(*args):
+    return torch.ops.shallowkern._wide_conv2d_native(*args)
+
+
+def bwd(*args):
+    return torch.ops.shallowkern._wide_conv2d_native_backward(*args)
+
+
+# name -> (n, c, h, w, k, r, s, stride, padding, dilation, groups, bias)
+CASES = {
+    "first_layer": (2, FIRST_LAYER_CIN, 12, 12, 6, 5, 5, 1, 0, 1, 1, True),
+    "width_1": (2, FIRST_LAYER_CIN, 9, 9, 1, 3, 3, 1, 0, 1, 1, True),
+    "width_127": (1, 4, 8, 8, 127, 3, 3, 1, 1, 1, 1, True),
+    "odd_31": (1, FIRST_LAYER_CIN, ODD_HW, ODD_HW, 6, 5, 5, 1, 0, 1, 1, True),
+    "stride_2_pad": (2, 4, 13, 11, 6, 3, 3, 2, 2, 1, 1, True),
+    "dilation_2": (2, 4, 14, 12, 5, 3, 3, 1, 1, 2, 1, False),
+    "groups_2": (3, 8, 9, 10, 6, 3, 3, 1, 1, 1, 2, True),
+    "mixed": (2, 6, 15, 13, 4, 3, 2, (2, 1), (1, 2), (2, 1), 2, False),
+    "many_chunks": (13, 8, 10, 10, 12, 3, 3, 1, 0, 1, 1, True),  # > 1 chunk per thread
+    "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
+}
+
+
+def pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def make(case, dtype, layout="contiguous", seed=0):
+    """case: a name in CASES or such a tuple. Returns (x, weight, bias, [stride, padding, ...])."""
+    n, c, h, w, k, r, s, stride, padding, dilation, groups, bias = (
+        CASES[case] if isinstance(case, str) else case)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(k, c // groups, r, s, generator=g, dtype=torch.float64) / (c * r * s / groups) ** 0.5
+    b = torch.randn(k, generator=g, dtype=torch.float64) if bias else None
+    x, wt = x.to(dtype), wt.to(dtype)
+    b = b.to(dtype) if b is not None else None
+    x = relayout(x, layout)
+    params = [pair(stride), pair(padding), pair(dilation), groups]
+    return x, wt, b, params
+
+
+def relayout(x, layout):
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "noncontiguous":  # a strided view: every other column of a wider tensor
+        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x.contiguous()
+
+
+def fmt_of(x):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def up(t):
+    return t.double() if t is not None and t.is_floating_point() else t
+
+
+def clear_windows(x, w, b, params, relu, out_ref, margin=1e-3):
+    """Pooled outputs whose top two window values differ by more than `margin` (no near-tie)."""
+    y = torch.nn.functional.conv2d(up(x), up(w), up(b), *params)
+    if relu:
+        y = torch.relu(y)
+    ph, pw = out_ref.shape[2], out_ref.shape[3]
+    win = y[:, :, : 2 * ph, : 2 * pw].unfold(2, 2, 2).unfold(3, 2, 2).reshape(*out_ref.shape, 4)
+    top = win.topk(2, dim=-1).values
+    clear = (top[..., 0] - top[..., 1]) > margin
+    return clear | (out_ref <= 0) if relu else clear
+
+
+def check_forward(x, w, b, params, relu, pool, return_indices, dtype):
+    out, idx = fwd(x, w, b, *params, relu, pool, return_indices)
+    ref, ref_idx = wide_conv2d_reference(up(x), up(w), up(b), *params, relu, pool, return_indices)
+    red = w.shape[1] * w.shape[2] * w.shape[3]
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, red, msg="out")
+    assert out.is_contiguous(memory_format=fmt_of(x))
+    if pool == 2 and return_indices:
+        assert idx.dtype == torch.uint8 and idx.shape == out.shape
+        assert idx.is_contiguous(memory_format=fmt_of(x))
+        if out.numel():
+            clear = clear_windows(x, w, b, params, relu, ref)
+            assert torch.equal(idx[clear], ref_idx[clear]), "indices differ from the reference"
+            assert int(idx.max()) <= NO_GRAD
+    else:
+        assert idx.dtype == torch.uint8 and idx.shape == (0,)
+    return out, idx
+
+
+def saved_for(x, out, idx, relu, pool):
+    return idx if pool == 2 else (out if relu else x.new_empty(0))
+
+
+def check_backward(x, w, b, params, relu, pool, out, idx, mask, dtype, seed=1):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    g = g.to(dtype).contiguous(memory_format=fmt_of(x))
+    saved = saved_for(x, out, idx, relu, pool)
+    got = bwd(g, x, w, saved, *params, relu, pool, mask)
+    want = wide_conv2d_backward_reference(up(g), up(x), up(w), up(saved), *params, relu, pool, mask)
+    oh, ow = conv_out_hw(x.shape[2], x.shape[3], w.shape[2:], *params[:3])
+    reductions = (w.shape[0] // params[3] * w.shape[2] * w.shape[3], max(x.shape[0] * oh * ow, 1),
+                  max(x.shape[0] * oh * ow, 1))
+    for name, m, a, r, red in zip(("grad_input", "grad_weight", "grad_bias"), mask, got, want,
+                                  reductions):
+        if not m:
+            assert a.shape == (0,) and a.dtype == dtype, f"{name} should be empty"
+            continue
+        assert a.dtype == dtype
+        assert_close(a, r, dtype, red, msg=name)
+    if mask[0]:
+        assert got[0].is_contiguous(memory_format=fmt_of(x))
+    if mask[1]:
+        assert got[1].is_contiguous() and got[1].shape == w.shape
+    return got
+
+
+# ------------------------------------------------------------------------------------------------
+# forward + backward over shapes x dtypes x layouts x (relu, pool)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu,pool", [(True, 2), (False, 2), (True, 1), (False, 1)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_against_reference(case, relu, pool, dtype):
+    x, w, b, params = make(case, dtype)
+    out, idx = check_forward(x, w, b, params, relu, pool, True, dtype)
+    check_backward(x, w, b, params, relu, pool, out, idx, [True, True, True], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channels_last", "noncontiguous"])
+@pytest.mark.parametrize("relu,pool", [(True, 2), (False, 1), (True, 1)])
+@pytest.mark.parametrize("case", ["first_layer", "groups_2", "mixed", "odd_31"])
+def test_layouts(case, relu, pool, layout, dtype):
+    x, w, b, params = make(case, dtype, layout)
+    out, idx = check_forward(x, w, b, params, relu, pool, True, dtype)
+    check_backward(x, w, b, params, relu, pool, out, idx, [True, True, True], dtype)
+
+
+def test_noncontiguous_weight_bias_and_grad_out():
+    x, w, b, params = make("groups_2", torch.float32)
+    w_nc = w.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # same values, other strides
+    b_nc = torch.stack([b, b], 1)[:, 0]
+    assert not w_nc.is_contiguous() and not b_nc.is_contiguous()
+    out, idx = check_forward(x, w_nc, b_nc, params, True, 2, True, torch.float32)
+    g = torch.randn(*out.shape[:3], 2 * out.shape[3])[..., ::2]  # non-contiguous grad_out
+    got = bwd(g, x, w_nc, idx, *params, True, 2, [True, True, True])
+    want = wide_conv2d_backward_reference(g.double(), x.double(), w.double(), idx, *params, True, 2,
+                                          [True, True, True])
+    for a, r in zip(got, want):
+        assert_close(a, r, torch.float32, 500)
+
+
+@pytest.mark.parametrize("return_indices", [False, True])
+@pytest.mark.parametrize("pool", [1, 2])
+def test_return_indices(pool, return_indices):
+    x, w, b, params = make("first_layer", torch.float32)
+    check_forward(x, w, b, params, True, pool, return_indices, torch.float32)
+
+
+@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)),
+                         ids=lambda m: "".join("1" if v else "0" for v in m))
+@pytest.mark.parametrize("relu,pool", [(True, 2), (True, 1), (False, 1)])
+def test_output_masks(mask, relu, pool):
+    x, w, b, params = make("groups_2", torch.float64)
+    out, idx = check_forward(x, w, b, params, relu, pool, True, torch.float64)
+    check_backward(x, w, b, params, relu, pool, out, idx, list(mask), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu,pool", [(True, 2), (False, 1)])
+def test_empty_batch(relu, pool, dtype):
+    x, w, b, params = make((EMPTY_BATCH, *CASES["first_layer"][1:]), dtype)
+    out, idx = check_forward(x, w, b, params, relu, pool, True, dtype)
+    assert out.shape[0] == 0
+    got = check_backward(x, w, b, params, relu, pool, out, idx, [True, True, True], dtype)
+    assert got[0].shape == x.shape
+    assert not got[1].any() and not got[2].any()
+
+
+def test_deterministic():
+    x, w, b, params = make("many_chunks", torch.float32)
+    out, idx = fwd(x, w, b, *params, True, 2, True)
+    g = torch.randn_like(out)
+    first = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+    for _ in range(3):
+        again = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+        assert all(torch.equal(a, c) for a, c in zip(first, again))
+
+
+# ------------------------------------------------------------------------------------------------
+# indices: first max, NaN, NO_GRAD, exact ties
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_indices_all_ties(relu, dtype):
+    """All-zero weights: every conv output equals its bias, so every window is a 4-way tie."""
+    x = torch.randn(2, 3, 9, 8, dtype=dtype)
+    w = torch.zeros(4, 3, 3, 3, dtype=dtype)
+    b = torch.tensor([1.5, -2.0, 0.0, 3.0], dtype=dtype)
+    params = [[1, 1], [0, 0], [1, 1], 1]
+    out, idx = fwd(x, w, b, *params, relu, 2, True)
+    ref, ref_idx = wide_conv2d_reference(x, w, b, *params, relu, 2, True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    expect = torch.tensor([0, NO_GRAD, NO_GRAD, 0] if relu else [0, 0, 0, 0], dtype=torch.uint8)
+    assert torch.equal(idx[0, :, 0, 0], expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_indices_exact_integer_ties(layout, relu, dtype):
+    """Small-integer data: exact sums, many ties; indices must equal the reference everywhere."""
+    g = torch.Generator().manual_seed(3)
+    x = relayout(torch.randint(-1, 2, (3, 4, 11, 10), generator=g).to(dtype), layout)
+    w = torch.randint(-1, 2, (7, 4, 3, 3), generator=g).to(dtype)
+    b = torch.randint(-2, 3, (7,), generator=g).to(dtype)
+    params = [[1, 1], [1, 1], [1, 1], 1]
+    out, idx = fwd(x, w, b, *params, relu, 2, True)
+    ref, ref_idx = wide_conv2d_reference(x, w, b, *params, relu, 2, True)
+    assert torch.equal(out, ref)
+    assert torch.equal(idx, ref_idx)
+    gout = torch.randn_like(out)
+    got = bwd(gout, x, w, idx, *params, relu, 2, [True, True, True])
+    want = wide_conv2d_backward_reference(gout.double(), x.double(), w.double(), idx, *params, relu,
+                                          2, [True, True, True])
+    for a, r in zip(got, want):
+        assert_close(a, r, dtype, 1000)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_indices_nan_and_inf(relu):
+    """NaN wins its window (the last NaN, as max_pool2d's `v > best || isnan(v)`); -inf loses."""
+    x = torch.zeros(1, 1, 4, 6)
+    x[0, 0, 0, 0] = float("nan")
+    x[0, 0, 1, 1] = float("nan")   # window (0, 0): NaN at positions 0 and 3
+    x[0, 0, 1, 2] = float("nan")   # window (0, 1): NaN at position 2
+    x[0, 0, 2:4, 4:6] = float("-inf")  # window (1, 2): all -inf
+    w = torch.ones(1, 1, 1, 1)
+    params = [[1, 1], [0, 0], [1, 1], 1]
+    out, idx = fwd(x, w, None, *params, relu, 2, True)
+    ref, ref_idx = wide_conv2d_reference(x, w, None, *params, relu, 2, True)
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(idx, ref_idx)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: RuntimeError naming the argument
+# ------------------------------------------------------------------------------------------------
+def _args(**over):
+    a = dict(input=torch.randn(2, 4, 8, 8), weight=torch.randn(6, 4, 3, 3), bias=torch.randn(6),
+             stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1, relu=True, pool=2,
+             return_indices=True)
+    a.update(over)
+    return list(a.values())
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(input=torch.randn(2, 4, 8, 8).half(), weight=torch.randn(6, 4, 3, 3).half(), bias=None),
+     "input must be float32 or float64"),
+    (dict(input=torch.randint(0, 3, (2, 4, 8, 8))), "input"),
+    (dict(weight=torch.randn(6, 4, 3, 3, dtype=torch.float64)), "weight dtype"),
+    (dict(input=torch.randn(4, 8, 8)), "input must be a 4-D"),
+    (dict(weight=torch.randn(6, 4, 3)), "weight must be a 4-D"),
+    (dict(groups=3), "groups"),
+    (dict(groups=0), "groups"),
+    (dict(weight=torch.randn(6, 3, 3, 3)), "weight has 3 input channels"),
+    (dict(bias=torch.randn(5)), "bias must have shape"),
+    (dict(bias=torch.randn(6, dtype=torch.float64)), "bias dtype"),
+    (dict(stride=[0, 1]), "stride"),
+    (dict(stride=[1, 1, 1]), "stride"),
+    (dict(padding=[-1, 0]), "padding"),
+    (dict(dilation=[1, 0]), "dilation"),
+    (dict(pool=3), "pool"),
+    (dict(weight=torch.randn(6, 4, 9, 3)), "weight"),                 # kernel larger than input
+    (dict(weight=torch.randn(6, 4, 8, 3)), "pool=2 needs a conv output of at least 2x2"),
+])
+def test_bad_forward_input(over, match):
+    with pytest.raises(RuntimeError, match=match):
+        fwd(*_args(**over))
+
+
+def _bwd_args(**over):
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
+    a = dict(grad_out=torch.randn(2, 6, 3, 3), input=x, weight=w,
+             saved=torch.zeros(2, 6, 3, 3, dtype=torch.uint8), stride=[1, 1], padding=[0, 0],
+             dilation=[1, 1], groups=1, relu=True, pool=2, output_mask=[True, True, True])
+    a.update(over)
+    return list(a.values())
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(grad_out=torch.randn(2, 6, 3, 4)), "grad_out must have shape"),
+    (dict(grad_out=torch.randn(2, 6, 3, 3, dtype=torch.float64)), "grad_out dtype"),
+    (dict(grad_out=torch.randn(2, 6, 9)), "grad_out must be a 4-D"),
+    (dict(saved=torch.zeros(2, 6, 3, 3)), "saved must be the uint8 pool indices"),
+    (dict(saved=torch.zeros(2, 6, 3, 2, dtype=torch.uint8)), "saved"),
+    (dict(pool=1, grad_out=torch.randn(2, 6, 6, 6), saved=torch.zeros(2, 6, 6, 6, dtype=torch.uint8)),
+     "saved must be the forward output"),
+    (dict(pool=1, grad_out=torch.randn(2, 6, 6, 6), saved=torch.zeros(2, 6, 6, 5)), "saved"),
+    (dict(input=torch.randn(2, 4, 8, 8, dtype=torch.float64)), "weight dtype"),
+    (dict(groups=2), "groups"),
+])
+def test_bad_backward_input(over, match):
+    with pytest.raises(RuntimeError, match=match):
+        bwd(*_bwd_args(**over))
+
+
+# ------------------------------------------------------------------------------------------------
+# opcheck
+# ------------------------------------------------------------------------------------------------
+# The native ops have no fake / meta kernel (the public op shallowkern::wide_conv2d carries the
+# fake and is opchecked in tests/ops/test_wide_conv2d.py), so test_faketensor and
+# test_aot_dispatch_dynamic do not apply here; schema and autograd-registration checks do.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration")
+
+
+@pytest.mark.parametrize("relu,pool,layout", [(True, 2, "contiguous"), (False, 1, "channels_last"),
+                                              (True, 1, "noncontiguous")])
+def test_opcheck(relu, pool, layout):
+    x, w, b, params = make("groups_2", torch.float32, layout)
+    torch.library.opcheck(torch.ops.shallowkern._wide_conv2d_native.default,
+                          (x, w, b, *params, relu, pool, True), test_utils=OPCHECK_UTILS)
+    out, idx = fwd(x, w, b, *params, relu, pool, True)
+    saved = saved_for(x, out, idx, relu, pool)
+    torch.library.opcheck(torch.ops.shallowkern._wide_conv2d_native_backward.default,
+                          (torch.randn_like(out), x, w, saved, *params, relu, pool,
+                           [True, False, True]), test_utils=OPCHECK_UTILS)

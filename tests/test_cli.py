@@ -1,0 +1,219 @@
+"""The `shallowkern` command: help, fit/report/plot on synthetic results, profile, bad input.
+
+Results files here are fabricated (no training) or come from 1-epoch trials on a tiny
+synthetic dataset, so the whole file runs in seconds; only the `slow` smoke test reads real
+CIFAR-10 (from SHALLOWKERN_DATA).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shallowkern.cli import main, parse_model_spec
+from shallowkern.sweep import TrialConfig, append_record, read_records
+
+from .sweep._helpers import fake_record
+
+SUBCOMMANDS = ("profile", "sweep", "fit", "plot", "report", "bench", "run")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """LeNet d1 in {6..128} x k in {2, 2.8, 4} x 3 seeds, error ~ 0.9 d1^-0.35, plus VGG."""
+    rng = random.Random(0)
+    path = tmp_path / "results.jsonl"
+    for d1 in (6, 16, 32, 64, 128):
+        for k in (2.0, 2.8, 4.0):
+            for s in range(3):
+                err = 0.9 * d1**-0.35 + 0.02 * abs(k - 2.8) + rng.gauss(0, 0.004)
+                append_record(path, fake_record(TrialConfig("lenet", d1=d1, k=k, seed=s), err))
+    for w in (0.125, 0.25, 0.5):
+        for s in range(3):
+            append_record(path, fake_record(TrialConfig("vgg16", width=w, seed=s),
+                                            0.3 * w**-0.3 + rng.gauss(0, 0.004)))
+    return path
+
+
+@pytest.mark.parametrize("cmd", (None, *SUBCOMMANDS))
+def test_help(capsys, cmd):
+    code, out, _ = run_cli(capsys, *([cmd] if cmd else []), "--help")
+    assert code == 0 and "usage: shallowkern" in out
+    if cmd:
+        assert cmd in out
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-m", "shallowkern", "--help"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert all(c in proc.stdout for c in SUBCOMMANDS)
+
+
+def test_fit_recovers_the_law_and_writes_json(capsys, results, tmp_path):
+    out_json = tmp_path / "fit.json"
+    code, out, err = run_cli(capsys, "fit", "--results", results, "--n-boot", 200,
+                             "--out", out_json)
+    assert code == 0, err
+    assert "rho = 0.3" in out and "95% CI" in out and "held-out check" in out
+    assert "vs forward FLOPs" in out and "k=2.8" in out
+    fit = json.loads(out_json.read_text())
+    lo, hi = fit["width_fit"]["ci"]["rho"]
+    assert lo < 0.35 < hi and abs(fit["width_fit"]["fit"]["rho"] - 0.35) < 0.03
+    assert fit["holdout"]["x_held"] == 128 and fit["flops_fit"]["fit"]["x_label"] == "flops"
+
+    code, out, _ = run_cli(capsys, "fit", "--results", results, "--n-boot", 50, "--floor",
+                           "--k", 2.0, "--out", out_json)
+    assert code == 0 and "eps_inf" in out and "k=2" in out
+    code, out, _ = run_cli(capsys, "fit", "--results", results, "--family", "vgg16",
+                           "--n-boot", 50, "--out", out_json)
+    assert code == 0 and "first-layer width" in out
+
+
+def test_report_table_and_index(capsys, results):
+    code, out, _ = run_cli(capsys, "report", "--results", results, "--index")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["family", "dataset", "model"]
+    assert sum("d1=" in line for line in lines) == 15 and sum("width=" in line for line in lines) == 3
+    assert "±" in out and "(b=100)" in out
+    assert results.with_suffix(".sqlite").stat().st_size > 0
+    assert results.with_suffix(".csv").read_text().count("\n") == 1 + 15 * 3 + 9
+    code, out, _ = run_cli(capsys, "report", "--results", results, "--json")
+    rows = json.loads(out)
+    assert len(rows) == 18 and rows[0]["seeds"] == 3
+
+
+def test_plot_writes_png_and_svg(capsys, results, tmp_path):
+    out_dir = tmp_path / "plots"
+    code, out, err = run_cli(capsys, "plot", "--results", results, "--out-dir", out_dir,
+                             "--n-boot", 100)
+    assert code == 0, err
+    for stem in ("error_vs_width", "error_vs_flops", "k_scan"):
+        png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert b"<svg" in svg.read_bytes()[:1000] and svg.stat().st_size > 5000
+        assert str(png) in out
+
+
+def test_profile_prints_a_table(capsys):
+    code, out, err = run_cli(capsys, "profile", "lenet:d1=4,k=2.8", "--batch", 2)
+    assert code == 0, err
+    assert "GeneralizedLeNet" in out and "features.0" in out and "FLOPs" in out
+    code, out, _ = run_cli(capsys, "profile", "vgg16:0.125", "--device", "meta", "--json")
+    assert code == 0 and json.loads(out)["totals"]["flops"] > 0
+
+
+def test_model_specs():
+    assert parse_model_spec("lenet:16").d1 == 16
+    assert parse_model_spec("lenet:d1=8,d2=20").d2 == 20
+    v = parse_model_spec("vgg16:width=0.5,bn")
+    assert v.width == 0.5 and v.batch_norm
+
+
+def _bad(capsys, *argv) -> str:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (out, err)
+    assert "error:" in err and "Traceback" not in err + out
+    return err
+
+
+def test_bad_input_gives_a_clear_message_not_a_traceback(capsys, tmp_path, results, monkeypatch):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "holds no records" in _bad(capsys, "fit", "--results", empty)
+    assert "holds no records" in _bad(capsys, "report", "--results", empty)
+    assert "does not exist" in _bad(capsys, "plot", "--results", tmp_path / "nope.jsonl")
+
+    one = tmp_path / "one.jsonl"
+    for s in range(3):
+        append_record(one, fake_record(TrialConfig("lenet", d1=8, seed=s), 0.5))
+    assert "needs at least 2" in _bad(capsys, "fit", "--results", one)
+
+    zero = tmp_path / "zero.jsonl"
+    for d1 in (4, 8):
+        append_record(zero, fake_record(TrialConfig("lenet", d1=d1), 0.0))
+    assert "strictly between 0 and 1" in _bad(capsys, "fit", "--results", zero)
+    assert "strictly between 0 and 1" in _bad(capsys, "plot", "--results", zero,
+                                              "--out-dir", tmp_path / "p")
+
+    assert "no records left" in _bad(capsys, "fit", "--results", results, "--k", 3.3)
+    assert "no 'vgg16' records" in _bad(capsys, "fit", "--results", one, "--family", "vgg16")
+    assert "model spec" in _bad(capsys, "profile", "lenet:d1=x")
+    assert "model spec" in _bad(capsys, "profile", "resnet:3")
+    assert "--preset" in _bad(capsys, "sweep", "--results", tmp_path / "r.jsonl")
+    assert "KEY=VALUE" in _bad(capsys, "sweep", "--family", "lenet", "--d1", 4, "--set", "epochs",
+                               "--results", tmp_path / "r.jsonl")
+    assert "unknown recipe field" in _bad(capsys, "sweep", "--family", "lenet", "--d1", 4,
+                                          "--set", "epoch=3", "--results", tmp_path / "r.jsonl")
+    # Missing data: named, with what to do; nothing was run.
+    monkeypatch.delenv("SHALLOWKERN_DATA", raising=False)
+    err = _bad(capsys, "sweep", "--preset", "quick", "--results", tmp_path / "q.jsonl")
+    assert "SHALLOWKERN_DATA" in err and "--data-root" in err
+    err = _bad(capsys, "run", "--data-root", tmp_path, "--results", tmp_path / "q.jsonl")
+    assert "missing under" in err and "cifar-10-batches-py" in err
+    assert not (tmp_path / "q.jsonl").exists()
+    # A torn line is a warning, not a failure.
+    with open(results, "a") as f:
+        f.write('{"trial_id": "abc", "te')
+    code, _, err = run_cli(capsys, "report", "--results", results)
+    assert code == 0 and f"{results}:55:" in err and "warning" in err
+
+
+def test_bad_usage_exits_2(capsys):
+    assert main(["sweep", "--workers", "many"]) == 2
+    assert main([]) == 2
+    assert main(["nope"]) == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_sweep_and_run_on_synthetic_data_resume(capsys, tmp_path):
+    res = tmp_path / "s.jsonl"
+    args = ["sweep", "--family", "lenet", "--d1", 2, 3, "--k", 2.8, "--dataset", "synthetic",
+            "--recipe", "quick", "--set", "epochs=1", "--set", "val_size=100",
+            "--train-subset", 200, "--results", res, "--workers", 0, "--no-progress"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "2 trial(s) run" in out
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "0 trial(s) run, 2 already in" in out
+    recs = read_records(res)
+    assert {r["model"]["d1"] for r in recs} == {2, 3}
+    assert all(0 <= r["test_error"] <= 1 and r["flops"] > 0 and r["latency"] > 0 for r in recs)
+    code, out, _ = run_cli(capsys, "sweep", "--preset", "paper", "--results", res, "--dry-run")
+    assert code == 0 and "84 trials" in out
+
+
+def test_bench_passes_arguments_through(capsys, tmp_path):
+    (tmp_path / "test_dummy.py").write_text("def test_x():\n    pass\n")
+    assert main(["bench", "--dir", str(tmp_path), "-q", "-p", "no:cacheprovider"]) == 0
+    assert main(["bench", "--dir", str(tmp_path), "-k", "nothing_matches",
+                 "-p", "no:cacheprovider"]) == 5  # pytest's "no tests collected"
+    assert "no benchmarks folder" in _bad(capsys, "bench", "--dir", tmp_path / "missing")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SHALLOWKERN_DATA"), reason="needs SHALLOWKERN_DATA")
+def test_smoke_on_real_cifar10(capsys, tmp_path):
+    """One tiny real trial end to end: sweep (1 epoch, 300 images) -> report."""
+    res = tmp_path / "c.jsonl"
+    code, out, err = run_cli(capsys, "sweep", "--family", "lenet", "--d1", 2, "--recipe", "quick",
+                             "--set", "epochs=1", "--set", "val_size=100", "--set",
+                             "test_subset=500", "--train-subset", 300, "--results", res,
+                             "--workers", 0, "--no-progress")
+    assert code == 0, err
+    (rec,) = read_records(res)
+    assert rec["n_train"] == 300 and rec["n_test"] == 500 and 0 < rec["test_error"] < 1
+    assert run_cli(capsys, "report", "--results", res)[0] == 0
