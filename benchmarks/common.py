@@ -7,6 +7,7 @@ timings use shallowkern.profile's timer (torch.utils.benchmark, median of blocke
 from __future__ import annotations
 
 import platform
+import time
 
 import torch
 
@@ -16,6 +17,15 @@ from shallowkern.profile import latency, roofline
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def once_seconds(fn, dev: torch.device) -> float:
+    """One call's wall time: the smoke run checks that every provider runs, not how fast."""
+    t0 = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t0
 
 
 def median_seconds(fn, dev: torch.device) -> float:

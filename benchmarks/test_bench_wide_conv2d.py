@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import shapes
-from benchmarks.common import device_info, median_seconds, roofline_for
+from benchmarks.common import device_info, median_seconds, once_seconds, roofline_for
 from shallowkern import WideConv2d
 from shallowkern.ops.wide_conv2d import conv_flops
 
@@ -85,10 +85,11 @@ def test_wide_conv2d(benchmark, case, dtype_name, dev, smoke):
             return torch.autograd.grad(fn(x, w, b), inputs, grad)
         return run
 
+    timed = once_seconds if smoke else median_seconds
     times = {}
     for name, fn in providers.items():
-        times[f"{name}_fwd_s"] = median_seconds(fwd(fn), dev)
-        times[f"{name}_fwdbwd_s"] = median_seconds(fwdbwd(fn), dev)
+        times[f"{name}_fwd_s"] = timed(fwd(fn), dev)
+        times[f"{name}_fwdbwd_s"] = timed(fwdbwd(fn), dev)
         times[f"{name}_bwd_s"] = max(times[f"{name}_fwdbwd_s"] - times[f"{name}_fwd_s"], 0.0)
 
     flops_fwd = conv_flops(x.shape, w.shape, [1, 1], [0, 0], [1, 1])

@@ -16,8 +16,9 @@ import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["CLIError", "main"]
 
@@ -75,7 +76,8 @@ def parse_model_spec(spec: str):
                        "vgg16:0.5)") from None
 
 
-def _data_root(args: argparse.Namespace, datasets: Sequence[str], download: bool = False) -> str | None:
+def _data_root(args: argparse.Namespace, datasets: Sequence[str],
+               download: bool = False) -> str | None:
     """The dataset root for real datasets (exported as SHALLOWKERN_DATA for the workers), after
     checking that every file they need is there: a worker failing 8 times is a worse message."""
     from .data import DATASETS, DataError, resolve_root
@@ -315,8 +317,10 @@ def summary_rows(records: list[dict[str, Any]], metric: str = "test_error") -> l
     for recs in groups.values():
         r0 = recs[0]
         fam = _value(r0, "family")
-        shape = (f"d1={_value(r0, 'd1')} d2={_value(r0, 'd2')}" if fam == "lenet"
-                 else f"width={_value(r0, 'width'):g}" + (" bn" if _value(r0, "batch_norm") else ""))
+        if fam == "lenet":
+            shape = f"d1={_value(r0, 'd1')} d2={_value(r0, 'd2')}"
+        else:
+            shape = f"width={_value(r0, 'width'):g}" + (" bn" if _value(r0, "batch_norm") else "")
         m, s = stats([r.get(metric) for r in recs])
         rows.append({
             "family": fam, "dataset": _value(r0, "dataset"), "model": shape,
@@ -548,9 +552,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .sweep import get_preset
-
-    from .sweep import visible_gpus
+    from .sweep import get_preset, visible_gpus
 
     configs = get_preset("quick", dataset=args.dataset,
                          **({"seeds": args.seeds} if args.seeds else {}))
@@ -602,8 +604,9 @@ def _bench_passthrough(argv: list[str]) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    candidates = [Path(args.dir)] if args.dir else [Path.cwd() / "benchmarks",
-                                                    Path(__file__).resolve().parents[1] / "benchmarks"]
+    checkout = Path(__file__).resolve().parents[1]
+    candidates = ([Path(args.dir)] if args.dir
+                  else [Path.cwd() / "benchmarks", checkout / "benchmarks"])
     bench_dir = next((p for p in candidates if p.is_dir()), None)
     if bench_dir is None:
         raise CLIError(f"no benchmarks folder found (looked in {', '.join(map(str, candidates))}); "

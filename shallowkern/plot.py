@@ -12,8 +12,9 @@ Each function writes ``<stem>.<fmt>`` for every format and returns the paths.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -155,7 +156,8 @@ def plot_k_scan(scans: dict[int, list[tuple[float, float, Any]]], stem: str | Pa
         ax.plot(grid, a * np.log(grid) ** 2 + b * np.log(grid) + c, color=f"C{i}", alpha=0.7)
         if scan.vertex_in_range:
             ax.axvline(scan.k_star, color=f"C{i}", ls=":", alpha=0.7)
-    ax.axvline(lenet_optimal_k(), color="k", ls="--", label=f"conservation k = {lenet_optimal_k():.1f}")
+    k_opt = lenet_optimal_k()
+    ax.axvline(k_opt, color="k", ls="--", label=f"conservation k = {k_opt:.1f}")
     ax.set_xscale("log")
     _plain_log_ticks(ax, [k for rows in scans.values() for k, _, _ in rows], y=False)
     ax.set_xlabel("k = d2 / d1")

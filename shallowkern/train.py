@@ -28,8 +28,9 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,8 @@ from torch import nn
 
 from .data import DeviceLoader
 
-__all__ = ["RECIPES", "Recipe", "Splits", "evaluate", "get_recipe", "make_splits", "train_and_evaluate"]
+__all__ = ["RECIPES", "Recipe", "Splits", "evaluate", "get_recipe", "make_splits",
+           "train_and_evaluate"]
 
 Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images (N, C, H, W), int64 labels (N,))
 
@@ -82,7 +84,8 @@ class Recipe:
                 raise ValueError(f"Recipe.{name} must be a positive integer, got {v!r}")
         for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            bad = isinstance(v, bool) or not isinstance(v, (int, float))
+            if bad or not math.isfinite(v) or v < 0:
                 raise ValueError(f"Recipe.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0 or self.lr_gamma <= 0:
             raise ValueError(f"Recipe.lr and lr_gamma must be > 0, got {self.lr}, {self.lr_gamma}")
@@ -97,7 +100,7 @@ class Recipe:
         if self.nesterov and self.momentum == 0:
             raise ValueError("Recipe: nesterov=True needs momentum > 0")
 
-    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Recipe":
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Recipe:
         """A copy with ``overrides`` applied; unknown keys are a ValueError naming them."""
         if not overrides:
             return self

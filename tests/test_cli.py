@@ -87,7 +87,8 @@ def test_report_table_and_index(capsys, results):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["family", "dataset", "model"]
-    assert sum("d1=" in line for line in lines) == 15 and sum("width=" in line for line in lines) == 3
+    assert sum("d1=" in line for line in lines) == 15
+    assert sum("width=" in line for line in lines) == 3
     assert "±" in out and "(b=100)" in out
     assert results.with_suffix(".sqlite").stat().st_size > 0
     assert results.with_suffix(".csv").read_text().count("\n") == 1 + 15 * 3 + 9

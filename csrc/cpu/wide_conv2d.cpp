@@ -210,23 +210,31 @@ void unpad_hwc(const T* src, const Geom& g, const Padded& pd, Plane<T> x) {
   }
 }
 
-// colT[p, (r, s, c)] = xpad[off[p] + (r*dh*Wp + s*dw)*Cg + c] for the positions of one image.
+// Short runs (the first layer: S*Cg = 15 floats) as an inline vector loop; a memcpy call costs
+// more than the copy there.
+template <typename T>
+inline void copy_run(T* __restrict d, const T* __restrict s, int64_t n) {
+  if (n * int64_t(sizeof(T)) >= 256) {
+    std::memcpy(d, s, n * sizeof(T));
+    return;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) d[e] = s[e];
+}
+
+// colT[p, (r, s, c)] = xpad[off[p] + (r*dh*Wp + s*dw)*Cg + c] for the positions of one image:
+// per (p, r) one run of S*Cg values (dilation 1) or S runs of Cg.
 template <typename T>
 void im2col(const T* xpad, const Geom& g, const Padded& pd, const std::vector<int64_t>& off,
             T* colT) {
   const int64_t CRS = g.crs(), run = g.S * pd.Cg, rstep = g.dh * pd.Wp * pd.Cg;
+  const int64_t seg = g.dw == 1 ? run : pd.Cg, nseg = g.dw == 1 ? 1 : g.S;
   for (int64_t p = 0; p < g.npos(); ++p) {
     const T* src = xpad + off[p];
     T* dst = colT + p * CRS;
-    for (int64_t r = 0; r < g.R; ++r) {
-      if (g.dw == 1) {
-        std::memcpy(dst + r * run, src + r * rstep, run * sizeof(T));
-      } else {
-        for (int64_t s = 0; s < g.S; ++s)
-          std::memcpy(dst + r * run + s * pd.Cg, src + r * rstep + s * g.dw * pd.Cg,
-                      pd.Cg * sizeof(T));
-      }
-    }
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < nseg; ++s)
+        copy_run(dst + r * run + s * pd.Cg, src + r * rstep + s * g.dw * pd.Cg, seg);
   }
 }
 
@@ -412,40 +420,49 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
 
   at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> gy(g.Kg * B * P), colT(need_col ? B * P * CRS : 0);
-    std::vector<T> xpad(need_col ? pd.size() : 0, T(0)), gt(PHW);
-    std::vector<uint8_t> qt(PHW);
+    std::vector<T> xpad(need_col ? pd.size() : 0, T(0)), gt(PHW), mt(PHW);
+    std::vector<int32_t> qt(PHW);
     Partial part{begin, std::vector<T>(mask[1] ? g.K * CRS : 0),
                  std::vector<double>(mask[2] ? g.K : 0)};
     for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
       const int64_t ld = nb * P;
       // gy of this chunk (Kg x nb*P, columns in position order) from grad_out and saved; the
-      // unpooled / masked gradient is never materialised for the whole batch.
+      // unpooled / masked gradient is never materialised for the whole batch. Branch-free
+      // selects on contiguous copies of the planes (the window index is random: a branch per
+      // element mispredicts), and selects rather than products, as aten's pool / ReLU backward:
+      // a non-finite grad_out stays at the argmax position.
+      T* const gtp = gt.data();
+      int32_t* const qtp = qt.data();
+      T* const mtp = mt.data();
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         double bsum = 0;
         for (int64_t b = 0; b < nb; ++b) {
-          T* pl = gy.data() + k * ld + b * P;
+          T* const pl = gy.data() + k * ld + b * P;
           const T* go = gp + (n0 + b) * gs[0] + kk * gs[1];
-          const uint8_t* sq = pooled ? sp8 + (n0 + b) * ss[0] + kk * ss[1] : nullptr;
-          const T* sv = masked ? spT + (n0 + b) * ss[0] + kk * ss[1] : nullptr;
+          T* const gd = pooled ? gtp : pl;  // pool 1: grad_out lands in gy directly
           for (int64_t i = 0; i < g.PH; ++i)
-            for (int64_t j = 0; j < g.PW; ++j) {
-              const int64_t t = i * g.PW + j;
-              const T v = go[i * gs[2] + j * gs[3]];
-              if (pooled) {
-                gt[t] = v, qt[t] = sq[i * ss[2] + j * ss[3]];
-              } else {
-                pl[t] = (masked && !(sv[i * ss[2] + j * ss[3]] > T(0))) ? T(0) : v;
-              }
-            }
+            for (int64_t j = 0; j < g.PW; ++j) gd[i * g.PW + j] = go[i * gs[2] + j * gs[3]];
           if (pooled) {
-            for (int64_t q = 0; q < 4; ++q) {
-              T* d = pl + q * PHW;
+            const uint8_t* sq = sp8 + (n0 + b) * ss[0] + kk * ss[1];
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) qtp[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
+            for (int32_t q = 0; q < 4; ++q) {  // an index >= 4 (NO_GRAD) matches no position
+              T* const d = pl + q * PHW;
 #pragma omp simd
-              for (int64_t t = 0; t < PHW; ++t) d[t] = qt[t] == q ? gt[t] : T(0);  // >= 4: none
+              for (int64_t t = 0; t < PHW; ++t) d[t] = qtp[t] == q ? gtp[t] : T(0);
             }
-            for (int64_t t = 0; t < PHW; ++t) bsum += qt[t] < 4 ? double(gt[t]) : 0.0;
+#pragma omp simd reduction(+ : bsum)
+            for (int64_t t = 0; t < PHW; ++t) bsum += qtp[t] < 4 ? double(gtp[t]) : 0.0;
           } else {
+            if (masked) {
+              const T* sv = spT + (n0 + b) * ss[0] + kk * ss[1];
+              for (int64_t i = 0; i < g.PH; ++i)
+                for (int64_t j = 0; j < g.PW; ++j) mtp[i * g.PW + j] = sv[i * ss[2] + j * ss[3]];
+#pragma omp simd
+              for (int64_t t = 0; t < PHW; ++t) pl[t] = mtp[t] > T(0) ? pl[t] : T(0);
+            }
+#pragma omp simd reduction(+ : bsum)
             for (int64_t t = 0; t < PHW; ++t) bsum += double(pl[t]);
           }
         }

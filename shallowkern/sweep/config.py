@@ -14,8 +14,9 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..train import RECIPES, Recipe, get_recipe
 
@@ -91,7 +92,8 @@ class TrialConfig:
             set_("batch_norm", bool(self.batch_norm))
         set_("dataset", _canonical_dataset(self.dataset))
         if self.recipe not in RECIPES:
-            raise ValueError(f"TrialConfig.recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+            raise ValueError(f"TrialConfig.recipe must be one of {sorted(RECIPES)}, "
+                             f"got {self.recipe!r}")
         overrides = dict(self.overrides or {})
         self._recipe_from(overrides)  # validates names and values now, not in a worker later
         set_("overrides", overrides)
@@ -112,7 +114,7 @@ class TrialConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrialConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

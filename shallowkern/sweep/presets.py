@@ -11,8 +11,9 @@ paper — generalized LeNet, d1 in {6, 16, 32, 64, 128, 256, 512, 768} x k in {2
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import product
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from .config import TrialConfig
 

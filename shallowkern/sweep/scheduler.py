@@ -15,10 +15,11 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import connection
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .config import TrialConfig, trial_id
 from .store import append_record, completed_ids

@@ -17,8 +17,9 @@ import math
 import os
 import sqlite3
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["INDEX_COLUMNS", "append_record", "completed_ids", "export_csv", "flat_row", "index",
            "read_csv", "read_records"]
@@ -28,7 +29,8 @@ PathLike = str | os.PathLike[str]
 
 def append_record(path: PathLike, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line, atomically (one write of the whole line) and durably."""
-    line = (json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    line = (text + "\n").encode()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

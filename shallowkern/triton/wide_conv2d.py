@@ -38,10 +38,11 @@ Roofline (H100 SXM: ~3.0 TB/s copy bandwidth, ~790 TFLOP/s dense bf16 measured o
 machine, ~60 TFLOP/s fp32 without tensor cores). Generalized LeNet, N = 128, 5x5 kernels:
   conv1 3x32x32 -> d1x28x28 -> pool 14x14, FLOPs = 2*N*28*28*d1*75, bytes = x + w + pooled out
     d1=256  bf16: 3.85 GFLOP, 13.7 MB (+6.4 MB uint8 idx when training): 4.6 us memory (6.7 us
-            with idx) vs 4.9 us tensor-core compute (6.2 us counting the 75 -> 96 reduction
-            padding of BLOCK_K=32): balanced at AI ~280 FLOP/B against a ridge of ~263, i.e.
+            with idx) vs 4.9 us tensor-core compute (5.2 us counting the 75 -> 80 reduction
+            padding of BLOCK_K=16): balanced at AI ~280 FLOP/B against a ridge of ~263, i.e.
             fusing the pool removed the 4x larger pre-pool write that made it memory-bound.
-            fp32: 27.3 MB -> 9.1 us memory, 64 us fp32-FMA compute (TF32 TCs: a few us).
+            fp32: 27.3 MB -> 9.1 us memory vs 64 us fp32-FMA compute ("ieee"); TF32 tensor
+            cores (about half the bf16 rate) bring compute to ~10 us, again near balance.
     d1=2048 bf16: 30.8 GFLOP, 104 MB (+51 MB idx): 35 us (52 us) memory vs 39 us compute.
   conv2 d1x14x14 -> 2.8*d1 x10x10 -> pool 5x5 (compute-bound, GEMM-class)
     d1=256  (K=717)  bf16: 118 GFLOP, 26.6 MB -> 149 us compute floor vs 9 us memory.
@@ -53,7 +54,7 @@ without a GPU (Triton interpreter on CPU for numerics, sm_90 compile checks for 
 from __future__ import annotations
 
 import contextlib
-
+import os
 from typing import Sequence
 
 import torch
@@ -233,8 +234,9 @@ def _prune_fwd(configs, named_args, **kwargs):
     a = {**named_args, **kwargs}
     red = a["C"] * a["R"] * a["S"] if a["FLAT"] else a["C"]
     cap = max(16, triton.next_power_of_2(red))
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= cap]
-    return kept or configs[:1]
+    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= cap] or configs[:1]
+    # the untuned path takes the first: in FLAT mode that is a BLOCK_K = 16 tile (75 -> 80)
+    return sorted(kept, key=lambda c: a["FLAT"] and c.kwargs["BLOCK_K"] != 16)
 
 
 _fwd_autotuned = triton.autotune(
@@ -317,6 +319,32 @@ def device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def autotune_enabled() -> bool:
+    """SHALLOWKERN_TRITON_AUTOTUNE=0 runs the first fitting GPU config instead of benchmarking
+    them all (quick GPU test runs; every new shape key otherwise compiles and times each)."""
+    return os.environ.get("SHALLOWKERN_TRITON_AUTOTUNE", "1") != "0" and not interpreting()
+
+
+def launch(kernel, autotuned, prune, grid, args: tuple, meta: dict,
+           config: triton.Config | dict | None, interpret_config: dict) -> None:
+    """Run ``kernel``: autotuned on a GPU, else with ``config`` (a test hook), the interpreter's
+    single config, or the first GPU config that ``prune`` keeps for these arguments."""
+    if config is None and autotune_enabled():
+        autotuned[grid](*args, **meta)
+        return
+    if config is None:
+        if interpreting():
+            config = interpret_config
+        else:
+            named = dict(zip(kernel.arg_names, args))
+            config = prune(autotuned.configs, named, **meta)[0]
+    if isinstance(config, triton.Config):
+        config = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    if interpreting():  # launch options mean nothing to the interpreter
+        config = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    kernel[grid](*args, **meta, **config)
+
+
 def use_flat(c_in: int) -> bool:
     return c_in < FLAT_MAX_CIN
 
@@ -378,8 +406,6 @@ def _forward(input, weight, bias, stride, padding, dilation, relu, pool, return_
         return (triton.cdiv(mp, m["BLOCK_M"] // (pool * pool)) * triton.cdiv(k, m["BLOCK_N"]),)
 
     with device_guard(input):
-        if config is None and not interpreting():
-            _fwd_autotuned[grid](*args, **meta)
-        else:
-            _wide_conv2d_fwd_kernel[grid](*args, **meta, **(config or INTERPRET_FWD_CONFIG))
+        launch(_wide_conv2d_fwd_kernel, _fwd_autotuned, _prune_fwd, grid, args, meta, config,
+               INTERPRET_FWD_CONFIG)
     return out, idx

@@ -43,8 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .wide_conv2d import (check_conv_args, device_guard, input_precision, interpreting,
-                          out_memory_format)
+from .wide_conv2d import check_conv_args, device_guard, input_precision, launch, out_memory_format
 
 __all__ = ["backward", "BWD_INPUT_CONFIGS", "BWD_WEIGHT_CONFIGS", "INTERPRET_BWD_INPUT_CONFIG",
            "INTERPRET_BWD_WEIGHT_CONFIG"]
@@ -66,7 +65,7 @@ BWD_INPUT_CONFIGS = [  # rows = input positions, columns = C, reduction = K per 
     _in_cfg(128, 128, 32, 8, 3),
     _in_cfg(128, 64, 32, 4, 3),
     _in_cfg(64, 128, 32, 4, 3),
-    _in_cfg(128, 32, 32, 4, 3),  # small C_in (conv1's gx, rarely needed)
+    _in_cfg(128, 16, 32, 4, 3),  # small C_in (conv1's gx, rarely needed)
 ]
 BWD_WEIGHT_CONFIGS = [  # rows = K, columns = C*R*S, reduction = positions
     _w_cfg(128, 128, 32, 8, 3),
@@ -343,11 +342,8 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
             def grid_i(a):
                 return (triton.cdiv(m, a["BLOCK_M"]) * triton.cdiv(c, a["BLOCK_N"]),)
 
-            if input_config is None and not interpreting():
-                _input_autotuned[grid_i](*args, **meta)
-            else:
-                _wide_conv2d_bwd_input_kernel[grid_i](
-                    *args, **meta, **(input_config or INTERPRET_BWD_INPUT_CONFIG))
+            launch(_wide_conv2d_bwd_input_kernel, _input_autotuned, _prune_input, grid_i, args,
+                   meta, input_config, INTERPRET_BWD_INPUT_CONFIG)
 
         if want_gw or want_gb:
             crs = c * r * s
@@ -373,11 +369,8 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
                 n_c = triton.cdiv(crs, a["BLOCK_CRS"]) if want_gw else 1
                 return (triton.cdiv(k, a["BLOCK_KO"]) * n_c, split)
 
-            if weight_config is None and not interpreting():
-                _weight_autotuned[grid_w](*args, **meta)
-            else:
-                _wide_conv2d_bwd_weight_kernel[grid_w](
-                    *args, **meta, **(weight_config or INTERPRET_BWD_WEIGHT_CONFIG))
+            launch(_wide_conv2d_bwd_weight_kernel, _weight_autotuned, _prune_weight, grid_w, args,
+                   meta, weight_config, INTERPRET_BWD_WEIGHT_CONFIG)
             if split > 1:
                 if want_gw:
                     gw.copy_(gw_buf.sum(dim=0).view(weight.shape))

@@ -8,8 +8,15 @@ import threading
 
 import pytest
 
-from shallowkern.sweep import (TrialConfig, append_record, completed_ids, export_csv, index,
-                               read_csv, read_records)
+from shallowkern.sweep import (
+    TrialConfig,
+    append_record,
+    completed_ids,
+    export_csv,
+    index,
+    read_csv,
+    read_records,
+)
 from shallowkern.sweep.store import INDEX_COLUMNS, flat_row
 
 from ._helpers import fake_record
@@ -93,7 +100,8 @@ def test_sqlite_index_and_csv_round_trip(tmp_path):
     con = sqlite3.connect(db)
     try:
         names = [c for c, _ in INDEX_COLUMNS]
-        rows = con.execute(f"SELECT {', '.join(names)}, record FROM trials ORDER BY rowid").fetchall()
+        query = f"SELECT {', '.join(names)}, record FROM trials ORDER BY rowid"
+        rows = con.execute(query).fetchall()
     finally:
         con.close()
     assert [dict(zip(names, row[:-1])) for row in rows] == [flat_row(r) for r in recs]

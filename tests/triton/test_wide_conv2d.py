@@ -86,8 +86,9 @@ def make_input(case: Case, dtype, integer: bool, n: int | None = None):
     h, w = case.hw
 
     def draw(*shape):
-        if integer:
-            return torch.randint(-2, 3, shape, generator=g).to(dtype)
+        if integer:  # |conv| <= 4*C*R*S (bf16: C*R*S <= 256): exact in the I/O dtype
+            lim = 1 if dtype == torch.bfloat16 else 2
+            return torch.randint(-lim, lim + 1, shape, generator=g).to(dtype)
         return torch.randn(shape, generator=g).to(dtype)
 
     if case.layout == "strided":
@@ -128,6 +129,13 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(torch, "empty", empty)
 
 
+@pytest.fixture(autouse=True)
+def untuned(monkeypatch):
+    """On a GPU, run the default config instead of autotuning every test shape (slow);
+    test_autotune_path covers the autotuner."""
+    monkeypatch.setenv("SHALLOWKERN_TRITON_AUTOTUNE", "0")
+
+
 @pytest.fixture
 def no_tf32(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -156,7 +164,8 @@ def reference_forward(case, x, w, b, return_indices=True):
 def assert_forward_exact(case, x, out, idx, ref_out, ref_idx, return_indices=True):
     assert out.dtype == x.dtype and out.shape == ref_out.shape
     assert out.is_contiguous(memory_format=out_memory_format(x)), out.stride()
-    torch.testing.assert_close(out.double(), ref_out, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(out.double(), ref_out.to(out.dtype).double(), rtol=0, atol=0,
+                               equal_nan=True)
     if case.pool == 2 and return_indices:
         assert idx.dtype == torch.uint8 and idx.shape == ref_idx.shape
         assert idx.is_contiguous(memory_format=out_memory_format(x))
@@ -243,8 +252,28 @@ def test_forward_gpu_configs(cfg, flat, no_tf32):
     """Every GPU autotune tile runs correctly (in the interpreter here)."""
     case = Case("cfg", n=1, c=3 if flat else 20, hw=(11, 11), k=37, rs=(3, 3), padding=(1, 1))
     x, w, b = make_input(case, torch.float32, integer=True)
-    out, idx = run_forward(case, x, w, b, flat=flat, config=dict(tk.FWD_CONFIGS[cfg].kwargs))
+    out, idx = run_forward(case, x, w, b, flat=flat, config=tk.FWD_CONFIGS[cfg])
     assert_forward_exact(case, x, out, idx, *reference_forward(case, x, w, b))
+
+
+@T.requires_cuda
+@needs_kernels
+def test_autotune_path(monkeypatch, no_tf32):
+    monkeypatch.setenv("SHALLOWKERN_TRITON_AUTOTUNE", "1")
+    case = CASES[1]
+    x, w, b = make_input(case, torch.float32, integer=True)
+    assert_forward_exact(case, x, *run_forward(case, x, w, b), *reference_forward(case, x, w, b))
+    x, w, got, ref = run_backward(case, torch.float32)
+    assert_backward(case, x, w, got, ref, (True, True, True), torch.float32)
+
+
+def test_untuned_default_configs():
+    """The no-autotune GPU path picks a BLOCK_K = 16 tile for conv1's flat reduction."""
+    args = dict(C=3, R=5, S=5, FLAT=True)
+    assert tk._prune_fwd(tk.FWD_CONFIGS, args)[0].kwargs["BLOCK_K"] == 16
+    args = dict(C=256, R=5, S=5, FLAT=False)
+    assert tk._prune_fwd(tk.FWD_CONFIGS, args)[0] is tk.FWD_CONFIGS[0]
+    assert tb._prune_input(tb.BWD_INPUT_CONFIGS, dict(C=3, K=256))[0].kwargs["BLOCK_N"] == 16
 
 
 def test_flat_heuristic_and_precision(monkeypatch):
@@ -355,7 +384,7 @@ def test_backward_gpu_configs(which, cfg, no_tf32):
         pytest.skip("no such config")
     case = Case("cfg", c=20, hw=(9, 9), k=37, rs=(3, 3), padding=(1, 1), layout="cl")
     mask = (which == "input", which == "weight", which == "weight")
-    hook = {f"{which}_config": dict(configs[cfg].kwargs)}
+    hook = {f"{which}_config": configs[cfg]}
     x, w, got, ref = run_backward(case, torch.float32, mask, split=2, **hook)
     assert_backward(case, x, w, got, ref, mask, torch.float32)
 
