@@ -20,7 +20,8 @@ cd "$ROOT" || exit 2
 PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-16}
-STAGES=${GPU_CHECK_STAGES:-"env build import host_test tests_cuda memcheck timing racecheck ncu bench tests_all"}
+DEFAULT_STAGES="env build import host_test tests_cuda memcheck timing racecheck ncu bench tests_all"
+STAGES=${GPU_CHECK_STAGES:-$DEFAULT_STAGES}
 BUDGET=${GPU_CHECK_BUDGET_S:-570}
 START=$(date +%s)
 SUMMARY="$OUTDIR/summary.txt"

@@ -10,6 +10,8 @@ import importlib.util
 import warnings
 from types import ModuleType
 
+import torch  # noqa: F401  (loads libtorch/libc10, which _C links against)
+
 _C: ModuleType | None
 load_error: str | None
 

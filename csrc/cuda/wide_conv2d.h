@@ -62,7 +62,7 @@ SK_HD int64_t wc2d_conv_out(int64_t in, int64_t k, int64_t stride, int64_t pad, 
   return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
 }
 
-// False when the shape is out of the kernel's contract (the launcher returns cudaErrorInvalidValue).
+// False when the shape is outside the kernel contract (the launcher: cudaErrorInvalidValue).
 inline bool wc2d_geometry(const WideConv2dShape& s, WideConv2dGeometry* g) {
   if (s.n < 0 || s.c < 1 || s.c > kWideConv2dMaxCin || s.h < 1 || s.w < 1 || s.k < 0 || s.r < 1 ||
       s.s < 1 || s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 || s.pad_h < 0 ||
@@ -417,11 +417,11 @@ SK_HD float2 wc2d_ld2(const float* p) {
 template <int KT>
 SK_HD void wc2d_fma_quad(float (&acc)[4][KT], const float* __restrict__ wp, float x00, float x01,
                          float x10, float x11) {
-SK_UNROLL
+  SK_UNROLL
   for (int q4 = 0; q4 < KT / 4; ++q4) {
     const float4 wv = wc2d_ld4(wp + 4 * q4);
     const float wq[4] = {wv.x, wv.y, wv.z, wv.w};
-SK_UNROLL
+    SK_UNROLL
     for (int e = 0; e < 4; ++e) {
       const int q = 4 * q4 + e;
       acc[0][q] = wc2d_fma(x00, wq[e], acc[0][q]);
@@ -447,12 +447,15 @@ SK_HD void wc2d_quad_conv(float (&acc)[4][KT], const float* __restrict__ xs,
     for (int c = 0; c < s.c; ++c) {
       const float* xc = xs + c * plane;
       const float* wc = wg + c * (RC * SC * KT);
-SK_UNROLL
+      // Rolled over r: one r is S*(4*KT FFMA + KT/4 LDS.128) + S+1 LDS.64 (KT = 16, 5x5: ~350
+      // instructions, 5.6 KB of code); unrolling r and c as well would make the hot loop ~27 KB
+      // and risk instruction-cache misses for no fewer FFMA.
+      SK_NO_UNROLL
       for (int r = 0; r < RC; ++r) {
         const float* r0 = xc + r * row_r;
         const float* r1 = r0 + row_di;
         float a[SC + 1], b[SC + 1];
-SK_UNROLL
+        SK_UNROLL
         for (int m = 0; m < (SC + 1) / 2; ++m) {
           const float2 va = wc2d_ld2(r0 + 2 * m);
           const float2 vb = wc2d_ld2(r1 + 2 * m);
@@ -461,7 +464,7 @@ SK_UNROLL
           b[2 * m] = vb.x;
           b[2 * m + 1] = vb.y;
         }
-SK_UNROLL
+        SK_UNROLL
         for (int t = 0; t < SC; ++t)
           wc2d_fma_quad<KT>(acc, wc + (r * SC + t) * KT, a[t], a[t + 1], b[t], b[t + 1]);
       }
@@ -497,7 +500,7 @@ SK_HD void wc2d_epilogue(const float (&acc)[4][KT], const float* __restrict__ sb
                          T* __restrict__ out, uint8_t* __restrict__ idx,
                          const WideConv2dShape& s, const WideConv2dGeometry& g, int n, int kbase,
                          int i, int j, bool pair_stores) {
-SK_UNROLL
+  SK_UNROLL
   for (int q = 0; q < KT; ++q) {
     const int k = kbase + q;
     if (k >= s.k) break;
@@ -507,7 +510,7 @@ SK_UNROLL
       float best = round_to<T>(acc[0][q] + bq);
       if (s.relu) best = wc2d_relu(best);
       int pos = 0;
-SK_UNROLL
+      SK_UNROLL
       for (int o = 1; o < 4; ++o) {
         float v = round_to<T>(acc[o][q] + bq);
         if (s.relu) v = wc2d_relu(v);
@@ -522,10 +525,10 @@ SK_UNROLL
         idx[off] = static_cast<uint8_t>((s.relu && !(best > 0.0f) && !is_nan(best)) ? 4 : pos);
     } else {
       float v[4];
-SK_UNROLL
+      SK_UNROLL
       for (int o = 0; o < 4; ++o) v[o] = s.relu ? wc2d_relu(acc[o][q] + bq) : acc[o][q] + bq;
       const int oy = 2 * i, ox = 2 * j;
-SK_UNROLL
+      SK_UNROLL
       for (int di = 0; di < 2; ++di) {
         if (oy + di >= g.oh) break;
         T* row = out + (plane * g.oh + oy + di) * g.ow + ox;
@@ -561,9 +564,9 @@ SK_HD void wc2d_block_items(const float* __restrict__ sw, const float* __restric
     const int ti = pq / b.tje;
     const int tj = pq - ti * b.tje;
     float acc[4][KT];
-SK_UNROLL
+    SK_UNROLL
     for (int o = 0; o < 4; ++o)
-SK_UNROLL
+      SK_UNROLL
       for (int q = 0; q < KT; ++q) acc[o][q] = 0.0f;
     const float* xs = sx + (2 * ti * s.stride_h) * p.pitch + 2 * tj * s.stride_w;
     wc2d_quad_conv<KT, RC, SC>(acc, xs, sw + grp * crs * KT, s, p.rows_in, p.pitch);

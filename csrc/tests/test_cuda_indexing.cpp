@@ -271,7 +271,7 @@ int main() {
       {make_shape(1, 2, 31, 29, 21, 4, 2, 2, 1, 1, 0, 1, 2, 1, false, false), true},  // even RxS
       {make_shape(2, 3, 31, 31, 23, 1, 1, 1, 1, 0, 0, 1, 1, 2, true, true), true},    // 1x1
       {make_shape(1, 3, 31, 31, 5, 5, 5, 1, 1, 0, 0, 3, 1, 2, true, true), true},     // dil_h 3
-      {make_shape(1, 3, 30, 31, 12, 5, 5, 1, 1, 0, 0, 1, 1, 2, true, true), true},    // sh=1,OH even
+      {make_shape(1, 3, 30, 31, 12, 5, 5, 1, 1, 0, 0, 1, 1, 2, true, true), true},    // even H
       {make_shape(1, 16, 15, 17, 24, 5, 5, 1, 1, 2, 2, 1, 1, 2, true, true), true},   // C = 16
       {make_shape(1, 3, 2, 2, 3, 1, 1, 1, 1, 0, 0, 1, 1, 2, true, true), true},       // tiny
       {make_shape(1, 3, 1, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, true, false), true},      // 1x1 image

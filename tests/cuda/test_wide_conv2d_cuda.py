@@ -114,10 +114,11 @@ def _check(x, w, b, stride, padding, dilation, relu, pool, return_indices):
         win = y[:, :, : 2 * ph, : 2 * pw].reshape(n, k, ph, 2, pw, 2).permute(0, 1, 2, 4, 3, 5)
         win = win.reshape(n, k, ph, pw, 4)
         top2 = win.topk(2, dim=-1).values
-        margin = 4 * tol * scale
+        # Near-ties: within 4x the tolerance (the kernel compares values rounded to the dtype).
+        margin = 4 * tol * (scale + top2[..., 0].abs())
         clear = (top2[..., 0] - top2[..., 1]) > margin
         if relu:
-            clear &= (top2[..., 0].abs() > margin)
+            clear &= top2[..., 0].abs() > margin
         # first max in scan order, NO_GRAD where the ReLU zeroed the window
         ref_idx = win.argmax(dim=-1)
         if relu:

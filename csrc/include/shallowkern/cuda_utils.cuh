@@ -23,8 +23,10 @@
 // `#pragma unroll` for the device pass only (host compilers warn about the unknown pragma).
 #if defined(__CUDA_ARCH__)
 #define SK_UNROLL _Pragma("unroll")
+#define SK_NO_UNROLL _Pragma("unroll 1")
 #else
 #define SK_UNROLL
+#define SK_NO_UNROLL
 #endif
 
 // Return the error of a CUDA runtime call from the enclosing function (launchers return
