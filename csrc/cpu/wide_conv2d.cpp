@@ -151,6 +151,18 @@ struct Plane {
   int64_t sC, sH, sW;
 };
 
+// Short runs (the first layer: S*Cg = 15 floats) as an inline vector loop; a memcpy call costs
+// more than the copy there.
+template <typename T>
+inline void copy_run(T* __restrict d, const T* __restrict s, int64_t n) {
+  if (n * int64_t(sizeof(T)) >= 256) {
+    std::memcpy(d, s, n * sizeof(T));
+    return;
+  }
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) d[e] = s[e];
+}
+
 // The padded image of one group in HWC order: (Hp, Wp, Cg), zero borders. With it, the im2col
 // row of an output position is R contiguous runs of S*Cg values (dilation 1): memcpy, no bounds.
 struct Padded {
@@ -181,15 +193,27 @@ std::vector<int64_t> position_offsets(const Geom& g, const Padded& pd) {
 // x (Cg, H, W) with any strides -> interior of the padded HWC buffer (borders stay zero).
 template <typename T>
 void pad_hwc(Plane<const T> x, const Geom& g, const Padded& pd, T* dst) {
-  for (int64_t h = 0; h < g.H; ++h) {
-    T* row = dst + ((h + g.ph) * pd.Wp + g.pw) * pd.Cg;
-    const T* src = x.p + h * x.sH;
-    if (x.sC == 1) {
-      for (int64_t w = 0; w < g.W; ++w)
-        std::memcpy(row + w * pd.Cg, src + w * x.sW, pd.Cg * sizeof(T));
-    } else {
-      for (int64_t c = 0; c < pd.Cg; ++c)
-        for (int64_t w = 0; w < g.W; ++w) row[w * pd.Cg + c] = src[c * x.sC + w * x.sW];
+  if (x.sC == 1) {  // channels_last: one run of Cg per pixel
+    for (int64_t h = 0; h < g.H; ++h) {
+      T* row = dst + ((h + g.ph) * pd.Wp + g.pw) * pd.Cg;
+      for (int64_t w = 0; w < g.W; ++w) copy_run(row + w * pd.Cg, x.p + h * x.sH + w * x.sW, pd.Cg);
+    }
+    return;
+  }
+  // NCHW: a transpose, in blocks of 16 channels: every pixel's block is one 64-byte line of the
+  // padded buffer (written whole), read from 16 sequential streams of input planes. (One channel
+  // at a time would write a different line per element and spill out of L1.)
+  constexpr int64_t kCB = 16;
+  for (int64_t c0 = 0; c0 < pd.Cg; c0 += kCB) {
+    const int64_t cb = std::min(kCB, pd.Cg - c0);
+    for (int64_t h = 0; h < g.H; ++h) {
+      T* row = dst + ((h + g.ph) * pd.Wp + g.pw) * pd.Cg + c0;
+      const T* src = x.p + c0 * x.sC + h * x.sH;
+      for (int64_t w = 0; w < g.W; ++w) {
+        T* d = row + w * pd.Cg;
+        const T* s = src + w * x.sW;
+        for (int64_t l = 0; l < cb; ++l) d[l] = s[l * x.sC];
+      }
     }
   }
 }
@@ -208,18 +232,6 @@ void unpad_hwc(const T* src, const Geom& g, const Padded& pd, Plane<T> x) {
         for (int64_t w = 0; w < g.W; ++w) dst[c * x.sC + w * x.sW] = row[w * pd.Cg + c];
     }
   }
-}
-
-// Short runs (the first layer: S*Cg = 15 floats) as an inline vector loop; a memcpy call costs
-// more than the copy there.
-template <typename T>
-inline void copy_run(T* __restrict d, const T* __restrict s, int64_t n) {
-  if (n * int64_t(sizeof(T)) >= 256) {
-    std::memcpy(d, s, n * sizeof(T));
-    return;
-  }
-#pragma omp simd
-  for (int64_t e = 0; e < n; ++e) d[e] = s[e];
 }
 
 // colT[p, (r, s, c)] = xpad[off[p] + (r*dh*Wp + s*dw)*Cg + c] for the positions of one image:

@@ -240,10 +240,13 @@ void print_lenet_plans() {
                            (double(kH100.sms) * skc::kWideConv2dThreads);
       double conflicts = 0;
       skc::wc2d_pick_pitch(s, p.ti * p.tj, p.tj, p.cols_in, &conflicts);
+      skc::WideConv2dPlan p16;  // the best KT = 16 plan, for comparison
+      const bool has16 = skc::wc2d_make_plan(s, g, kH100, &p16, 16);
       std::printf("  N=%3d d1=%4d: kt=%2d kg=%2d slab=%3d tile=%dx%d pitch=%d (conflicts x%.2f) "
-                  "blocks=%lld smem=%zu B, modelled efficiency %.0f%%\n",
+                  "blocks=%lld smem=%zu B, modelled efficiency %.0f%% (best kt=16: %.0f%%)\n",
                   n, d1, p.kt, p.kg, p.kt * p.kg, p.ti, p.tj, p.pitch, conflicts,
-                  (long long)p.blocks, p.smem_bytes, 100.0 * ideal / p.cost);
+                  (long long)p.blocks, p.smem_bytes, 100.0 * ideal / p.cost,
+                  has16 ? 100.0 * ideal / p16.cost : 0.0);
     }
 }
 
