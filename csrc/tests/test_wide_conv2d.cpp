@@ -35,9 +35,11 @@ using Fwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tens
                                                const std::optional<at::Tensor>&, c10::IntArrayRef,
                                                c10::IntArrayRef, c10::IntArrayRef, int64_t, bool,
                                                int64_t, bool);
-using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef,
-    c10::IntArrayRef, c10::IntArrayRef, int64_t, bool, int64_t, std::array<bool, 3>);
+using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                           const at::Tensor&, const at::Tensor&,
+                                                           c10::IntArrayRef, c10::IntArrayRef,
+                                                           c10::IntArrayRef, int64_t, bool, int64_t,
+                                                           std::array<bool, 3>);
 
 c10::TypedOperatorHandle<Fwd> fwd_op() {
   return c10::Dispatcher::singleton()
@@ -95,8 +97,7 @@ void run_case(const Case& cs, at::ScalarType dtype) {
   const double rtol = dtype == at::kFloat ? 1e-5 : 1e-10;
   const double atol = (dtype == at::kFloat ? 2e-6 : 1e-12) * std::sqrt(double(red));
   double worst = 0;
-  EXPECT(close(out, ref_out, rtol, atol, &worst), "%s: forward max error %.3g", tag.c_str(),
-         worst);
+  EXPECT(close(out, ref_out, rtol, atol, &worst), "%s: forward max error %.3g", tag.c_str(), worst);
   if (cs.channels_last && out.numel() > 0)
     EXPECT(out.is_contiguous(at::MemoryFormat::ChannelsLast), "%s: out not channels_last",
            tag.c_str());
@@ -111,8 +112,8 @@ void run_case(const Case& cs, at::ScalarType dtype) {
     // Compare only where the window's top two values are well apart: near-ties may legitimately
     // resolve differently with the op's rounding. Ties by construction are in test_ties().
     at::Tensor win = a.narrow(2, 0, 2 * out.size(2)).narrow(3, 0, 2 * out.size(3));
-    win = win.unfold(2, 2, 2).unfold(3, 2, 2).reshape({out.size(0), out.size(1), out.size(2),
-                                                       out.size(3), 4});
+    win = win.unfold(2, 2, 2).unfold(3, 2, 2).reshape(
+        {out.size(0), out.size(1), out.size(2), out.size(3), 4});
     at::Tensor top2 = std::get<0>(win.topk(2, -1));
     at::Tensor clear = (top2.select(-1, 0) - top2.select(-1, 1)) > 1e-3;
     if (cs.relu) clear = clear | (ref_out <= 0);
@@ -128,9 +129,9 @@ void run_case(const Case& cs, at::ScalarType dtype) {
                                                                       {0, 0}, {1, 1}, false, flat)
                                : gout;
   at::Tensor gy = cs.relu ? at::threshold_backward(ga, a, 0) : ga;
-  auto [rgx, rgw, rgb] = at::convolution_backward(gy, x, wt, c10::IntArrayRef{cs.k}, cs.stride,
-                                                  cs.padding, cs.dilation, false, {0, 0},
-                                                  cs.groups, {true, true, true});
+  auto [rgx, rgw, rgb] =
+      at::convolution_backward(gy, x, wt, c10::IntArrayRef{cs.k}, cs.stride, cs.padding,
+                               cs.dilation, false, {0, 0}, cs.groups, {true, true, true});
   at::Tensor saved = cs.pool == 2 ? idx : (cs.relu ? out : at::empty({0}, xq.options()));
   at::Tensor gq = gout.to(dtype).contiguous(fmt);
   auto [gx, gw, gb] = bwd_op().call(gq, xq, wq, saved, cs.stride, cs.padding, cs.dilation,
@@ -142,8 +143,7 @@ void run_case(const Case& cs, at::ScalarType dtype) {
          worst);
   EXPECT(close(gw, rgw, rtol, atol_w, &worst), "%s: grad_weight max error %.3g", tag.c_str(),
          worst);
-  EXPECT(close(gb, rgb, rtol, atol_w, &worst), "%s: grad_bias max error %.3g", tag.c_str(),
-         worst);
+  EXPECT(close(gb, rgb, rtol, atol_w, &worst), "%s: grad_bias max error %.3g", tag.c_str(), worst);
   if (cs.channels_last && gx.numel() > 0)
     EXPECT(gx.is_contiguous(at::MemoryFormat::ChannelsLast), "%s: grad_input not channels_last",
            tag.c_str());
@@ -213,12 +213,12 @@ void test_errors() {
     fwd_op().call(x, w, at::randn({4}), {1, 1}, {0, 0}, {1, 1}, 1, true, 2, false);
   });
   expect_throw("saved shape", "saved", [&] {
-    bwd_op().call(at::randn({1, 3, 2, 2}), x, w, at::zeros({1, 3, 2, 3}, at::kByte), {1, 1},
-                  {0, 0}, {1, 1}, 1, true, 2, {true, true, true});
+    bwd_op().call(at::randn({1, 3, 2, 2}), x, w, at::zeros({1, 3, 2, 3}, at::kByte), {1, 1}, {0, 0},
+                  {1, 1}, 1, true, 2, {true, true, true});
   });
   expect_throw("grad_out shape", "grad_out", [&] {
-    bwd_op().call(at::randn({1, 3, 3, 2}), x, w, at::zeros({1, 3, 2, 2}, at::kByte), {1, 1},
-                  {0, 0}, {1, 1}, 1, true, 2, {true, true, true});
+    bwd_op().call(at::randn({1, 3, 3, 2}), x, w, at::zeros({1, 3, 2, 2}, at::kByte), {1, 1}, {0, 0},
+                  {1, 1}, 1, true, 2, {true, true, true});
   });
 }
 
@@ -230,8 +230,22 @@ int main() {
       // name, n, c, h, w, k, r, s, stride, padding, dilation, groups, relu, bias, cl, pool
       {"first layer", 2, 3, 13, 12, 8, 5, 5, {1, 1}, {0, 0}, {1, 1}, 1, true, true, false, 2},
       {"odd map, no relu", 3, 4, 11, 9, 6, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, false, true, false, 2},
-      {"stride pad dil groups", 2, 4, 15, 13, 6, 3, 2, {2, 1}, {1, 2}, {2, 1}, 2, true, false,
-       false, 2},
+      {"stride pad dil groups",
+       2,
+       4,
+       15,
+       13,
+       6,
+       3,
+       2,
+       {2, 1},
+       {1, 2},
+       {2, 1},
+       2,
+       true,
+       false,
+       false,
+       2},
       {"channels_last", 2, 6, 10, 10, 5, 3, 3, {1, 1}, {1, 1}, {1, 1}, 1, true, true, true, 2},
       {"pool 1 relu", 2, 5, 8, 7, 7, 3, 3, {1, 1}, {0, 1}, {1, 1}, 1, true, true, false, 1},
       {"pool 1 linear cl", 1, 4, 7, 7, 3, 2, 2, {2, 2}, {0, 0}, {1, 2}, 1, false, true, true, 1},

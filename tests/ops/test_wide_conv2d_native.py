@@ -12,11 +12,17 @@ import itertools
 import pytest
 import torch
 
-from shallowkern.ops.wide_conv2d import (NO_GRAD, conv_out_hw, wide_conv2d_backward_reference,
-                                         wide_conv2d_reference)
+from shallowkern.ops.wide_conv2d import (
+    NO_GRAD,
+    conv_out_hw,
+    wide_conv2d_backward_reference,
+    wide_conv2d_reference,
+)
 from shallowkern.testing import EMPTY_BATCH, FIRST_LAYER_CIN, ODD_HW, assert_close, has_ext
 
-pytestmark = pytest.mark.skipif(not has_ext(), reason="shallowkern._C (the C++ kernels) is not built")
+pytestmark = pytest.mark.skipif(
+    not has_ext(), reason="shallowkern._C (the C++ kernels) is not built"
+)
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -38,6 +44,7 @@ CASES = {
     "stride_2_pad": (2, 4, 13, 11, 6, 3, 3, 2, 2, 1, 1, True),
     "dilation_2": (2, 4, 14, 12, 5, 3, 3, 1, 1, 2, 1, False),
     "groups_2": (3, 8, 9, 10, 6, 3, 3, 1, 1, 1, 2, True),
+    "groups_wide": (2, 4, 9, 9, 64, 3, 3, 1, 1, 1, 2, True),  # grad_weight as (CRS x Kg) form
     "mixed": (2, 6, 15, 13, 4, 3, 2, (2, 1), (1, 2), (2, 1), 2, False),
     "many_chunks": (13, 8, 10, 10, 12, 3, 3, 1, 0, 1, 1, True),  # > 1 chunk per thread
     "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
@@ -51,10 +58,14 @@ def pair(v):
 def make(case, dtype, layout="contiguous", seed=0):
     """case: a name in CASES or such a tuple. Returns (x, weight, bias, [stride, padding, ...])."""
     n, c, h, w, k, r, s, stride, padding, dilation, groups, bias = (
-        CASES[case] if isinstance(case, str) else case)
+        CASES[case] if isinstance(case, str) else case
+    )
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
-    wt = torch.randn(k, c // groups, r, s, generator=g, dtype=torch.float64) / (c * r * s / groups) ** 0.5
+    wt = (
+        torch.randn(k, c // groups, r, s, generator=g, dtype=torch.float64)
+        / (c * r * s / groups) ** 0.5
+    )
     b = torch.randn(k, generator=g, dtype=torch.float64) if bias else None
     x, wt = x.to(dtype), wt.to(dtype)
     b = b.to(dtype) if b is not None else None
@@ -74,7 +85,11 @@ def relayout(x, layout):
 
 
 def fmt_of(x):
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -125,10 +140,14 @@ def check_backward(x, w, b, params, relu, pool, out, idx, mask, dtype, seed=1):
     got = bwd(g, x, w, saved, *params, relu, pool, mask)
     want = wide_conv2d_backward_reference(up(g), up(x), up(w), up(saved), *params, relu, pool, mask)
     oh, ow = conv_out_hw(x.shape[2], x.shape[3], w.shape[2:], *params[:3])
-    reductions = (w.shape[0] // params[3] * w.shape[2] * w.shape[3], max(x.shape[0] * oh * ow, 1),
-                  max(x.shape[0] * oh * ow, 1))
-    for name, m, a, r, red in zip(("grad_input", "grad_weight", "grad_bias"), mask, got, want,
-                                  reductions):
+    reductions = (
+        w.shape[0] // params[3] * w.shape[2] * w.shape[3],
+        max(x.shape[0] * oh * ow, 1),
+        max(x.shape[0] * oh * ow, 1),
+    )
+    for name, m, a, r, red in zip(
+        ("grad_input", "grad_weight", "grad_bias"), mask, got, want, reductions
+    ):
         if not m:
             assert a.shape == (0,) and a.dtype == dtype, f"{name} should be empty"
             continue
@@ -171,8 +190,9 @@ def test_noncontiguous_weight_bias_and_grad_out():
     out, idx = check_forward(x, w_nc, b_nc, params, True, 2, True, torch.float32)
     g = torch.randn(*out.shape[:3], 2 * out.shape[3])[..., ::2]  # non-contiguous grad_out
     got = bwd(g, x, w_nc, idx, *params, True, 2, [True, True, True])
-    want = wide_conv2d_backward_reference(g.double(), x.double(), w.double(), idx, *params, True, 2,
-                                          [True, True, True])
+    want = wide_conv2d_backward_reference(
+        g.double(), x.double(), w.double(), idx, *params, True, 2, [True, True, True]
+    )
     for a, r in zip(got, want):
         assert_close(a, r, torch.float32, 500)
 
@@ -184,13 +204,19 @@ def test_return_indices(pool, return_indices):
     check_forward(x, w, b, params, True, pool, return_indices, torch.float32)
 
 
-@pytest.mark.parametrize("mask", list(itertools.product([False, True], repeat=3)),
-                         ids=lambda m: "".join("1" if v else "0" for v in m))
+@pytest.mark.parametrize(
+    "mask",
+    list(itertools.product([False, True], repeat=3)),
+    ids=lambda m: "".join("1" if v else "0" for v in m),
+)
 @pytest.mark.parametrize("relu,pool", [(True, 2), (True, 1), (False, 1)])
 def test_output_masks(mask, relu, pool):
     x, w, b, params = make("groups_2", torch.float64)
     out, idx = check_forward(x, w, b, params, relu, pool, True, torch.float64)
-    check_backward(x, w, b, params, relu, pool, out, idx, list(mask), torch.float64)
+    got = check_backward(x, w, b, params, relu, pool, out, idx, list(mask), torch.float64)
+    # Outputs of an op must not alias one another (torch.library checks this for custom ops).
+    storages = {t.untyped_storage()._cdata for t in got}
+    assert len(storages) == 3, "two outputs share a storage"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -248,8 +274,9 @@ def test_indices_exact_integer_ties(layout, relu, dtype):
     assert torch.equal(idx, ref_idx)
     gout = torch.randn_like(out)
     got = bwd(gout, x, w, idx, *params, relu, 2, [True, True, True])
-    want = wide_conv2d_backward_reference(gout.double(), x.double(), w.double(), idx, *params, relu,
-                                          2, [True, True, True])
+    want = wide_conv2d_backward_reference(
+        gout.double(), x.double(), w.double(), idx, *params, relu, 2, [True, True, True]
+    )
     for a, r in zip(got, want):
         assert_close(a, r, dtype, 1000)
 
@@ -259,8 +286,8 @@ def test_indices_nan_and_inf(relu):
     """NaN wins its window (the last NaN, as max_pool2d's `v > best || isnan(v)`); -inf loses."""
     x = torch.zeros(1, 1, 4, 6)
     x[0, 0, 0, 0] = float("nan")
-    x[0, 0, 1, 1] = float("nan")   # window (0, 0): NaN at positions 0 and 3
-    x[0, 0, 1, 2] = float("nan")   # window (0, 1): NaN at position 2
+    x[0, 0, 1, 1] = float("nan")  # window (0, 0): NaN at positions 0 and 3
+    x[0, 0, 1, 2] = float("nan")  # window (0, 1): NaN at position 2
     x[0, 0, 2:4, 4:6] = float("-inf")  # window (1, 2): all -inf
     w = torch.ones(1, 1, 1, 1)
     params = [[1, 1], [0, 0], [1, 1], 1]
@@ -274,33 +301,51 @@ def test_indices_nan_and_inf(relu):
 # bad input: RuntimeError naming the argument
 # ------------------------------------------------------------------------------------------------
 def _args(**over):
-    a = dict(input=torch.randn(2, 4, 8, 8), weight=torch.randn(6, 4, 3, 3), bias=torch.randn(6),
-             stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1, relu=True, pool=2,
-             return_indices=True)
+    a = {
+        "input": torch.randn(2, 4, 8, 8),
+        "weight": torch.randn(6, 4, 3, 3),
+        "bias": torch.randn(6),
+        "stride": [1, 1],
+        "padding": [0, 0],
+        "dilation": [1, 1],
+        "groups": 1,
+        "relu": True,
+        "pool": 2,
+        "return_indices": True,
+    }
     a.update(over)
     return list(a.values())
 
 
-@pytest.mark.parametrize("over,match", [
-    (dict(input=torch.randn(2, 4, 8, 8).half(), weight=torch.randn(6, 4, 3, 3).half(), bias=None),
-     "input must be float32 or float64"),
-    (dict(input=torch.randint(0, 3, (2, 4, 8, 8))), "input"),
-    (dict(weight=torch.randn(6, 4, 3, 3, dtype=torch.float64)), "weight dtype"),
-    (dict(input=torch.randn(4, 8, 8)), "input must be a 4-D"),
-    (dict(weight=torch.randn(6, 4, 3)), "weight must be a 4-D"),
-    (dict(groups=3), "groups"),
-    (dict(groups=0), "groups"),
-    (dict(weight=torch.randn(6, 3, 3, 3)), "weight has 3 input channels"),
-    (dict(bias=torch.randn(5)), "bias must have shape"),
-    (dict(bias=torch.randn(6, dtype=torch.float64)), "bias dtype"),
-    (dict(stride=[0, 1]), "stride"),
-    (dict(stride=[1, 1, 1]), "stride"),
-    (dict(padding=[-1, 0]), "padding"),
-    (dict(dilation=[1, 0]), "dilation"),
-    (dict(pool=3), "pool"),
-    (dict(weight=torch.randn(6, 4, 9, 3)), "weight"),                 # kernel larger than input
-    (dict(weight=torch.randn(6, 4, 8, 3)), "pool=2 needs a conv output of at least 2x2"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        (
+            {
+                "input": torch.randn(2, 4, 8, 8).half(),
+                "weight": torch.randn(6, 4, 3, 3).half(),
+                "bias": None,
+            },
+            "input must be float32 or float64",
+        ),
+        ({"input": torch.randint(0, 3, (2, 4, 8, 8))}, "input"),
+        ({"weight": torch.randn(6, 4, 3, 3, dtype=torch.float64)}, "weight dtype"),
+        ({"input": torch.randn(4, 8, 8)}, "input must be a 4-D"),
+        ({"weight": torch.randn(6, 4, 3)}, "weight must be a 4-D"),
+        ({"groups": 3}, "groups"),
+        ({"groups": 0}, "groups"),
+        ({"weight": torch.randn(6, 3, 3, 3)}, "weight has 3 input channels"),
+        ({"bias": torch.randn(5)}, "bias must have shape"),
+        ({"bias": torch.randn(6, dtype=torch.float64)}, "bias dtype"),
+        ({"stride": [0, 1]}, "stride"),
+        ({"stride": [1, 1, 1]}, "stride"),
+        ({"padding": [-1, 0]}, "padding"),
+        ({"dilation": [1, 0]}, "dilation"),
+        ({"pool": 3}, "pool"),
+        ({"weight": torch.randn(6, 4, 9, 3)}, "weight"),  # kernel larger than input
+        ({"weight": torch.randn(6, 4, 8, 3)}, "pool=2 needs a conv output of at least 2x2"),
+    ],
+)
 def test_bad_forward_input(over, match):
     with pytest.raises(RuntimeError, match=match):
         fwd(*_args(**over))
@@ -308,25 +353,47 @@ def test_bad_forward_input(over, match):
 
 def _bwd_args(**over):
     x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3)
-    a = dict(grad_out=torch.randn(2, 6, 3, 3), input=x, weight=w,
-             saved=torch.zeros(2, 6, 3, 3, dtype=torch.uint8), stride=[1, 1], padding=[0, 0],
-             dilation=[1, 1], groups=1, relu=True, pool=2, output_mask=[True, True, True])
+    a = {
+        "grad_out": torch.randn(2, 6, 3, 3),
+        "input": x,
+        "weight": w,
+        "saved": torch.zeros(2, 6, 3, 3, dtype=torch.uint8),
+        "stride": [1, 1],
+        "padding": [0, 0],
+        "dilation": [1, 1],
+        "groups": 1,
+        "relu": True,
+        "pool": 2,
+        "output_mask": [True, True, True],
+    }
     a.update(over)
     return list(a.values())
 
 
-@pytest.mark.parametrize("over,match", [
-    (dict(grad_out=torch.randn(2, 6, 3, 4)), "grad_out must have shape"),
-    (dict(grad_out=torch.randn(2, 6, 3, 3, dtype=torch.float64)), "grad_out dtype"),
-    (dict(grad_out=torch.randn(2, 6, 9)), "grad_out must be a 4-D"),
-    (dict(saved=torch.zeros(2, 6, 3, 3)), "saved must be the uint8 pool indices"),
-    (dict(saved=torch.zeros(2, 6, 3, 2, dtype=torch.uint8)), "saved"),
-    (dict(pool=1, grad_out=torch.randn(2, 6, 6, 6), saved=torch.zeros(2, 6, 6, 6, dtype=torch.uint8)),
-     "saved must be the forward output"),
-    (dict(pool=1, grad_out=torch.randn(2, 6, 6, 6), saved=torch.zeros(2, 6, 6, 5)), "saved"),
-    (dict(input=torch.randn(2, 4, 8, 8, dtype=torch.float64)), "weight dtype"),
-    (dict(groups=2), "groups"),
-])
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"grad_out": torch.randn(2, 6, 3, 4)}, "grad_out must have shape"),
+        ({"grad_out": torch.randn(2, 6, 3, 3, dtype=torch.float64)}, "grad_out dtype"),
+        ({"grad_out": torch.randn(2, 6, 9)}, "grad_out must be a 4-D"),
+        ({"saved": torch.zeros(2, 6, 3, 3)}, "saved must be the uint8 pool indices"),
+        ({"saved": torch.zeros(2, 6, 3, 2, dtype=torch.uint8)}, "saved"),
+        (
+            {
+                "pool": 1,
+                "grad_out": torch.randn(2, 6, 6, 6),
+                "saved": torch.zeros(2, 6, 6, 6, dtype=torch.uint8),
+            },
+            "saved must be the forward output",
+        ),
+        (
+            {"pool": 1, "grad_out": torch.randn(2, 6, 6, 6), "saved": torch.zeros(2, 6, 6, 5)},
+            "saved",
+        ),
+        ({"input": torch.randn(2, 4, 8, 8, dtype=torch.float64)}, "weight dtype"),
+        ({"groups": 2}, "groups"),
+    ],
+)
 def test_bad_backward_input(over, match):
     with pytest.raises(RuntimeError, match=match):
         bwd(*_bwd_args(**over))
@@ -341,14 +408,25 @@ def test_bad_backward_input(over, match):
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration")
 
 
-@pytest.mark.parametrize("relu,pool,layout", [(True, 2, "contiguous"), (False, 1, "channels_last"),
-                                              (True, 1, "noncontiguous")])
-def test_opcheck(relu, pool, layout):
+@pytest.mark.parametrize(
+    "relu,pool,layout,mask",
+    [
+        (True, 2, "contiguous", [True, False, True]),
+        (False, 1, "channels_last", [False, True, False]),
+        (True, 1, "noncontiguous", [True, True, True]),
+    ],
+)
+def test_opcheck(relu, pool, layout, mask):
     x, w, b, params = make("groups_2", torch.float32, layout)
-    torch.library.opcheck(torch.ops.shallowkern._wide_conv2d_native.default,
-                          (x, w, b, *params, relu, pool, True), test_utils=OPCHECK_UTILS)
+    torch.library.opcheck(
+        torch.ops.shallowkern._wide_conv2d_native.default,
+        (x, w, b, *params, relu, pool, True),
+        test_utils=OPCHECK_UTILS,
+    )
     out, idx = fwd(x, w, b, *params, relu, pool, True)
     saved = saved_for(x, out, idx, relu, pool)
-    torch.library.opcheck(torch.ops.shallowkern._wide_conv2d_native_backward.default,
-                          (torch.randn_like(out), x, w, saved, *params, relu, pool,
-                           [True, False, True]), test_utils=OPCHECK_UTILS)
+    torch.library.opcheck(
+        torch.ops.shallowkern._wide_conv2d_native_backward.default,
+        (torch.randn_like(out), x, w, saved, *params, relu, pool, mask),
+        test_utils=OPCHECK_UTILS,
+    )
