@@ -9,18 +9,26 @@
 //                  `v > best || isnan(v)` of aten's max_pool2d; 4 (NO_GRAD) if relu and out <= 0
 // Backward (gy = gradient of the pre-activation y, built per chunk, never for the whole batch):
 //   gy[n,k,2i+di,2j+dj] = gout[n,k,i,j] if idx[n,k,i,j] == 2*di+dj else 0   (pool 2)
-//   gy = gout * (out > 0)  (pool 1 + relu),  gy = gout  (pool 1)
+//   gy = out > 0 ? gout : 0  (pool 1 + relu),  gy = gout  (pool 1)
 //   gx = col2im(W^T gy),  gw = sum_n gy col(x)^T,  gb = sum_{n,p,q} gy
+// (selects, as aten's max_pool2d / threshold backward: a non-finite gout stays where it belongs.)
 //
-// Design (why it beats conv2d -> relu -> max_pool2d): the batch is cut into chunks of B images
-// x one group; per chunk, im2col into a thread-local buffer (CRS x B*P, only the P = EH*EW conv
-// positions that reach the pooled output), one GEMM through ATen (MKL; inside at::parallel_for
-// it runs single-threaded, so no oversubscription), then a fused epilogue (bias, ReLU, 2x2 max,
-// indices) that reads the GEMM result while it is in cache and writes only the pooled output:
-// the unpooled activation never reaches memory. The backward does the same in reverse: gy of a
-// chunk from grad_out + saved, gw accumulated per thread (gy col^T, MKL beta=1) and reduced in a
-// fixed order (deterministic for a given thread count), gx = col2im(W^T gy) into the chunk's own
-// images and channels (no races), gb summed in double.
+// Design. Work units are (image, group) pairs, split evenly over threads by at::parallel_for and
+// batched into chunks of B images (GEMMs wide enough for MKL to run at its peak). Per image, the
+// group's channels are copied once into a zero-padded HWC buffer; the im2col matrix colT
+// (positions x CRS, CRS in (r, s, c) order) is then R contiguous runs of S*Cg values per position
+// (memcpy, no bounds checks), and the weight is permuted to (K, R, S, Cg) to match. Only the
+// P = EH*EW conv positions that reach the output are computed, ordered window-major for pool 2
+// (the four positions of each 2x2 window in four contiguous sub-planes), so that the epilogue
+// (bias, ReLU, 2x2 max with aten's first-max / NaN rule, uint8 indices) is an elementwise,
+// vectorized pass over the GEMM result while it is in cache, writing only the pooled output: the
+// unpooled activation never reaches memory (conv2d -> relu -> max_pool2d writes it twice and
+// reads it twice). The GEMMs go through ATen (at::mm_out / addmm_out on views of thread-local
+// buffers: MKL here; inside at::parallel_for it runs single-threaded, so no oversubscription).
+// The backward mirrors it: gy of a chunk from grad_out + saved (window-major, branch-free), gw
+// accumulated per thread with MKL beta = 1 and reduced in a fixed order (deterministic for a
+// given thread count), gx = col2im(gy^T W) scatter-added into the padded buffer of the chunk's
+// own images and channels (no races), gb summed in double.
 // References: Chellapilla et al., "High performance convolutional neural networks for document
 // processing" (2006) for im2col + GEMM; aten/src/ATen/native/cpu/MaxPoolKernel.cpp for the
 // NaN rule of max_pool2d.
@@ -46,8 +54,8 @@ namespace shallowkern {
 namespace {
 
 constexpr uint8_t kNoGrad = 4;  // idx value where the ReLU zeroed the window
-// Chunk sizing. Enough GEMM columns per chunk that MKL runs near its peak (N >= ~256 is within a
-// few % of it on AVX-512 here), buffers that stay in L2/L3, and >= 2 chunks per thread.
+// Chunk sizing: enough GEMM columns (images x positions) that MKL runs near its peak (>= ~256 is
+// within a few % of it on the 2-core dev machine), with thread-local buffers of at most ~4 MB.
 constexpr int64_t kTargetCols = 512;
 constexpr int64_t kMaxChunkBytes = 4 << 20;
 
@@ -139,6 +147,14 @@ void for_each_chunk(const Geom& g, int64_t B, int64_t begin, int64_t end, const 
     f(grp, n0, nb);
     u += nb;
   }
+}
+
+// Grain of the parallel loop over units. Fewer units than threads (a batch of one): run them
+// in the calling thread, outside any parallel region, so that the GEMMs are multi-threaded by
+// MKL instead of leaving threads idle.
+int64_t unit_grain(const Geom& g) {
+  const int64_t units = g.G * g.N;
+  return units < at::get_num_threads() ? units + 1 : 1;
 }
 
 // Input view of one image and group: base pointer (at channel 0 of the group) and strides.
@@ -323,7 +339,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
   // type, and GCC then gives up on the epilogue loops.
   const int32_t act = relu ? 1 : 0;
 
-  at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
     std::vector<T> colT(B * P * CRS), y(g.Kg * B * P), xpad(pd.size(), T(0)), tmp(PHW);
     std::vector<uint8_t> tix(PHW);
     for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
@@ -459,7 +475,7 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   std::vector<Partial> partials;
   std::mutex mu;
 
-  at::parallel_for(0, g.G * g.N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
     std::vector<T> gy(g.Kg * B * P), colT(need_col ? B * P * CRS : 0);
     std::vector<T> xpad(need_col ? pd.size() : 0, T(0)), gt(PHW), mt(PHW);
     std::vector<int32_t> qt(PHW);
@@ -556,8 +572,8 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
     for (int64_t grp = 0; grp < g.G; ++grp)
       for (int64_t k = 0; k < g.Kg; ++k)
         for (int64_t i = 0; i < CRS; ++i)
-          o[(grp * g.Kg + k) * CRS + i] =
-              gw_transposed ? sum[grp * g.Kg * CRS + i * g.Kg + k] : sum[(grp * g.Kg + k) * CRS + i];
+          o[(grp * g.Kg + k) * CRS + i] = gw_transposed ? sum[grp * g.Kg * CRS + i * g.Kg + k]
+                                                        : sum[(grp * g.Kg + k) * CRS + i];
   }
   if (mask[2]) {
     std::vector<double> acc(g.K, 0.0);
