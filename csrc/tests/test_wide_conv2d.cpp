@@ -251,6 +251,23 @@ int main() {
       {"pool 1 linear cl", 1, 4, 7, 7, 3, 2, 2, {2, 2}, {0, 0}, {1, 2}, 1, false, true, true, 1},
       {"wide", 2, 3, 12, 12, 127, 5, 5, {1, 1}, {0, 0}, {1, 1}, 1, true, true, false, 2},
       {"batch of 9", 9, 8, 9, 9, 12, 3, 3, {1, 1}, {0, 0}, {1, 1}, 1, true, true, false, 2},
+      // several chunks per thread with padding: the padded buffers are reused across chunks
+      {"batch of 13 padded",
+       13,
+       4,
+       16,
+       15,
+       8,
+       3,
+       3,
+       {1, 1},
+       {1, 2},
+       {1, 1},
+       1,
+       false,
+       true,
+       false,
+       2},
   };
   for (const auto& cs : cases)
     for (auto dtype : {at::kDouble, at::kFloat}) run_case(cs, dtype);

@@ -197,13 +197,22 @@ def select_forward(input: Tensor, weight: Tensor, groups: int) -> Choice:
         return Choice("vendor", f"no CUDA kernel for {input.dtype}")
     if groups != 1:
         return Choice("vendor", "grouped convolution")
+    # The CUDA direct kernel is exact fp32 FMA: conv1 is FMA-bound there (~141 FLOP/B), so where
+    # tensor cores are allowed (fp16/bf16, or fp32 with TF32 on) the Triton implicit GEMM runs.
     if (want in (None, "native") and _ext.has_cuda_kernels() and input.shape[1] <= CUDA_SMALL_CIN
+            and input.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
             and out_memory_format(input) == torch.contiguous_format):
-        return Choice("native", f"CUDA direct kernel (C_in={input.shape[1]} <= {CUDA_SMALL_CIN})")
+        return Choice("native", f"CUDA direct kernel (fp32, TF32 off, C_in={input.shape[1]} <= "
+                                f"{CUDA_SMALL_CIN})")
+    return _triton_or_vendor(input, weight, groups)
+
+
+def _triton_or_vendor(input: Tensor, weight: Tensor, groups: int) -> Choice:
     tk = _triton()
     if tk is None:
         return Choice("vendor", "triton not importable")
-    return Choice("triton", "Triton implicit GEMM")
+    reason = tk.supports(input, weight, groups)
+    return Choice("vendor", reason) if reason else Choice("triton", "Triton implicit GEMM")
 
 
 def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
@@ -215,10 +224,13 @@ def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
         if _ext.available() and input.dtype in _NATIVE_CPU_DTYPES:
             return Choice("native", "C++ CPU kernel")
         return Choice("reference", "C++ CPU kernel unavailable for these inputs")
-    if dev == "cuda" and want != "vendor" and groups == 1 and input.dtype in _CUDA_DTYPES \
-            and _triton() is not None:
-        return Choice("triton", "Triton implicit GEMM")
-    return Choice("vendor" if dev == "cuda" else "reference", "no fused kernel for these inputs")
+    if dev != "cuda":
+        return Choice("reference", f"no kernel for device {dev}")
+    if want == "vendor":
+        return Choice("vendor", "forced")
+    if input.dtype not in _CUDA_DTYPES:
+        return Choice("vendor", f"no CUDA kernel for {input.dtype}")
+    return _triton_or_vendor(input, weight, groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,26 +240,11 @@ def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
 def wide_conv2d_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
                    padding: list[int], dilation: list[int], groups: int, relu: bool, pool: int,
                    return_indices: bool) -> tuple[Tensor, Tensor]:
-    """Fused conv + bias + [ReLU] + [2x2 max-pool]. Returns (out, uint8 window indices or empty)."""
-    record("wide_conv2d", Choice("reference", f"no kernel for device {input.device.type}"))
-    return wide_conv2d_reference(input, weight, bias, stride, padding, dilation, groups, relu,
-                                 pool, return_indices)
+    """Fused conv + bias + [ReLU] + [2x2 max-pool]. Returns (out, uint8 window indices or empty).
 
-
-@wide_conv2d_op.register_kernel("cpu")
-def _wide_conv2d_cpu(input, weight, bias, stride, padding, dilation, groups, relu, pool,
-                     return_indices):
-    choice = record("wide_conv2d", select_forward(input, weight, groups))
-    if choice.backend == "native":
-        return torch.ops.shallowkern._wide_conv2d_native(
-            input, weight, bias, stride, padding, dilation, groups, relu, pool, return_indices)
-    return wide_conv2d_reference(input, weight, bias, stride, padding, dilation, groups, relu,
-                                 pool, return_indices)
-
-
-@wide_conv2d_op.register_kernel("cuda")
-def _wide_conv2d_cuda(input, weight, bias, stride, padding, dilation, groups, relu, pool,
-                      return_indices):
+    The kernel is chosen per call by ``select_forward`` (device, dtype, layout, extension);
+    the native op then dispatches to its CPU or CUDA implementation.
+    """
     choice = record("wide_conv2d", select_forward(input, weight, groups))
     if choice.backend == "native":
         return torch.ops.shallowkern._wide_conv2d_native(
@@ -277,27 +274,11 @@ def wide_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, sav
                             relu: bool, pool: int, output_mask: list[bool]
                             ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of wide_conv2d w.r.t. (input, weight, bias); masked-off ones are empty."""
-    record("wide_conv2d_backward", Choice("reference", f"device {input.device.type}"))
-    return wide_conv2d_backward_reference(grad_out, input, weight, saved, stride, padding,
-                                          dilation, groups, relu, pool, output_mask)
-
-
-@wide_conv2d_backward_op.register_kernel("cpu")
-def _wide_conv2d_backward_cpu(grad_out, input, weight, saved, stride, padding, dilation, groups,
-                              relu, pool, output_mask):
     choice = record("wide_conv2d_backward", select_backward(input, weight, groups))
     if choice.backend == "native":
         return torch.ops.shallowkern._wide_conv2d_native_backward(
             grad_out, input, weight, saved, stride, padding, dilation, groups, relu, pool,
             output_mask)
-    return wide_conv2d_backward_reference(grad_out, input, weight, saved, stride, padding,
-                                          dilation, groups, relu, pool, output_mask)
-
-
-@wide_conv2d_backward_op.register_kernel("cuda")
-def _wide_conv2d_backward_cuda(grad_out, input, weight, saved, stride, padding, dilation, groups,
-                               relu, pool, output_mask):
-    choice = record("wide_conv2d_backward", select_backward(input, weight, groups))
     if choice.backend == "triton":
         from ..triton import wide_conv2d_bwd
 

@@ -47,6 +47,8 @@ CASES = {
     "groups_wide": (2, 4, 9, 9, 64, 3, 3, 1, 1, 1, 2, True),  # grad_weight as (CRS x Kg) form
     "mixed": (2, 6, 15, 13, 4, 3, 2, (2, 1), (1, 2), (2, 1), 2, False),
     "many_chunks": (13, 8, 10, 10, 12, 3, 3, 1, 0, 1, 1, True),  # > 1 chunk per thread
+    # > 1 chunk per thread with zero padding: the padded buffers are reused across chunks
+    "many_chunks_padded": (13, 4, 16, 15, 8, 3, 3, 1, (1, 2), 1, 1, True),
     "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
 }
 
@@ -195,6 +197,28 @@ def test_noncontiguous_weight_bias_and_grad_out():
     )
     for a, r in zip(got, want):
         assert_close(a, r, torch.float32, 500)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize(
+    "case,layout",
+    [
+        ("first_layer", "contiguous"),
+        ("width_127", "contiguous"),
+        ("mixed", "contiguous"),
+        ("groups_wide", "channels_last"),
+        ("many_chunks_padded", "contiguous"),
+        ("odd_31", "noncontiguous"),
+    ],
+)
+def test_float32_pool2_backward_paths(case, layout, relu, path, monkeypatch):
+    """float32 with pool 2 takes the sparse backward (AVX2 CPUs); "0" forces the dense GEMMs."""
+    monkeypatch.setenv("SHALLOWKERN_CPU_SPARSE_BACKWARD", "1" if path == "sparse" else "0")
+    x, w, b, params = make(case, torch.float32, layout)
+    out, idx = check_forward(x, w, b, params, relu, 2, True, torch.float32)
+    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+        check_backward(x, w, b, params, relu, 2, out, idx, mask, torch.float32)
 
 
 @pytest.mark.parametrize("return_indices", [False, True])
