@@ -9,6 +9,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The law benchmark trains on CIFAR-10 from ../shared/datasets unless the user points elsewhere.
+_shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+if "SHALLOWKERN_DATA" not in os.environ and os.path.isdir(_shared):
+    os.environ["SHALLOWKERN_DATA"] = os.path.abspath(_shared)
+
 from benchmarks.common import device  # noqa: E402
 
 
