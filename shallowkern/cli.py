@@ -568,7 +568,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                             floor=False, formats=["png", "svg"]).items():
         setattr(args, name, value)
     wanted = {c.trial_id for c in configs}
-    fit = compute_fit([r for r in records if r["trial_id"] in wanted], args)
+    ours = [r for r in records if r["trial_id"] in wanted]
+    print("\n== accuracy, FLOPs and latency per model ==")
+    print(format_table(summary_rows(ours, args.metric), args.metric))
+    fit = compute_fit(ours, args)
     print("\n== fitted law ==")
     print(describe_fit(fit))
     out_dir = Path(args.out_dir)

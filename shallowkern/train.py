@@ -116,7 +116,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "lab": Recipe(),
-    "quick": Recipe(name="quick", epochs=4, lr_step=2, val_size=1000, train_subset=5000),
+    "quick": Recipe(name="quick", epochs=8, lr_step=3, val_size=1000, train_subset=10000),
 }
 
 

@@ -74,7 +74,7 @@ def test_presets_match_the_issue():
     quick = get_preset("quick")
     assert sorted({c.d1 for c in quick}) == [4, 8, 16, 32]
     assert {c.k for c in quick} == {2.8} and {c.seed for c in quick} == {0, 1}
-    assert {c.resolved_recipe().train_subset for c in quick} == {5000}
+    assert {c.resolved_recipe().train_subset for c in quick} == {10000}
     paper = get_preset("paper")
     lenet = [c for c in paper if c.family == "lenet"]
     assert min(c.d1 for c in lenet) == 6 and max(c.d1 for c in lenet) >= 768

@@ -27,7 +27,7 @@ def test_lab_recipe_is_the_documented_one():
     assert (lab.augment, lab.pad, lab.flip, lab.normalize) == (True, 4, True, "minus_one_one")
     assert lab.select == "best_val" and lab.val_size > 0 and lab.test_subset is None
     quick = RECIPES["quick"]
-    assert quick.train_subset == 5000 and quick.epochs < lab.epochs
+    assert quick.train_subset == 10000 and quick.epochs < lab.epochs
     assert get_recipe("quick", {"epochs": 1}).epochs == 1
 
 
