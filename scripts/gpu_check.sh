@@ -198,9 +198,11 @@ stage ncu 200 bash -c "
     --set full -f -o '$OUTDIR/ncu_lenet' $PY '$OUTDIR/ncu_case.py' &&
   ncu --import '$OUTDIR/ncu_lenet.ncu-rep' --page details > '$OUTDIR/ncu_lenet.txt'"
 
+# The full GPU grid (benchmarks/shapes.py) is far more than one call: narrow it with
+# GPU_BENCH_ARGS, e.g. '-k "n128 and (bf16 or fp32_tf32)"'.
 stage bench 240 bash -c "
   if ls benchmarks/test_*.py > /dev/null 2>&1; then
-    $PY -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-json='$OUTDIR/bench.json'
+    $PY -m pytest benchmarks/ -q -p no:cacheprovider --benchmark-json='$OUTDIR/bench.json' ${GPU_BENCH_ARGS:-}
     rc=\$?; [ \$rc -eq 5 ] && { echo 'no benchmarks collected'; exit 0; }; exit \$rc
   else
     echo 'benchmarks/: no test_*.py yet'
@@ -210,4 +212,9 @@ stage tests_all 300 "$PY" -m pytest tests -q -x -rs -p no:cacheprovider \
   --junitxml="$OUTDIR/junit_all.xml"
 
 echo "total $(($(date +%s) - START))s" | tee -a "$SUMMARY"
+# The device tool returns at most 8 files from $OUT: bundle the logs, keep the summary and the
+# benchmark JSON beside the bundle.
+(cd "$OUTDIR" && tar czf gpu_check_logs.tar.gz --exclude=gpu_check_logs.tar.gz --exclude=summary.txt \
+  --exclude=bench.json . && find . -mindepth 1 -maxdepth 1 ! -name gpu_check_logs.tar.gz \
+  ! -name summary.txt ! -name bench.json -exec rm -rf {} +)
 exit 0
