@@ -214,7 +214,8 @@ stage tests_all 300 "$PY" -m pytest tests -q -x -rs -p no:cacheprovider \
 echo "total $(($(date +%s) - START))s" | tee -a "$SUMMARY"
 # The device tool returns at most 8 files from $OUT: bundle the logs, keep the summary and the
 # benchmark JSON beside the bundle.
-(cd "$OUTDIR" && tar czf gpu_check_logs.tar.gz --exclude=gpu_check_logs.tar.gz --exclude=summary.txt \
-  --exclude=bench.json . && find . -mindepth 1 -maxdepth 1 ! -name gpu_check_logs.tar.gz \
-  ! -name summary.txt ! -name bench.json -exec rm -rf {} +)
+bundle=$(mktemp -d)
+(cd "$OUTDIR" && tar czf "$bundle/gpu_check_logs.tar.gz" --exclude=summary.txt --exclude=bench.json . \
+  && find . -mindepth 1 -maxdepth 1 ! -name summary.txt ! -name bench.json -exec rm -rf {} + \
+  && mv "$bundle/gpu_check_logs.tar.gz" .)
 exit 0
