@@ -5,7 +5,7 @@ Modules: ``WideConv2d`` (+ ``fuse``), models (``shallowkern.models``), datasets
 sweeps (``shallowkern.sweep``) and the ``shallowkern`` command (``shallowkern.cli``).
 """
 
-from . import _ext, data, laws, models, ops
+from . import _ext, data, laws, models, ops  # noqa: F401  (_ext: loads _C, warns once)
 from .nn import WideConv2d, fuse
 from .ops import last_backend, use_backend
 from .profile import profile  # noqa: E402  (the function; the package stays importable by path)
