@@ -22,8 +22,24 @@ from .latency import LatencyStats
 from .roofline import Roofline
 
 
+class _Figures:
+    """Derived figures shared by a module row and the totals (2 FLOPs per multiply-add)."""
+
+    flops: int
+    executed_flops: int
+    bytes: int
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        return self.executed_flops / self.bytes if self.bytes else None
+
+
 @dataclass
-class ModuleRow:
+class ModuleRow(_Figures):
     """One module (``name`` is its path in ``named_modules``, "" for the model); numbers cover the
     whole profiled pass and include the module's children."""
 
@@ -42,17 +58,9 @@ class ModuleRow:
     kept_fraction: float = 1.0  # of this module's own weights (1.0 if it has none)
     flagged: bool = False  # has parameters and does work, but no FLOP was counted
 
-    @property
-    def macs(self) -> int:
-        return self.flops // 2
-
-    @property
-    def arithmetic_intensity(self) -> float | None:
-        return self.executed_flops / self.bytes if self.bytes else None
-
 
 @dataclass
-class Totals:
+class Totals(_Figures):
     """The whole pass (every op in the run, inside the model or not)."""
 
     params: int
@@ -62,14 +70,6 @@ class Totals:
     effective_flops: int
     executed_flops: int
     bytes: int
-
-    @property
-    def macs(self) -> int:
-        return self.flops // 2
-
-    @property
-    def arithmetic_intensity(self) -> float | None:
-        return self.executed_flops / self.bytes if self.bytes else None
 
 
 @dataclass

@@ -99,6 +99,17 @@ INTERPRET_FWD_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M":
 
 
 @triton.jit
+def grouped_pid(num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program in grouped order: GROUP_M row tiles share each
+    column tile while it is in L2."""
+    pid = tl.program_id(0)
+    group = GROUP_M * num_pid_n
+    first_m = (pid // group) * GROUP_M
+    size_m = min(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % group) % size_m, (pid % group) // size_m
+
+
+@triton.jit
 def _wide_conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, idx_ptr,
     C, H, W, K, MP, PH, PW,
@@ -113,15 +124,7 @@ def _wide_conv2d_fwd_kernel(
 ):
     WIN: tl.constexpr = POOL * POOL
     BMP: tl.constexpr = BLOCK_M // WIN  # pooled rows per tile
-    # grouped program order: GROUP_M row tiles share each weight column tile while it is in L2
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(MP, BMP)
-    num_pid_n = tl.cdiv(K, BLOCK_N)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_pid(tl.cdiv(MP, BMP), tl.cdiv(K, BLOCK_N), GROUP_M)
 
     # rows: window-major stack of the WIN positions of BMP pooled outputs
     r = tl.arange(0, BLOCK_M)

@@ -43,7 +43,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .wide_conv2d import check_conv_args, device_guard, input_precision, launch, out_memory_format
+from .wide_conv2d import (check_conv_args, device_guard, grouped_pid, input_precision, launch,
+                          out_memory_format)
 
 __all__ = ["backward", "BWD_INPUT_CONFIGS", "BWD_WEIGHT_CONFIGS", "INTERPRET_BWD_INPUT_CONFIG",
            "INTERPRET_BWD_WEIGHT_CONFIG"]
@@ -108,14 +109,7 @@ def _wide_conv2d_bwd_input_kernel(
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(C, BLOCK_N)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % size_m
-    pid_n = (pid % group) // size_m
+    pid_m, pid_n = grouped_pid(tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
 
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = m < M
