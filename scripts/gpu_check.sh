@@ -194,7 +194,7 @@ stage racecheck 200 compute-sanitizer --tool racecheck --error-exitcode 9 --prin
   "$PY" "$OUTDIR/sanitize_case.py"
 
 stage ncu 200 bash -c "
-  ncu --target-processes all -k regex:wide_conv2d_fwd --launch-skip 1 --launch-count 1 \
+  ncu --clock-control none --target-processes all -k regex:wide_conv2d_fwd --launch-skip 1 --launch-count 1 \
     --set full -f -o '$OUTDIR/ncu_lenet' $PY '$OUTDIR/ncu_case.py' &&
   ncu --import '$OUTDIR/ncu_lenet.ncu-rep' --page details > '$OUTDIR/ncu_lenet.txt'"
 
