@@ -14,7 +14,7 @@ CONV2_GRID = tuple((d1, round(k * d1)) for d1 in (16, 64, 256, 512) for k in (2.
 # a run to seconds.
 CPU_BATCH = 32
 CPU_CONV1_D1 = (6, 64, 256)
-CPU_CONV2_GRID = ((16, 45), (64, 179))
+CPU_CONV2_GRID = ((16, 45), (64, 179), (256, 717))  # 717: the compute-bound (vendor conv) side
 
 LENET_TRAIN_D1 = (64, 512)
 

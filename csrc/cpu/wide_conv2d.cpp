@@ -25,6 +25,9 @@
 // unpooled activation never reaches memory (conv2d -> relu -> max_pool2d writes it twice and
 // reads it twice). The GEMMs go through ATen (at::mm_out / addmm_out on views of thread-local
 // buffers: MKL here; inside at::parallel_for it runs single-threaded, so no oversubscription).
+// Where the conv is compute-bound (long reductions, CRS >= 2048: conv2 from d1 ~ 82) oneDNN's
+// convolution beats per-thread im2col + GEMM, so the forward runs it for the whole batch and
+// fuses only the epilogue (one more read of y, cheap next to the conv); see use_vendor_conv.
 // The backward mirrors it: gy of a chunk from grad_out + saved (window-major, branch-free), gw
 // accumulated per thread with MKL beta = 1 and reduced in a fixed order (deterministic for a
 // given thread count), gx = col2im(gy^T W) scatter-added into the padded buffer of the chunk's
@@ -64,9 +67,12 @@ namespace {
 
 constexpr uint8_t kNoGrad = 4;  // idx value where the ReLU zeroed the window
 // Chunk sizing: enough GEMM columns (images x positions) that MKL runs near its peak (>= ~256 is
-// within a few % of it on the 2-core dev machine), with thread-local buffers of at most ~4 MB.
+// within a few % of it on the 2-core dev machine), with thread-local buffers of at most ~16 MB.
+// Big chunks matter most in the backward, where each chunk streams the weight (input grad) and
+// the gw accumulator (weight grad) once: conv2 at d1 = 256 (2.5 MB of im2col per image) ran
+// 1.13x faster with 6-image chunks than with 1.
 constexpr int64_t kTargetCols = 512;
-constexpr int64_t kMaxChunkBytes = 4 << 20;
+constexpr int64_t kMaxChunkBytes = 16 << 20;
 
 inline int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -428,13 +434,62 @@ void combine_rows(const int64_t* off, const int32_t* idx, const float* val, int6
 // ------------------------------------------------------------------------------------------------
 // forward
 // ------------------------------------------------------------------------------------------------
+// The fused epilogue over n outputs: bias, ReLU and, with pool 2, the 2x2 max of v0..v3 (the
+// window's positions in scan order, each read at t * vs), with uint8 indices. Branch-free, so GCC
+// vectorizes it (float: an int32 index lane, narrowed to uint8 on store).
 template <typename T>
-void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, const Geom& g,
-                  bool relu, at::Tensor& out, at::Tensor* idx) {
-  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
+inline void epilogue(const T* __restrict v0, const T* __restrict v1, const T* __restrict v2,
+                     const T* __restrict v3, int64_t vs, int64_t n, T bv, int32_t act,
+                     T* __restrict ot, uint8_t* __restrict it) {
+  if (v1 == nullptr) {  // pool 1
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) {
+      const T v = v0[t * vs] + bv;
+      ot[t] = ((act == 0) | (v > T(0)) | (v != v)) ? v : T(0);
+    }
+    return;
+  }
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) {
+    // max_pool2d scans from -inf with `v > best || isnan(v)`; starting at position 0 is the
+    // same (v0 either wins the first comparison or is -inf like the start). Bitwise | and & (no
+    // short-circuit) keep this branch-free.
+    T best = v0[t * vs] + bv;
+    int32_t bi = 0;
+    const T a1 = v1[t * vs] + bv, a2 = v2[t * vs] + bv, a3 = v3[t * vs] + bv;
+    bool u = (a1 > best) | (a1 != a1);
+    best = u ? a1 : best, bi = u ? 1 : bi;
+    u = (a2 > best) | (a2 != a2);
+    best = u ? a2 : best, bi = u ? 2 : bi;
+    u = (a3 > best) | (a3 != a3);
+    best = u ? a3 : best, bi = u ? 3 : bi;
+    // relu then pool == pool then relu, with the same first index whenever out > 0 (positive
+    // values are unchanged, the rest become 0 < out; NaN survives both).
+    const bool z = (act != 0) & (best <= T(0));
+    ot[t] = z ? T(0) : best;
+    it[t] = static_cast<uint8_t>(z ? int32_t(kNoGrad) : bi);
+  }
+}
+
+// Two ways to the conv output y, each followed by the fused epilogue:
+//  * fused (the default): per chunk of images, im2col + GEMM into a cache-resident y in
+//    window-major column order, epilogue at once; y never reaches memory. Wins where writing y
+//    costs as much as computing it (the first layer: CRS = 75).
+//  * vendor_conv: ATen's convolution (oneDNN, all threads) for the whole batch, then one parallel
+//    epilogue pass over y (N, K, OH, OW). Wins where the conv is compute-bound (CRS large): oneDNN
+//    is faster than per-thread im2col + GEMM there and reading y once more is cheap next to it.
+template <typename T>
+void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, const Geom& g,
+                  bool relu, bool vendor_conv, at::Tensor& out, at::Tensor* idx) {
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW, OHW = g.OH * g.OW;
   const int64_t B = images_per_chunk(g, sizeof(T), CRS + g.Kg);
   const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
-  const std::vector<int64_t> off = position_offsets(g, pd);
+  const std::vector<int64_t> off = vendor_conv ? std::vector<int64_t>() : position_offsets(g, pd);
+  // (K, Cg, R, S) -> (K, R, S, Cg): the column order of im2col over the padded HWC image.
+  const at::Tensor w2 = vendor_conv ? weight : weight.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor yv = vendor_conv ? at::conv2d(x, weight, {}, {g.sh, g.sw}, {g.ph, g.pw},
+                                                 {g.dh, g.dw}, g.G).contiguous()
+                                    : at::Tensor();
   const T* xp = x.const_data_ptr<T>();
   const T* wp = w2.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
@@ -448,57 +503,49 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
   const int32_t act = relu ? 1 : 0;
 
   at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
-    std::vector<T> colT(B * P * CRS), y(g.Kg * B * P), xpad(pd.size(), T(0)), tmp(PHW);
+    std::vector<T> colT(vendor_conv ? 0 : B * P * CRS), y(vendor_conv ? 0 : g.Kg * B * P);
+    std::vector<T> xpad(vendor_conv ? 0 : pd.size(), T(0)), tmp(PHW);
     std::vector<uint8_t> tix(PHW);
     for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
-      const int64_t ld = nb * P;
-      for (int64_t b = 0; b < nb; ++b) {
-        pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]}, g,
-                pd, xpad.data());
-        im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
+      const T* yb = y.data();
+      if (vendor_conv) {  // this chunk's planes of y
+        yb = yv.const_data_ptr<T>() + (n0 * g.K + grp * g.Kg) * OHW;
+      } else {
+        for (int64_t b = 0; b < nb; ++b) {
+          pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
+                  g, pd, xpad.data());
+          im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
+        }
+        auto ym = mat(y.data(), g.Kg, nb * P, nb * P, opt);
+        at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
+                   mat(colT.data(), nb * P, CRS, CRS, opt).t());
       }
-      auto ym = mat(y.data(), g.Kg, ld, ld, opt);
-      at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
-                 mat(colT.data(), ld, CRS, CRS, opt).t());
-
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         const T bv = bias ? bias[kk] : T(0);
         for (int64_t b = 0; b < nb; ++b) {
-          const T* v0 = y.data() + k * ld + b * P;
           T* o = op + (n0 + b) * os[0] + kk * os[1];
           uint8_t* ix = ip ? ip + (n0 + b) * os[0] + kk * os[1] : nullptr;
           T* ot = dense ? o : tmp.data();
           uint8_t* it = dense && ix ? ix : tix.data();
-          if (g.pool == 1) {
-#pragma omp simd
-            for (int64_t t = 0; t < PHW; ++t) {
-              const T v = v0[t] + bv;
-              ot[t] = ((act == 0) | (v > T(0)) | (v != v)) ? v : T(0);
+          if (vendor_conv) {
+            const T* v = yb + (b * g.K + k) * OHW;
+            if (g.pool == 1) {
+              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
+            } else {
+              for (int64_t i = 0; i < g.PH; ++i) {  // rows 2i, 2i+1 of the plane
+                const T* r0 = v + 2 * i * g.OW;
+                const T* r1 = r0 + g.OW;
+                epilogue<T>(r0, r0 + 1, r1, r1 + 1, 2, g.PW, bv, act, ot + i * g.PW,
+                            it + i * g.PW);
+              }
             }
-          } else {
-            const T *v1 = v0 + PHW, *v2 = v1 + PHW, *v3 = v2 + PHW;
-#pragma omp simd
-            for (int64_t t = 0; t < PHW; ++t) {
-              // max_pool2d scans from -inf with `v > best || isnan(v)`; starting at position 0
-              // is the same (v0 either wins the first comparison or is -inf like the start).
-              // Bitwise | and & (no short-circuit) keep this branch-free, so GCC vectorizes it
-              // (float: SSE2 and up; an int32 index lane, narrowed to uint8 on store).
-              T best = v0[t] + bv;
-              int32_t bi = 0;
-              const T a1 = v1[t] + bv, a2 = v2[t] + bv, a3 = v3[t] + bv;
-              bool u = (a1 > best) | (a1 != a1);
-              best = u ? a1 : best, bi = u ? 1 : bi;
-              u = (a2 > best) | (a2 != a2);
-              best = u ? a2 : best, bi = u ? 2 : bi;
-              u = (a3 > best) | (a3 != a3);
-              best = u ? a3 : best, bi = u ? 3 : bi;
-              // relu then pool == pool then relu, with the same first index whenever out > 0
-              // (positive values are unchanged, the rest become 0 < out; NaN survives both).
-              const bool z = (act != 0) & (best <= T(0));
-              ot[t] = z ? T(0) : best;
-              it[t] = static_cast<uint8_t>(z ? int32_t(kNoGrad) : bi);
-            }
+          } else {  // window-major: four contiguous sub-planes
+            const T* v = yb + k * nb * P + b * P;
+            if (g.pool == 1)
+              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
+            else
+              epilogue<T>(v, v + PHW, v + 2 * PHW, v + 3 * PHW, 1, PHW, bv, act, ot, it);
           }
           if (!dense) {  // channels_last or otherwise strided output
             for (int64_t i = 0; i < g.PH; ++i)
@@ -511,6 +558,20 @@ void forward_impl(const at::Tensor& x, const at::Tensor& w2, const T* bias, cons
       }
     });
   });
+}
+
+// The forward's way to y (see forward_impl): SHALLOWKERN_CPU_FORWARD=fused|vendor forces one
+// (tests run both); by default vendor from a reduction length of kVendorConvMinCRS. Measured on
+// the dev machine (2 threads, Zen 4, batch 32, LeNet conv2 shapes, fused / vendor time): CRS 400
+// 1.02, 800 0.97, 1600 1.00, 2400 1.14, 3200 1.12, 4800 1.33, 6400 1.41; the first layer (CRS 75)
+// at d1 = 16..256: 0.2-0.4 (the fused path 2.5-4.6x faster; 1.3 at d1 = 6, left fused).
+constexpr int64_t kVendorConvMinCRS = 2048;
+
+bool use_vendor_conv(const Geom& g) {
+  const char* env = std::getenv("SHALLOWKERN_CPU_FORWARD");
+  if (env && std::strcmp(env, "fused") == 0) return false;
+  if (env && std::strcmp(env, "vendor") == 0) return true;
+  return g.crs() >= kVendorConvMinCRS;
 }
 
 std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
@@ -534,12 +595,11 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
           ? at::empty({g.N, g.K, g.PH, g.PW}, input.options().dtype(at::kByte).memory_format(fmt))
           : at::empty({0}, input.options().dtype(at::kByte));
   if (out.numel() == 0) return {out, idx};
-  // (K, Cg, R, S) -> (K, R, S, Cg): the column order of im2col over the padded HWC image.
-  const at::Tensor w2 = weight.permute({0, 2, 3, 1}).contiguous();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_forward_cpu", [&] {
-    forward_impl<scalar_t>(input, w2, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
-                           out, idx.numel() ? &idx : nullptr);
+    forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
+                           use_vendor_conv(g), out, idx.numel() ? &idx : nullptr);
   });
   return {out, idx};
 }
@@ -553,10 +613,11 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
                    at::Tensor& gx, at::Tensor& gw2, at::Tensor& gb) {
   const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
   const bool need_col = mask[0] || mask[1];
-  // pool 2, float, AVX2: the sparse row combinations instead of the dense GEMMs, one image per
-  // chunk (see combine_rows).
+  // pool 2, float, AVX2: the sparse row combinations instead of the dense GEMMs (see
+  // combine_rows). Chunks of B images either way: each chunk streams the weight (input grad) and
+  // the gw accumulator (weight grad) once, so B images share that traffic.
   const bool sparse = std::is_same_v<T, float> && g.pool == 2 && sparse_backward_enabled();
-  const int64_t B = sparse ? 1 : images_per_chunk(g, sizeof(T), (need_col ? CRS : 0) + g.Kg);
+  const int64_t B = images_per_chunk(g, sizeof(T), (need_col ? CRS : 0) + (sparse ? 0 : g.Kg));
   // Dense: grad_weight as (CRS x Kg) += colT^T gy^T where the reduction row is short and Kg not
   // tiny: MKL runs the first layer's shapes (CRS = 75, Kg = 64..256) ~30% faster that way round;
   // the (Kg x CRS) form wins for Kg < 32 and for long rows (conv2: CRS = 400..1600).
@@ -590,10 +651,12 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
     std::vector<T> gy(sparse ? 0 : g.Kg * B * P), colT(need_col ? B * P * CRS : 0);
     // Sparse path: the non-zeros of gy per output channel (koff, erow, eval) and, sorted by
     // window position, per position (poff, pk, pval).
-    std::vector<int64_t> koff(sparse ? g.Kg + 1 : 0), poff(sparse ? P + 1 : 0);
-    std::vector<int64_t> cursor(sparse ? P : 0);
-    std::vector<int32_t> erow(sparse ? g.Kg * PHW : 0), pk(sparse ? g.Kg * PHW : 0);
-    std::vector<float> eval(sparse ? g.Kg * PHW : 0), pval(sparse ? g.Kg * PHW : 0);
+    // Rows are chunk positions b*P + p.
+    const int64_t nnz_max = sparse ? g.Kg * B * PHW : 0;
+    std::vector<int64_t> koff(sparse ? g.Kg + 1 : 0), poff(sparse ? B * P + 1 : 0);
+    std::vector<int64_t> cursor(sparse ? B * P : 0);
+    std::vector<int32_t> erow(nnz_max), pk(nnz_max);
+    std::vector<float> eval(nnz_max), pval(nnz_max);
     // xpad: the padded input (zero borders, only the interior is ever written); gpad: the padded
     // input gradient (col2im accumulates into the borders too, so it cannot share xpad).
     std::vector<T> xpad(mask[1] ? pd.size() : 0, T(0)), gpad(mask[0] ? pd.size() : 0);
@@ -614,8 +677,9 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         double bsum = 0;
+        if (sparse) koff[k + 1] = koff[k];
         for (int64_t b = 0; b < nb; ++b) {
-          T* const pl = gy.data() + k * ld + b * P;
+          T* const pl = sparse ? nullptr : gy.data() + k * ld + b * P;
           const T* go = gp + (n0 + b) * gs[0] + kk * gs[1];
           T* const gd = pooled ? gtp : pl;  // pool 1: grad_out lands in gy directly
           for (int64_t i = 0; i < g.PH; ++i)
@@ -625,11 +689,11 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
             for (int64_t i = 0; i < g.PH; ++i)
               for (int64_t j = 0; j < g.PW; ++j) qtp[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
             bsum += sum_double(gtp, qtp, PHW);
-            if (sparse) {  // B == 1: b == 0
-              int64_t n = koff[k];
+            if (sparse) {
+              int64_t n = koff[k + 1];
               for (int64_t t = 0; t < PHW; ++t) {
                 if (qtp[t] >= 4) continue;  // NO_GRAD
-                erow[n] = static_cast<int32_t>(qtp[t] * PHW + t);
+                erow[n] = static_cast<int32_t>(b * P + qtp[t] * PHW + t);
                 eval[n++] = static_cast<float>(gtp[t]);
               }
               koff[k + 1] = n;
@@ -687,16 +751,16 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
         if constexpr (std::is_same_v<T, float>) {
           if (sparse) {  // dcolT[position, :] = sum over its non-zeros of g * W2[k, :]
             // Counting sort of the non-zeros by position (stable: channels ascending).
-            std::fill(poff.begin(), poff.end(), 0);
+            std::fill(poff.begin(), poff.begin() + ld + 1, 0);
             for (int64_t e = 0; e < koff[g.Kg]; ++e) ++poff[erow[e] + 1];
-            for (int64_t r = 0; r < P; ++r) poff[r + 1] += poff[r];
-            std::copy(poff.begin(), poff.end() - 1, cursor.begin());
+            for (int64_t r = 0; r < ld; ++r) poff[r + 1] += poff[r];
+            std::copy(poff.begin(), poff.begin() + ld, cursor.begin());
             for (int64_t k = 0; k < g.Kg; ++k)
               for (int64_t e = koff[k]; e < koff[k + 1]; ++e) {
                 const int64_t at = cursor[erow[e]]++;
                 pk[at] = static_cast<int32_t>(k), pval[at] = eval[e];
               }
-            combine_rows(poff.data(), pk.data(), pval.data(), P, wp + grp * g.Kg * CRS, CRS,
+            combine_rows(poff.data(), pk.data(), pval.data(), ld, wp + grp * g.Kg * CRS, CRS,
                          colT.data(), CRS, CRS, false);
           }
         }

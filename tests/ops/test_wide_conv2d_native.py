@@ -199,6 +199,33 @@ def test_noncontiguous_weight_bias_and_grad_out():
         assert_close(a, r, torch.float32, 500)
 
 
+@pytest.mark.parametrize("path", ["fused", "vendor"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+@pytest.mark.parametrize("relu,pool", [(True, 2), (False, 2), (True, 1)])
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_paths(case, relu, pool, layout, path, monkeypatch):
+    """The forward's two ways to the conv output (fused im2col + GEMM, or oneDNN's conv + the
+    fused epilogue; by default chosen by reduction length) agree with the reference."""
+    monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
+    for dtype in DTYPES:
+        x, w, b, params = make(case, dtype, layout)
+        check_forward(x, w, b, params, relu, pool, True, dtype)
+
+
+def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
+    """CRS = 96*25 >= 2048 takes the vendor conv by default: same result as forcing it."""
+    x, w, b, params = make((3, 96, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
+    got = {}
+    for path in ("vendor", "fused", None):
+        if path is None:
+            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
+        else:
+            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
+        got[path] = check_forward(x, w, b, params, True, 2, True, torch.float32)[0]
+    assert not torch.equal(got["fused"], got["vendor"]), "the paths must differ for this check"
+    assert torch.equal(got[None], got["vendor"])
+
+
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize(
