@@ -525,7 +525,8 @@ def _do_sweep(configs, args: argparse.Namespace) -> Any:
     try:
         summary = run_sweep(configs, results, workers=args.workers, backend=args.backend,
                             data_root=root, progress=not args.no_progress,
-                            backend_options=_backend_options(args.backend_opt))
+                            backend_options=_backend_options(args.backend_opt),
+                            trial_timeout=args.trial_timeout)
     except BackendUnavailable as exc:
         raise CLIError(str(exc)) from None
     print(summary.describe(), flush=True)
@@ -647,6 +648,9 @@ def _add_sweep_options(p: argparse.ArgumentParser, workers_default: str = "1") -
     p.add_argument("--backend-opt", action="append", metavar="KEY=VALUE",
                    help="option for submitit (executor parameters, folder) or ray "
                         "(num_gpus, address); repeatable")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                   help="kill and report a trial running longer (local backend with workers; "
+                        "the next run retries it)")
     p.add_argument("--data-root", help="dataset folder (default $SHALLOWKERN_DATA)")
     p.add_argument("--download", action="store_true",
                    help="download missing datasets from their official location")

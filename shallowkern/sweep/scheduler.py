@@ -111,6 +111,7 @@ def run_sweep(
     trial_fn: TrialFn | None = None,
     progress: bool = True,
     backend_options: Mapping[str, Any] | None = None,
+    trial_timeout: float | None = None,
 ) -> SweepSummary:
     """Run every trial of ``configs`` whose id is not yet in ``results`` (JSONL).
 
@@ -126,7 +127,19 @@ def run_sweep(
             those packages and take ``backend_options`` (see ``shallowkern.sweep.backends``).
         trial_fn: the trial function, default ``shallowkern.sweep.trial.run_trial``; it must be
             importable by name (top-level in a module), since spawned workers unpickle it.
+        trial_timeout: seconds one trial may run in a worker (local backend, workers >= 1):
+            a trial past it has its worker killed, is reported failed ("timed out") and is
+            retried by the next run; the other trials carry on. Cluster backends take their
+            own limit in ``backend_options`` (submitit: ``timeout_min``).
     """
+    if trial_timeout is not None:
+        if not trial_timeout > 0:
+            raise ValueError(f"trial_timeout must be a positive number of seconds, got "
+                             f"{trial_timeout!r}")
+        if backend != "local" or workers == 0:
+            raise ValueError("trial_timeout needs the local backend with worker processes "
+                             "(workers >= 1): a trial running in this process cannot be "
+                             "stopped; cluster backends take their own limit in backend_options")
     t0 = time.perf_counter()
     results = Path(results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +152,8 @@ def run_sweep(
     root = None if data_root is None else str(data_root)
     if pending:
         if backend == "local":
-            _run_local(pending, results, trial_fn, root, workers, summary, progress)
+            _run_local(pending, results, trial_fn, root, workers, summary, progress,
+                       trial_timeout)
         elif backend in ("submitit", "ray"):
             from . import backends
 
@@ -211,9 +225,10 @@ class _Worker:
         child.close()
         self.env, self.threads = env, threads
         self.current: TrialConfig | None = None
+        self.started = 0.0  # perf_counter() when the current trial was sent
 
     def assign(self, cfg: TrialConfig) -> None:
-        self.current = cfg
+        self.current, self.started = cfg, time.perf_counter()
         self.conn.send(cfg.to_dict())
 
     def stop(self) -> None:
@@ -228,7 +243,8 @@ class _Worker:
 
 
 def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, root: str | None,
-               workers: int | None, summary: SweepSummary, progress: bool) -> None:
+               workers: int | None, summary: SweepSummary, progress: bool,
+               trial_timeout: float | None = None) -> None:
     import multiprocessing as mp
 
     bar = _Progress(len(pending), progress)
@@ -251,14 +267,46 @@ def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, roo
     ctx = mp.get_context("spawn")
     queue = deque(pending)
     active: list[_Worker] = []
+
+    def replace(dead: _Worker) -> None:
+        """A new worker in a dead one's slot, if trials are left (each death consumes one
+        trial, so this terminates)."""
+        if queue:
+            nw = _Worker(ctx, results, trial_fn, root, dead.env, dead.threads)
+            nw.assign(queue.popleft())
+            active.append(nw)
+
     try:
         for env in slots[: len(queue)]:
             w = _Worker(ctx, results, trial_fn, root, env, threads)
             w.assign(queue.popleft())
             active.append(w)
         while active:
-            ready = connection.wait([w.conn for w in active] + [w.proc.sentinel for w in active])
+            wait_s = None
+            if trial_timeout is not None:
+                now = time.perf_counter()
+                wait_s = max(0.0, min(w.started + trial_timeout - now for w in active))
+            ready = connection.wait([w.conn for w in active] + [w.proc.sentinel for w in active],
+                                    timeout=wait_s)
             for w in list(active):
+                if (trial_timeout is not None and w.current is not None and not w.conn.poll()
+                        and time.perf_counter() - w.started > trial_timeout):
+                    # Over its time (and no answer waiting): kill the worker, replace it.
+                    w.proc.kill()
+                    w.proc.join()
+                    active.remove(w)
+                    cfg = w.current
+                    # It may have appended its record just before the kill: then it is done.
+                    ok = cfg.trial_id in completed_ids(results)
+                    if ok:
+                        summary.completed.append(cfg.trial_id)
+                    else:
+                        summary.failed[cfg.trial_id] = (
+                            f"timed out after {trial_timeout:g} s (trial_timeout): worker killed "
+                            f"while running {cfg.label()} ({cfg.trial_id})")
+                    bar.update(cfg.label(), ok=ok)
+                    replace(w)
+                    continue
                 if w.conn in ready or w.conn.poll():
                     try:
                         kind, tid, why = w.conn.recv()
@@ -286,10 +334,7 @@ def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, roo
                             f"worker process exited with code {w.proc.exitcode} while running "
                             f"{cfg.label()} ({cfg.trial_id})")
                         bar.update(cfg.label(), ok=False)
-                    if queue:  # replace it; each crash consumes one trial, so this terminates
-                        nw = _Worker(ctx, results, trial_fn, root, w.env, w.threads)
-                        nw.assign(queue.popleft())
-                        active.append(nw)
+                    replace(w)
     except BaseException:
         for w in active:  # only our own children, by handle
             if w.proc.is_alive():

@@ -66,3 +66,13 @@ def raising_trial(config: dict[str, Any], data_root: str | None = None) -> dict[
     if config["d1"] == 8:
         raise RuntimeError("boom for d1=8")
     return fast_trial(config)
+
+
+def slow_trial(config: dict[str, Any], data_root: str | None = None) -> dict[str, Any]:
+    """Hangs (sleeps an hour) on d1 == 8; the others finish at once."""
+    cfg = TrialConfig.from_dict(config)
+    if cfg.d1 == 8:
+        import time
+
+        time.sleep(3600)
+    return fast_trial(config, data_root)

@@ -8,7 +8,7 @@ import pytest
 
 from shallowkern.sweep import lenet_grid, read_records, run_sweep
 
-from ._helpers import crash_once_trial, fast_trial, raising_trial
+from ._helpers import crash_once_trial, fast_trial, raising_trial, slow_trial
 
 GRID = lenet_grid((4, 8, 16, 32), (2.8,), (0, 1), dataset="synthetic", recipe="quick")
 
@@ -57,6 +57,31 @@ def test_duplicate_configs_run_once_and_bad_arguments_are_errors(tmp_path):
         run_sweep(GRID[2:3], results, backend="kubernetes", trial_fn=fast_trial)
     with pytest.raises(ValueError, match="workers"):
         run_sweep(GRID[2:3], results, workers=-1, trial_fn=fast_trial)
+
+
+def test_a_hanging_trial_times_out_and_the_rest_finish(tmp_path):
+    """trial_timeout kills the worker of a trial that hangs; the others finish on a replacement
+    and nothing of the hung trial reaches the file (the next run retries it)."""
+    results = tmp_path / "r.jsonl"
+    summary = run_sweep(GRID, results, workers=2, trial_fn=slow_trial, progress=False,
+                        trial_timeout=5)
+    hung = {c.trial_id for c in GRID if c.d1 == 8}
+    assert set(summary.failed) == hung
+    assert all("timed out after 5 s" in why for why in summary.failed.values())
+    assert set(_ids(results)) == {c.trial_id for c in GRID} - hung
+    assert set(_ids(results).values()) == {1}
+    rerun = run_sweep(GRID, results, workers=1, trial_fn=fast_trial, progress=False,
+                      trial_timeout=60)
+    assert rerun.ok and set(rerun.completed) == hung
+
+
+def test_trial_timeout_bad_values(tmp_path):
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="trial_timeout must be a positive"):
+            run_sweep(GRID[:1], tmp_path / "r.jsonl", trial_fn=fast_trial, trial_timeout=bad)
+    with pytest.raises(ValueError, match="trial_timeout needs the local backend"):
+        run_sweep(GRID[:1], tmp_path / "r.jsonl", workers=0, trial_fn=fast_trial,
+                  trial_timeout=10)
 
 
 @pytest.mark.slow
