@@ -34,8 +34,8 @@ fp32 inputs use TF32 tensor cores when PyTorch allows it for convolutions
 in fp32; the conv value is rounded to the input dtype before ReLU/pool, as aten's unfused
 composition does, so pooling ties resolve the same way.
 
-Roofline (H100 SXM: ~3.0 TB/s copy bandwidth, ~790 TFLOP/s dense bf16 measured on this project's
-machine, ~60 TFLOP/s fp32 without tensor cores). Generalized LeNet, N = 128, 5x5 kernels:
+Roofline (H100 SXM: ~3.0 TB/s copy bandwidth, ~790 TFLOP/s dense bf16 measured on this
+workplace's machines; ~60 TFLOP/s fp32 without tensor cores, from the datasheet's 67, not measured). Generalized LeNet, N = 128, 5x5 kernels:
   conv1 3x32x32 -> d1x28x28 -> pool 14x14, FLOPs = 2*N*28*28*d1*75, bytes = x + w + pooled out
     d1=256  bf16: 3.85 GFLOP, 13.7 MB (+6.4 MB uint8 idx when training): 4.6 us memory (6.7 us
             with idx) vs 4.9 us tensor-core compute (5.2 us counting the 75 -> 80 reduction
