@@ -59,7 +59,8 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define SK_SPARSE_AVX2 1  // the sparse pool-2 backward below (AVX2 + FMA, chosen at run time)
+#define SK_AVX2 1  // the direct forward (AVX-512) and sparse backward (AVX2 + FMA) below, each
+                   // behind a run-time CPU check
 #endif
 
 namespace shallowkern {
@@ -343,9 +344,18 @@ at::Tensor mat(T* p, int64_t rows, int64_t cols, int64_t ld, const at::TensorOpt
 // idx = output channel. Column blocks of 32 floats (the src block stays in L1 across rows), two
 // independent sets of 4 accumulators per block. Measured on the dev machine (Zen 4, 1 thread,
 // conv2 d1=64): ~1.7x faster than MKL's dense GEMMs on the same shapes.
+bool cpu_has_avx2_fma() {
+#ifdef SK_AVX2
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 bool sparse_backward_enabled() {
-#ifdef SK_SPARSE_AVX2
-  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#ifdef SK_AVX2
+  const bool cpu = cpu_has_avx2_fma();
   const char* env = std::getenv("SHALLOWKERN_CPU_SPARSE_BACKWARD");  // "0": dense GEMMs (tests)
   return cpu && !(env && env[0] == '0');
 #else
@@ -353,7 +363,7 @@ bool sparse_backward_enabled() {
 #endif
 }
 
-#ifdef SK_SPARSE_AVX2
+#ifdef SK_AVX2
 __attribute__((target("avx2,fma"))) void combine_rows_avx2(const int64_t* off, const int32_t* idx,
                                                            const float* val, int64_t nrows,
                                                            const float* src, int64_t ld_src,
@@ -424,7 +434,7 @@ __attribute__((target("avx2,fma"))) void combine_rows_avx2(const int64_t* off, c
 void combine_rows(const int64_t* off, const int32_t* idx, const float* val, int64_t nrows,
                   const float* src, int64_t ld_src, float* out, int64_t ld_out, int64_t ncols,
                   bool accumulate) {
-#ifdef SK_SPARSE_AVX2
+#ifdef SK_AVX2
   combine_rows_avx2(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
 #else
   TORCH_INTERNAL_ASSERT(false, "combine_rows: built without the AVX2 kernels");
@@ -560,6 +570,163 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
   });
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// direct forward for short reductions (the first layer), float, pool 2, AVX-512
+// ------------------------------------------------------------------------------------------------
+// For CRS = 75 a GEMM (M = K channels, K = 75) spends a good part of its time packing, and im2col
+// plus a GEMM-result buffer add more (the fused path ran at ~146 of the ~200 GFLOP/s that MKL
+// reaches on this machine's two cores for conv1 at d1 = 256). Here each 16-lane vector holds 16
+// output channels: per (c, r, s), one weight vector times a broadcast input value for each of 12
+// conv positions (3 pool windows x their 4 positions) into 12 accumulators, so the reduction
+// runs from registers with no im2col. The 2x2 max / index / ReLU are then lane-wise between the
+// 4 accumulators of a window, with the same first-max and NaN rule as the scalar epilogue, and
+// only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
+// up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
+// padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
+// groups 1, pool 2, PW >= 3 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// forces a path (tests run all three).
+constexpr int64_t kDirectMaxCRS = 256;
+
+bool cpu_has_avx512f() {
+#ifdef SK_AVX2
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool direct_forward_fits(const Geom& g) {
+  return cpu_has_avx512f() && g.pool == 2 && g.G == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
+         g.dw == 1 && g.PW >= 3 && g.crs() <= kDirectMaxCRS;
+}
+
+#ifdef SK_AVX2
+// Windows j0, j0+1, j0+2 of pooled row i, channels k0..k0+15: pooled values and indices into
+// tv[t * 16 + lane], ti[t * 16 + lane]. xp: padded CHW image (C, Hp, Wp); wt: (C*R*S, Kp); bias:
+// Kp values (zeros without bias). 12 accumulators; each FMA takes its input value as an
+// embedded broadcast from memory. (An AVX2 version of this, 8 channels per vector and a separate
+// broadcast per FMA, ran at 59 GFLOP/s per core against 107 for this one on the dev machine's
+// Zen 4, below MKL's GEMM: the broadcasts compete with the FMAs for issue. Without AVX-512 the
+// fused GEMM path runs.)
+__attribute__((target("avx512f"))) void direct_windows_avx512(
+    const float* xp, int64_t C, int64_t Hp, int64_t Wp, int64_t R, int64_t S, const float* wt,
+    int64_t Kp, int64_t k0, const float* bias, int64_t i, int64_t j0, int32_t act, float* tv,
+    uint8_t* ti) {
+  __m512 acc[12];
+#pragma GCC unroll 12
+  for (int a = 0; a < 12; ++a) acc[a] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      const float* row0 = xp + (c * Hp + 2 * i + r) * Wp + 2 * j0;  // conv row 2i, column 2j0
+      const float* row1 = row0 + Wp;                               // conv row 2i + 1
+      const float* wr = wt + (c * R + r) * S * Kp + k0;
+      for (int64_t s = 0; s < S; ++s) {
+        const __m512 wv = _mm512_loadu_ps(wr + s * Kp);
+#pragma GCC unroll 3
+        for (int t = 0; t < 3; ++t) {  // window j0 + t: positions (0,0), (0,1), (1,0), (1,1)
+          const int64_t o = 2 * t + s;
+          acc[4 * t + 0] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o]), acc[4 * t + 0]);
+          acc[4 * t + 1] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o + 1]), acc[4 * t + 1]);
+          acc[4 * t + 2] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o]), acc[4 * t + 2]);
+          acc[4 * t + 3] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o + 1]), acc[4 * t + 3]);
+        }
+      }
+    }
+  }
+  const __m512 bv = _mm512_loadu_ps(bias + k0), zero = _mm512_setzero_ps();
+#pragma GCC unroll 3
+  for (int t = 0; t < 3; ++t) {
+    // As the scalar epilogue: scan positions 0..3 with `v > best || isnan(v)`.
+    __m512 best = _mm512_add_ps(acc[4 * t], bv);
+    __m512i bi = _mm512_setzero_si512();
+#pragma GCC unroll 3
+    for (int q = 1; q < 4; ++q) {
+      const __m512 a = _mm512_add_ps(acc[4 * t + q], bv);
+      const __mmask16 u = _mm512_cmp_ps_mask(a, best, _CMP_GT_OQ) |
+                          _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, u, a);
+      bi = _mm512_mask_mov_epi32(bi, u, _mm512_set1_epi32(q));
+    }
+    if (act) {  // relu: out <= 0 (not NaN) -> 0 and NO_GRAD
+      const __mmask16 z = _mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ);
+      best = _mm512_mask_mov_ps(best, z, zero);
+      bi = _mm512_mask_mov_epi32(bi, z, _mm512_set1_epi32(kNoGrad));
+    }
+    _mm512_storeu_ps(tv + 16 * t, best);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(ti + 16 * t), _mm512_cvtepi32_epi8(bi));
+  }
+}
+#endif
+
+void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
+                    const Geom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
+#ifdef SK_AVX2
+  const int64_t CRS = g.crs(), Kp = div_up(g.K, 16) * 16;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  // (K, C, R, S) -> (C*R*S, Kp), zero-padded lanes; bias likewise.
+  std::vector<float> wt(CRS * Kp, 0.f), bp(Kp, 0.f);
+  const float* w = weight.const_data_ptr<float>();
+  for (int64_t k = 0; k < g.K; ++k) {
+    for (int64_t e = 0; e < CRS; ++e) wt[e * Kp + k] = w[k * CRS + e];
+    if (bias) bp[k] = bias[k];
+  }
+  const float* xdata = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* ip = idx ? idx->mutable_data_ptr<uint8_t>() : nullptr;
+  const auto xs = x.strides();
+  const auto os = out.strides();
+  const int32_t act = relu ? 1 : 0;
+  constexpr int64_t KB = 16, WB = 3;  // channels and windows per kernel call
+  const int64_t PHW = g.PH * g.PW;
+  const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
+  at::parallel_for(0, g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
+    std::vector<float> xpad(g.C * Hp * Wp, 0.f);  // borders stay zero
+    // One channel block's pooled planes, window-major ([i*PW + j][lane]; 12.5 KB for LeNet's
+    // 14x14): vector stores from the kernel, transposed into the output once per block.
+    std::vector<float> tv(PHW * KB);
+    std::vector<uint8_t> ti(PHW * KB);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* xn = xdata + n * xs[0];
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t h = 0; h < g.H; ++h) {
+          float* d = xpad.data() + (c * Hp + h + g.ph) * Wp + g.pw;
+          const float* src = xn + c * xs[1] + h * xs[2];
+          for (int64_t w2 = 0; w2 < g.W; ++w2) d[w2] = src[w2 * xs[3]];
+        }
+      for (int64_t k0 = 0; k0 < g.K; k0 += KB) {
+        for (int64_t i = 0; i < g.PH; ++i)
+          for (int64_t jb = 0; jb < g.PW; jb += WB) {
+            const int64_t j0 = std::min(jb, g.PW - WB);  // the last block may overlap: same values
+            const int64_t at = (i * g.PW + j0) * KB;
+            direct_windows_avx512(xpad.data(), g.C, Hp, Wp, g.R, g.S, wt.data(), Kp, k0,
+                                  bp.data(), i, j0, act, tv.data() + at, ti.data() + at);
+          }
+        const int64_t lanes = std::min<int64_t>(KB, g.K - k0);
+        for (int64_t l = 0; l < lanes; ++l) {
+          float* o = op + n * os[0] + (k0 + l) * os[1];
+          uint8_t* ix = ip ? ip + n * os[0] + (k0 + l) * os[1] : nullptr;
+          if (dense) {
+            for (int64_t p = 0; p < PHW; ++p) o[p] = tv[p * KB + l];
+            if (ix)
+              for (int64_t p = 0; p < PHW; ++p) ix[p] = ti[p * KB + l];
+          } else {  // channels_last or otherwise strided output
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) {
+                o[i * os[2] + j * os[3]] = tv[(i * g.PW + j) * KB + l];
+                if (ix) ix[i * os[2] + j * os[3]] = ti[(i * g.PW + j) * KB + l];
+              }
+          }
+        }
+      }
+    }
+  });
+#else
+  TORCH_INTERNAL_ASSERT(false, "forward_direct: built without the AVX2 kernels");
+#endif
+}
+
 // The forward's way to y (see forward_impl): SHALLOWKERN_CPU_FORWARD=fused|vendor forces one
 // (tests run both); by default vendor from a reduction length of kVendorConvMinCRS. Measured on
 // the dev machine (2 threads, Zen 4, batch 32, LeNet conv2 shapes, fused / vendor time): CRS 400
@@ -567,11 +734,16 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // at d1 = 16..256: 0.2-0.4 (the fused path 2.5-4.6x faster; 1.3 at d1 = 6, left fused).
 constexpr int64_t kVendorConvMinCRS = 2048;
 
-bool use_vendor_conv(const Geom& g) {
+enum class ForwardPath { kDirect, kFused, kVendor };
+
+ForwardPath forward_path(const Geom& g, bool is_float) {
   const char* env = std::getenv("SHALLOWKERN_CPU_FORWARD");
-  if (env && std::strcmp(env, "fused") == 0) return false;
-  if (env && std::strcmp(env, "vendor") == 0) return true;
-  return g.crs() >= kVendorConvMinCRS;
+  const bool direct_ok = is_float && direct_forward_fits(g);
+  if (env && std::strcmp(env, "fused") == 0) return ForwardPath::kFused;
+  if (env && std::strcmp(env, "vendor") == 0) return ForwardPath::kVendor;
+  if (env && std::strcmp(env, "direct") == 0 && direct_ok) return ForwardPath::kDirect;
+  if (direct_ok) return ForwardPath::kDirect;
+  return g.crs() >= kVendorConvMinCRS ? ForwardPath::kVendor : ForwardPath::kFused;
 }
 
 std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
@@ -597,9 +769,15 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
   if (out.numel() == 0) return {out, idx};
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   const at::Tensor w = weight.contiguous();
+  const ForwardPath path = forward_path(g, input.scalar_type() == at::kFloat);
+  if (path == ForwardPath::kDirect) {
+    forward_direct(input, w, has_bias ? b.const_data_ptr<float>() : nullptr, g, relu, out,
+                   idx.numel() ? &idx : nullptr);
+    return {out, idx};
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_forward_cpu", [&] {
     forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
-                           use_vendor_conv(g), out, idx.numel() ? &idx : nullptr);
+                           path == ForwardPath::kVendor, out, idx.numel() ? &idx : nullptr);
   });
   return {out, idx};
 }

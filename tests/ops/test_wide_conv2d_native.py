@@ -199,17 +199,54 @@ def test_noncontiguous_weight_bias_and_grad_out():
         assert_close(a, r, torch.float32, 500)
 
 
-@pytest.mark.parametrize("path", ["fused", "vendor"])
+AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+# Cases the direct (AVX-512) forward takes: stride 1, dilation 1, groups 1, pool 2, PW >= 3.
+DIRECT_CASES = {
+    "first_layer": CASES["first_layer"],
+    "odd_31": CASES["odd_31"],
+    "k17_padded": (3, FIRST_LAYER_CIN, 11, 13, 17, 5, 5, 1, 2, 1, 1, True),  # 2 channel blocks
+    "k40_3x3_nobias": (2, 4, 10, 9, 40, 3, 3, 1, 1, 1, 1, False),  # K not a multiple of 16
+    "pw3": (2, 2, 10, 6, 16, 3, 2, 1, 0, 1, 1, True),  # exactly one 3-window block per row
+    "many_chunks": CASES["many_chunks"],
+}
+
+
+@pytest.mark.parametrize("path", ["fused", "vendor", "direct"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
 @pytest.mark.parametrize("relu,pool", [(True, 2), (False, 2), (True, 1)])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(CASES) + [c for c in DIRECT_CASES if c not in CASES])
 def test_forward_paths(case, relu, pool, layout, path, monkeypatch):
-    """The forward's two ways to the conv output (fused im2col + GEMM, or oneDNN's conv + the
-    fused epilogue; by default chosen by reduction length) agree with the reference."""
+    """The forward's three ways to the pooled output (fused im2col + GEMM, oneDNN's conv + the
+    fused epilogue, the direct AVX-512 kernel where it applies; by default chosen by shape)
+    agree with the reference."""
     monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
     for dtype in DTYPES:
-        x, w, b, params = make(case, dtype, layout)
+        x, w, b, params = make(DIRECT_CASES.get(case, case), dtype, layout)
         check_forward(x, w, b, params, relu, pool, True, dtype)
+
+
+@pytest.mark.skipif(not AVX512, reason="the direct forward needs an AVX-512 CPU")
+def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
+    """LeNet's conv1 (C*R*S = 75, pool 2) takes the direct kernel by default on AVX-512 CPUs,
+    with poisoned-free, NaN-correct outputs in every lane of a partial channel block."""
+    x, w, b, params = make((4, 3, 16, 16, 20, 5, 5, 1, 0, 1, 1, True), torch.float32)
+    x[1, 0, 3, 4] = float("nan")  # a NaN window must win the max, as in max_pool2d
+    got = {}
+    for path in ("direct", "fused", None):
+        if path is None:
+            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
+        else:
+            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
+        got[path] = fwd(x, w, b, *params, True, 2, True)
+    same = {k: (v[0].nan_to_num(nan=-7.0), v[1]) for k, v in got.items()}  # NaN != NaN
+    assert not torch.equal(same["direct"][0], same["fused"][0]), "the paths must differ"
+    assert torch.equal(same[None][0], same["direct"][0])
+    assert torch.equal(same[None][1], same["direct"][1])
+    ref, ref_idx = wide_conv2d_reference(x.double(), w.double(), b.double(), *params, True, 2,
+                                         True)
+    nan = ref.isnan()
+    assert nan.any() and torch.equal(got["direct"][0].isnan(), nan)
+    assert torch.equal(got["direct"][1][nan], ref_idx[nan])
 
 
 def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
