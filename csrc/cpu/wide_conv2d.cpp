@@ -25,9 +25,11 @@
 // unpooled activation never reaches memory (conv2d -> relu -> max_pool2d writes it twice and
 // reads it twice). The GEMMs go through ATen (at::mm_out / addmm_out on views of thread-local
 // buffers: MKL here; inside at::parallel_for it runs single-threaded, so no oversubscription).
-// Where the conv is compute-bound (long reductions, CRS >= 2048: conv2 from d1 ~ 82) oneDNN's
-// convolution beats per-thread im2col + GEMM, so the forward runs it for the whole batch and
-// fuses only the epilogue (one more read of y, cheap next to the conv); see use_vendor_conv.
+// The forward has two more ways to y, chosen by reduction length (forward_path): short
+// reductions (CRS <= 512: the first layer, conv2 at small d1) run a direct AVX-512 kernel with
+// no im2col and the epilogue in registers (forward_direct); long ones (CRS >= 2048: conv2 from
+// d1 ~ 82), where the conv is compute-bound, run oneDNN's convolution for the whole batch and
+// fuse only the epilogue (one more read of y, cheap next to the conv).
 // The backward mirrors it: gy of a chunk from grad_out + saved (window-major, branch-free), gw
 // accumulated per thread with MKL beta = 1 and reduced in a fixed order (deterministic for a
 // given thread count), gx = col2im(gy^T W) scatter-added into the padded buffer of the chunk's
@@ -586,7 +588,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
 // groups 1, pool 2, PW >= 3 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
 // forces a path (tests run all three).
-constexpr int64_t kDirectMaxCRS = 256;
+// Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
+// 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
+constexpr int64_t kDirectMaxCRS = 512;
 
 bool cpu_has_avx512f() {
 #ifdef SK_AVX2
