@@ -27,8 +27,8 @@
 // buffers: MKL here; inside at::parallel_for it runs single-threaded, so no oversubscription).
 // The forward has two more ways to y, chosen by reduction length (forward_path): short
 // reductions (CRS <= 512: the first layer, conv2 at small d1) run a direct AVX-512 kernel with
-// no im2col and the epilogue in registers (forward_direct); long ones (CRS >= 2048: conv2 from
-// d1 ~ 82), where the conv is compute-bound, run oneDNN's convolution for the whole batch and
+// no im2col and the epilogue in registers (forward_direct); long ones (CRS >= 1024: conv2 from
+// d1 ~ 41), where the conv is compute-bound, run oneDNN's convolution for the whole batch and
 // fuse only the epilogue (one more read of y, cheap next to the conv).
 // The backward mirrors it: gy of a chunk from grad_out + saved (window-major, branch-free), gw
 // accumulated per thread with MKL beta = 1 and reduced in a fixed order (deterministic for a
@@ -727,16 +727,17 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
     }
   });
 #else
-  TORCH_INTERNAL_ASSERT(false, "forward_direct: built without the AVX2 kernels");
+  TORCH_INTERNAL_ASSERT(false, "forward_direct: built without the AVX-512 kernels");
 #endif
 }
 
-// The forward's way to y (see forward_impl): SHALLOWKERN_CPU_FORWARD=fused|vendor forces one
-// (tests run both); by default vendor from a reduction length of kVendorConvMinCRS. Measured on
+// The forward's path: direct where it fits (forward_direct), else the vendor conv from a
+// reduction length of kVendorConvMinCRS, else fused im2col + GEMM (forward_impl);
+// SHALLOWKERN_CPU_FORWARD=direct|fused|vendor forces one (direct only where it fits). Measured on
 // the dev machine (2 threads, Zen 4, batch 32, LeNet conv2 shapes, fused / vendor time): CRS 400
-// 1.02, 800 0.97, 1600 1.00, 2400 1.14, 3200 1.12, 4800 1.33, 6400 1.41; the first layer (CRS 75)
-// at d1 = 16..256: 0.2-0.4 (the fused path 2.5-4.6x faster; 1.3 at d1 = 6, left fused).
-constexpr int64_t kVendorConvMinCRS = 2048;
+// 1.02, 800 0.97, 1600 1.00-1.03, 2400 1.14, 3200 1.12, 4800 1.33, 6400 1.41 (the vendor path
+// also saves eager's separate ReLU and pool passes, so it is the one that stays >= 1x eager).
+constexpr int64_t kVendorConvMinCRS = 1024;
 
 enum class ForwardPath { kDirect, kFused, kVendor };
 

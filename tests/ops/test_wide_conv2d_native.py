@@ -250,7 +250,7 @@ def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
 
 
 def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
-    """CRS = 96*25 >= 2048 takes the vendor conv by default: same result as forcing it."""
+    """CRS = 96*25 >= 1024 takes the vendor conv by default: same result as forcing it."""
     x, w, b, params = make((3, 96, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
     got = {}
     for path in ("vendor", "fused", None):
