@@ -355,6 +355,15 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
+bool cpu_has_avx512f() {
+#ifdef SK_AVX2
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 bool sparse_backward_enabled() {
 #ifdef SK_AVX2
   const bool cpu = cpu_has_avx2_fma();
@@ -440,6 +449,56 @@ void combine_rows(const int64_t* off, const int32_t* idx, const float* val, int6
   combine_rows_avx2(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
 #else
   TORCH_INTERNAL_ASSERT(false, "combine_rows: built without the AVX2 kernels");
+#endif
+}
+
+// Weight gradient of short kernels rows (S*Cg <= 16: the first layer's 5 x 3 = 15) without
+// im2col, AVX-512: for each output channel k, 16-lane accumulators per kernel row r (kR of them,
+// in registers) take g * (the S*Cg input values of row r at the non-zero's position), read with
+// one masked load from the padded HWC images; gw (Kg x R*S*Cg, rows in (r, s, c) order) += them.
+// xoff[row] is the offset of chunk position `row` (b*P + p) in xpads. On conv1 this replaces
+// im2col + combine_rows, whose 75-wide rows end in 8- and 1-wide tails.
+bool direct_wgrad_fits(const Geom& g) {
+  return cpu_has_avx512f() && g.S * g.Cg <= 16 && (g.R == 3 || g.R == 5) && g.dw == 1;
+}
+
+#ifdef SK_AVX2
+template <int kR>
+__attribute__((target("avx512f"))) void wgrad_direct_avx512(
+    const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
+    const float* xpads, const int64_t* xoff, int64_t run, int64_t rstep, float* gw) {
+  const __mmask16 m = static_cast<__mmask16>((1u << run) - 1);
+  for (int64_t k = 0; k < nrows; ++k) {
+    __m512 acc[kR];
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t e = koff[k]; e < koff[k + 1]; ++e) {
+      const float* base = xpads + xoff[erow[e]];
+      const __m512 gv = _mm512_set1_ps(eval[e]);
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r)
+        acc[r] = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, base + r * rstep), acc[r]);
+    }
+    float* o = gw + k * kR * run;
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r)
+      _mm512_mask_storeu_ps(o + r * run, m,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + r * run), acc[r]));
+  }
+}
+#endif
+
+void wgrad_direct(const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
+                  const float* xpads, const int64_t* xoff, const Geom& g, int64_t rstep,
+                  float* gw) {
+#ifdef SK_AVX2
+  const int64_t run = g.S * g.Cg;
+  if (g.R == 5)
+    wgrad_direct_avx512<5>(koff, erow, eval, nrows, xpads, xoff, run, rstep, gw);
+  else
+    wgrad_direct_avx512<3>(koff, erow, eval, nrows, xpads, xoff, run, rstep, gw);
+#else
+  TORCH_INTERNAL_ASSERT(false, "wgrad_direct: built without the AVX-512 kernels");
 #endif
 }
 
@@ -592,15 +651,6 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
 constexpr int64_t kDirectMaxCRS = 512;
 
-bool cpu_has_avx512f() {
-#ifdef SK_AVX2
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-#else
-  return false;
-#endif
-}
-
 bool direct_forward_fits(const Geom& g) {
   return cpu_has_avx512f() && g.pool == 2 && g.G == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
          g.dw == 1 && g.PW >= 3 && g.crs() <= kDirectMaxCRS;
@@ -659,7 +709,7 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
       bi = _mm512_mask_mov_epi32(bi, z, _mm512_set1_epi32(kNoGrad));
     }
     _mm512_storeu_ps(tv + 16 * t, best);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(ti + 16 * t), _mm512_cvtepi32_epi8(bi));
+    _mm512_mask_cvtepi32_storeu_epi8(ti + 16 * t, static_cast<__mmask16>(0xFFFF), bi);
   }
 }
 #endif
@@ -795,12 +845,14 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
                    const at::Tensor& saved, const Geom& g, bool relu, std::array<bool, 3> mask,
                    at::Tensor& gx, at::Tensor& gw2, at::Tensor& gb) {
   const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
-  const bool need_col = mask[0] || mask[1];
   // pool 2, float, AVX2: the sparse row combinations instead of the dense GEMMs (see
   // combine_rows). Chunks of B images either way: each chunk streams the weight (input grad) and
   // the gw accumulator (weight grad) once, so B images share that traffic.
   const bool sparse = std::is_same_v<T, float> && g.pool == 2 && sparse_backward_enabled();
-  const int64_t B = images_per_chunk(g, sizeof(T), (need_col ? CRS : 0) + (sparse ? 0 : g.Kg));
+  // The sparse weight gradient straight from the padded images (no im2col) where it fits.
+  const bool wdirect = sparse && mask[1] && direct_wgrad_fits(g);
+  const bool need_colT = mask[0] || (mask[1] && !wdirect);  // im2col, or dcolT of the input grad
+  const int64_t B = images_per_chunk(g, sizeof(T), (need_colT ? CRS : 0) + (sparse ? 0 : g.Kg));
   // Dense: grad_weight as (CRS x Kg) += colT^T gy^T where the reduction row is short and Kg not
   // tiny: MKL runs the first layer's shapes (CRS = 75, Kg = 64..256) ~30% faster that way round;
   // the (Kg x CRS) form wins for Kg < 32 and for long rows (conv2: CRS = 400..1600).
@@ -831,7 +883,9 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   std::mutex mu;
 
   at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
-    std::vector<T> gy(sparse ? 0 : g.Kg * B * P), colT(need_col ? B * P * CRS : 0);
+    std::vector<T> gy(sparse ? 0 : g.Kg * B * P), colT(need_colT ? B * P * CRS : 0);
+    std::vector<T> xpads(wdirect ? B * pd.size() : 0, T(0));  // wdirect: the chunk's images
+    std::vector<int64_t> xoff(wdirect ? B * P : 0);
     // Sparse path: the non-zeros of gy per output channel (koff, erow, eval) and, sorted by
     // window position, per position (poff, pk, pval).
     // Rows are chunk positions b*P + p.
@@ -874,10 +928,10 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
             bsum += sum_double(gtp, qtp, PHW);
             if (sparse) {
               int64_t n = koff[k + 1];
-              for (int64_t t = 0; t < PHW; ++t) {
-                if (qtp[t] >= 4) continue;  // NO_GRAD
-                erow[n] = static_cast<int32_t>(b * P + qtp[t] * PHW + t);
-                eval[n++] = static_cast<float>(gtp[t]);
+              for (int64_t t = 0; t < PHW; ++t) {  // branch-free: a NO_GRAD entry (4) is
+                erow[n] = static_cast<int32_t>(b * P + qtp[t] * PHW + t);  // written, not kept
+                eval[n] = static_cast<float>(gtp[t]);
+                n += qtp[t] < 4;
               }
               koff[k + 1] = n;
               continue;
@@ -904,14 +958,22 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
         if (mask[2]) part.gb[kk] += bsum;
       }
       if (mask[1]) {
-        for (int64_t b = 0; b < nb; ++b) {
-          pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
-                  g, pd, xpad.data());
-          im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
-        }
         T* acc = part.gw.data() + grp * g.Kg * CRS;
+        for (int64_t b = 0; b < nb; ++b) {
+          const Plane<const T> xb{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]};
+          if (wdirect) {
+            pad_hwc(xb, g, pd, xpads.data() + b * pd.size());
+            for (int64_t p = 0; p < P; ++p) xoff[b * P + p] = b * pd.size() + off[p];
+          } else {
+            pad_hwc(xb, g, pd, xpad.data());
+            im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
+          }
+        }
         if constexpr (std::is_same_v<T, float>) {
-          if (sparse) {  // gw[k, :] += sum over k's non-zeros of g * colT[position, :]
+          if (wdirect) {
+            wgrad_direct(koff.data(), erow.data(), eval.data(), g.Kg, xpads.data(), xoff.data(), g,
+                         g.dh * pd.Wp * pd.Cg, acc);
+          } else if (sparse) {  // gw[k, :] += sum over k's non-zeros of g * colT[position, :]
             combine_rows(koff.data(), erow.data(), eval.data(), g.Kg, colT.data(), CRS, acc, CRS,
                          CRS, true);
           }
