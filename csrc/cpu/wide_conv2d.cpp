@@ -313,20 +313,26 @@ void col2im_add(const T* colT, const Geom& g, const Padded& pd, const std::vecto
 
 // sum_t v[t] (only where q[t] < 4 when q is given), in double: 8 independent partial sums, so
 // it runs at the adds' throughput rather than their latency, in a fixed order (deterministic).
-template <typename T>
-double sum_double(const T* v, const int32_t* q, int64_t n) {
+template <bool kMasked, typename T>
+double sum_double_impl(const T* __restrict v, const int32_t* __restrict q, int64_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t t = 0;
   for (; t + 8 <= n; t += 8)
+#pragma omp simd
     for (int l = 0; l < 8; ++l) {
       const double x = v[t + l];
-      acc[l] += (q == nullptr || q[t + l] < 4) ? x : 0.0;
+      acc[l] += (!kMasked || q[t + l] < 4) ? x : 0.0;
     }
   for (; t < n; ++t) {
     const double x = v[t];
-    acc[0] += (q == nullptr || q[t] < 4) ? x : 0.0;
+    acc[0] += (!kMasked || q[t] < 4) ? x : 0.0;
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+double sum_double(const T* v, const int32_t* q, int64_t n) {
+  return q ? sum_double_impl<true>(v, q, n) : sum_double_impl<false>(v, q, n);
 }
 
 // 2D row-major (rows x cols, leading dimension ld) ATen view of a raw buffer, for at::mm_out.
@@ -871,6 +877,7 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   T* gxp = mask[0] ? gx.mutable_data_ptr<T>() : nullptr;
   const auto gxs = mask[0] ? gx.strides() : x.strides();
   const auto opt = x.options();
+  const auto plane_dense = [&](c10::IntArrayRef st) { return st[3] == 1 && st[2] == g.PW; };
 
   // Per-invocation partial sums of gw and gb, keyed by the first unit of the invocation and
   // summed in that order afterwards, so the result does not depend on thread timing.
@@ -899,6 +906,7 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
     std::vector<T> xpad(mask[1] ? pd.size() : 0, T(0)), gpad(mask[0] ? pd.size() : 0);
     std::vector<T> gt(PHW), mt(PHW);
     std::vector<int32_t> qt(PHW);
+    std::vector<uint8_t> q8(sparse ? PHW : 0);
     Partial part{begin, std::vector<T>(mask[1] ? g.K * CRS : 0),
                  std::vector<double>(mask[2] ? g.K : 0)};
     for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
@@ -918,6 +926,29 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
         for (int64_t b = 0; b < nb; ++b) {
           T* const pl = sparse ? nullptr : gy.data() + k * ld + b * P;
           const T* go = gp + (n0 + b) * gs[0] + kk * gs[1];
+          if (sparse) {  // pooled, float: the plane's non-zeros straight into k's list
+            const uint8_t* sq = sp8 + (n0 + b) * ss[0] + kk * ss[1];
+            const T* gv = go;
+            const uint8_t* qv = sq;
+            if (!(plane_dense(gs) && plane_dense(ss))) {  // strided: contiguous copies first
+              for (int64_t i = 0; i < g.PH; ++i)
+                for (int64_t j = 0; j < g.PW; ++j) {
+                  gtp[i * g.PW + j] = go[i * gs[2] + j * gs[3]];
+                  q8[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
+                }
+              gv = gtp, qv = q8.data();
+            }
+            const int64_t first = koff[k + 1];
+            int64_t n = first;
+            for (int64_t t = 0; t < PHW; ++t) {  // branch-free: a NO_GRAD entry (4) is
+              erow[n] = static_cast<int32_t>(b * P + qv[t] * PHW + t);  // written, not kept
+              eval[n] = static_cast<float>(gv[t]);
+              n += qv[t] < 4;
+            }
+            koff[k + 1] = n;
+            if (mask[2]) bsum += sum_double(eval.data() + first, nullptr, n - first);
+            continue;
+          }
           T* const gd = pooled ? gtp : pl;  // pool 1: grad_out lands in gy directly
           for (int64_t i = 0; i < g.PH; ++i)
             for (int64_t j = 0; j < g.PW; ++j) gd[i * g.PW + j] = go[i * gs[2] + j * gs[3]];
@@ -926,16 +957,6 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
             for (int64_t i = 0; i < g.PH; ++i)
               for (int64_t j = 0; j < g.PW; ++j) qtp[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
             bsum += sum_double(gtp, qtp, PHW);
-            if (sparse) {
-              int64_t n = koff[k + 1];
-              for (int64_t t = 0; t < PHW; ++t) {  // branch-free: a NO_GRAD entry (4) is
-                erow[n] = static_cast<int32_t>(b * P + qtp[t] * PHW + t);  // written, not kept
-                eval[n] = static_cast<float>(gtp[t]);
-                n += qtp[t] < 4;
-              }
-              koff[k + 1] = n;
-              continue;
-            }
             for (int32_t q = 0; q < 4; ++q) {  // an index >= 4 (NO_GRAD) matches no position
               T* const d = pl + q * PHW;
 #pragma omp simd
