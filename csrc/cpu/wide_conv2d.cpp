@@ -61,8 +61,8 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define SK_AVX2 1  // the direct forward (AVX-512) and sparse backward (AVX2 + FMA) below, each
-                   // behind a run-time CPU check
+#define SK_X86_SIMD 1  // the AVX-512 direct kernels and the AVX2 sparse backward below, each
+                       // behind a run-time CPU check
 #endif
 
 namespace shallowkern {
@@ -341,6 +341,25 @@ at::Tensor mat(T* p, int64_t rows, int64_t cols, int64_t ld, const at::TensorOpt
   return at::from_blob(const_cast<std::remove_const_t<T>*>(p), {rows, cols}, {ld, 1}, opt);
 }
 
+// Run-time CPU checks for the x86 SIMD kernels below (built with per-function target attributes).
+bool cpu_has_avx2_fma() {
+#ifdef SK_X86_SIMD
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512f() {
+#ifdef SK_X86_SIMD
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 // ------------------------------------------------------------------------------------------------
 // sparse pool-2 backward (float, AVX2 + FMA)
 // ------------------------------------------------------------------------------------------------
@@ -352,26 +371,8 @@ at::Tensor mat(T* p, int64_t rows, int64_t cols, int64_t ld, const at::TensorOpt
 // idx = output channel. Column blocks of 32 floats (the src block stays in L1 across rows), two
 // independent sets of 4 accumulators per block. Measured on the dev machine (Zen 4, 1 thread,
 // conv2 d1=64): ~1.7x faster than MKL's dense GEMMs on the same shapes.
-bool cpu_has_avx2_fma() {
-#ifdef SK_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
-}
-
-bool cpu_has_avx512f() {
-#ifdef SK_AVX2
-  static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
-#else
-  return false;
-#endif
-}
-
 bool sparse_backward_enabled() {
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
   const bool cpu = cpu_has_avx2_fma();
   const char* env = std::getenv("SHALLOWKERN_CPU_SPARSE_BACKWARD");  // "0": dense GEMMs (tests)
   return cpu && !(env && env[0] == '0');
@@ -380,7 +381,7 @@ bool sparse_backward_enabled() {
 #endif
 }
 
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
 __attribute__((target("avx2,fma"))) void combine_rows_avx2(const int64_t* off, const int32_t* idx,
                                                            const float* val, int64_t nrows,
                                                            const float* src, int64_t ld_src,
@@ -451,14 +452,14 @@ __attribute__((target("avx2,fma"))) void combine_rows_avx2(const int64_t* off, c
 void combine_rows(const int64_t* off, const int32_t* idx, const float* val, int64_t nrows,
                   const float* src, int64_t ld_src, float* out, int64_t ld_out, int64_t ncols,
                   bool accumulate) {
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
   combine_rows_avx2(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
 #else
   TORCH_INTERNAL_ASSERT(false, "combine_rows: built without the AVX2 kernels");
 #endif
 }
 
-// Weight gradient of short kernels rows (S*Cg <= 16: the first layer's 5 x 3 = 15) without
+// Weight gradient of short kernel rows (S*Cg <= 16: the first layer's 5 x 3 = 15) without
 // im2col, AVX-512: for each output channel k, 16-lane accumulators per kernel row r (kR of them,
 // in registers) take g * (the S*Cg input values of row r at the non-zero's position), read with
 // one masked load from the padded HWC images; gw (Kg x R*S*Cg, rows in (r, s, c) order) += them.
@@ -468,7 +469,7 @@ bool direct_wgrad_fits(const Geom& g) {
   return cpu_has_avx512f() && g.S * g.Cg <= 16 && (g.R == 3 || g.R == 5) && g.dw == 1;
 }
 
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
 template <int kR>
 __attribute__((target("avx512f"))) void wgrad_direct_avx512(
     const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
@@ -497,7 +498,7 @@ __attribute__((target("avx512f"))) void wgrad_direct_avx512(
 void wgrad_direct(const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
                   const float* xpads, const int64_t* xoff, const Geom& g, int64_t rstep,
                   float* gw) {
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
   const int64_t run = g.S * g.Cg;
   if (g.R == 5)
     wgrad_direct_avx512<5>(koff, erow, eval, nrows, xpads, xoff, run, rstep, gw);
@@ -637,7 +638,6 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
   });
 }
 
-
 // ------------------------------------------------------------------------------------------------
 // direct forward for short reductions (the first layer), float, pool 2, AVX-512
 // ------------------------------------------------------------------------------------------------
@@ -662,7 +662,7 @@ bool direct_forward_fits(const Geom& g) {
          g.dw == 1 && g.PW >= 3 && g.crs() <= kDirectMaxCRS;
 }
 
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
 // Windows j0, j0+1, j0+2 of pooled row i, channels k0..k0+15: pooled values and indices into
 // tv[t * 16 + lane], ti[t * 16 + lane]. xp: padded CHW image (C, Hp, Wp); wt: (C*R*S, Kp); bias:
 // Kp values (zeros without bias). 12 accumulators; each FMA takes its input value as an
@@ -722,7 +722,7 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
 
 void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
                     const Geom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
-#ifdef SK_AVX2
+#ifdef SK_X86_SIMD
   const int64_t CRS = g.crs(), Kp = div_up(g.K, 16) * 16;
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   // (K, C, R, S) -> (C*R*S, Kp), zero-padded lanes; bias likewise.
