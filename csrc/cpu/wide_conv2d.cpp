@@ -175,6 +175,22 @@ int64_t unit_grain(const Geom& g) {
   return units < at::get_num_threads() ? units + 1 : 1;
 }
 
+// The backward's weight gradient keeps one (K x CRS) partial per thread (summed in a fixed
+// order: deterministic). At huge widths times many threads that is too much memory (conv2 at
+// d1 = 2048 has a 1.2 GB weight), so fewer threads share the work there: the partials stay under
+// kMaxPartialBytes in all (SHALLOWKERN_CPU_PARTIALS_MB overrides it; tests).
+constexpr int64_t kMaxPartialBytes = int64_t(2) << 30;
+
+int64_t backward_grain(const Geom& g, int64_t elem, bool weight_grad) {
+  const int64_t grain = unit_grain(g);
+  if (!weight_grad) return grain;
+  int64_t budget = kMaxPartialBytes;
+  if (const char* env = std::getenv("SHALLOWKERN_CPU_PARTIALS_MB")) budget = std::atoll(env) << 20;
+  const int64_t one = std::max<int64_t>(1, g.K * g.crs() * elem);
+  const int64_t partials = std::max<int64_t>(1, budget / one);
+  return std::max(grain, div_up(g.G * g.N, partials));
+}
+
 // Input view of one image and group: base pointer (at channel 0 of the group) and strides.
 template <typename T>
 struct Plane {
@@ -889,7 +905,8 @@ void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor
   std::vector<Partial> partials;
   std::mutex mu;
 
-  at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
+  const int64_t grain = backward_grain(g, sizeof(T), mask[1]);
+  at::parallel_for(0, g.G * g.N, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> gy(sparse ? 0 : g.Kg * B * P), colT(need_colT ? B * P * CRS : 0);
     std::vector<T> xpads(wdirect ? B * pd.size() : 0, T(0));  // wdirect: the chunk's images
     std::vector<int64_t> xoff(wdirect ? B * P : 0);

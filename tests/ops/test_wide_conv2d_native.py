@@ -318,6 +318,21 @@ def test_empty_batch(relu, pool, dtype):
     assert not got[1].any() and not got[2].any()
 
 
+def test_weight_grad_partials_capped(monkeypatch):
+    """With a partials budget below one (K x CRS) buffer, one thread does the weight gradient:
+    same values as with a partial per thread (up to summation order), and still deterministic."""
+    x, w, b, params = make("many_chunks", torch.float32)
+    out, idx = fwd(x, w, b, *params, True, 2, True)
+    g = torch.randn_like(out)
+    want = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+    monkeypatch.setenv("SHALLOWKERN_CPU_PARTIALS_MB", "0")
+    got = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+    again = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+    for a, r, c in zip(got, want, again):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a, c)
+
+
 def test_deterministic():
     x, w, b, params = make("many_chunks", torch.float32)
     out, idx = fwd(x, w, b, *params, True, 2, True)
