@@ -367,10 +367,11 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
-bool cpu_has_avx512f() {
+bool cpu_has_avx512f() {  // SHALLOWKERN_CPU_AVX512=0: as if it had none (tests the AVX2 paths)
 #ifdef SK_X86_SIMD
   static const bool yes = __builtin_cpu_supports("avx512f");
-  return yes;
+  const char* env = std::getenv("SHALLOWKERN_CPU_AVX512");
+  return yes && !(env && env[0] == '0');
 #else
   return false;
 #endif
@@ -465,11 +466,79 @@ __attribute__((target("avx2,fma"))) void combine_rows_avx2(const int64_t* off, c
 }
 #endif
 
+#ifdef SK_X86_SIMD
+// The same with 16-lane vectors (AVX-512): column blocks of 64 (two sets of 4 accumulators, each
+// FMA taking its value as an embedded broadcast), then 16-wide blocks, the last one masked.
+__attribute__((target("avx512f"))) void combine_rows_avx512(
+    const int64_t* off, const int32_t* idx, const float* val, int64_t nrows, const float* src,
+    int64_t ld_src, float* out, int64_t ld_out, int64_t ncols, bool accumulate) {
+  int64_t c0 = 0;
+  for (; c0 + 64 <= ncols; c0 += 64) {
+    for (int64_t r = 0; r < nrows; ++r) {
+      __m512 a[4], b[4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) a[v] = b[v] = _mm512_setzero_ps();
+      int64_t e = off[r];
+      const int64_t e1 = off[r + 1];
+      for (; e + 2 <= e1; e += 2) {
+        const __m512 g0 = _mm512_set1_ps(val[e]), g1 = _mm512_set1_ps(val[e + 1]);
+        const float* s0 = src + int64_t(idx[e]) * ld_src + c0;
+        const float* s1 = src + int64_t(idx[e + 1]) * ld_src + c0;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {
+          a[v] = _mm512_fmadd_ps(g0, _mm512_loadu_ps(s0 + 16 * v), a[v]);
+          b[v] = _mm512_fmadd_ps(g1, _mm512_loadu_ps(s1 + 16 * v), b[v]);
+        }
+      }
+      if (e < e1) {
+        const __m512 g0 = _mm512_set1_ps(val[e]);
+        const float* s0 = src + int64_t(idx[e]) * ld_src + c0;
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) a[v] = _mm512_fmadd_ps(g0, _mm512_loadu_ps(s0 + 16 * v), a[v]);
+      }
+      float* o = out + r * ld_out + c0;
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) {
+        __m512 t = _mm512_add_ps(a[v], b[v]);
+        if (accumulate) t = _mm512_add_ps(t, _mm512_loadu_ps(o + 16 * v));
+        _mm512_storeu_ps(o + 16 * v, t);
+      }
+    }
+  }
+  for (; c0 < ncols; c0 += 16) {
+    const __mmask16 m = ncols - c0 >= 16 ? __mmask16(0xFFFF)
+                                         : static_cast<__mmask16>((1u << (ncols - c0)) - 1);
+    for (int64_t r = 0; r < nrows; ++r) {
+      __m512 a0 = _mm512_setzero_ps(), b0 = a0;
+      int64_t e = off[r];
+      const int64_t e1 = off[r + 1];
+      for (; e + 2 <= e1; e += 2) {
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(val[e]),
+                             _mm512_maskz_loadu_ps(m, src + int64_t(idx[e]) * ld_src + c0), a0);
+        b0 = _mm512_fmadd_ps(_mm512_set1_ps(val[e + 1]),
+                             _mm512_maskz_loadu_ps(m, src + int64_t(idx[e + 1]) * ld_src + c0),
+                             b0);
+      }
+      if (e < e1)
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(val[e]),
+                             _mm512_maskz_loadu_ps(m, src + int64_t(idx[e]) * ld_src + c0), a0);
+      float* o = out + r * ld_out + c0;
+      __m512 t = _mm512_add_ps(a0, b0);
+      if (accumulate) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, o));
+      _mm512_mask_storeu_ps(o, m, t);
+    }
+  }
+}
+#endif
+
 void combine_rows(const int64_t* off, const int32_t* idx, const float* val, int64_t nrows,
                   const float* src, int64_t ld_src, float* out, int64_t ld_out, int64_t ncols,
                   bool accumulate) {
 #ifdef SK_X86_SIMD
-  combine_rows_avx2(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
+  if (cpu_has_avx512f())
+    combine_rows_avx512(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
+  else
+    combine_rows_avx2(off, idx, val, nrows, src, ld_src, out, ld_out, ncols, accumulate);
 #else
   TORCH_INTERNAL_ASSERT(false, "combine_rows: built without the AVX2 kernels");
 #endif

@@ -50,6 +50,7 @@ CASES = {
     # > 1 chunk per thread with zero padding: the padded buffers are reused across chunks
     "many_chunks_padded": (13, 4, 16, 15, 8, 3, 3, 1, (1, 2), 1, 1, True),
     "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
+    "long_rows": (3, 16, 9, 9, 20, 3, 3, 1, 1, 1, 1, True),  # CRS 144: 64-wide SIMD blocks + tail
 }
 
 
@@ -263,7 +264,7 @@ def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
     assert torch.equal(got[None], got["vendor"])
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("path", ["sparse", "sparse_avx2", "dense"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize(
     "case,layout",
@@ -274,11 +275,14 @@ def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
         ("groups_wide", "channels_last"),
         ("many_chunks_padded", "contiguous"),
         ("odd_31", "noncontiguous"),
+        ("long_rows", "contiguous"),
     ],
 )
 def test_float32_pool2_backward_paths(case, layout, relu, path, monkeypatch):
-    """float32 with pool 2 takes the sparse backward (AVX2 CPUs); "0" forces the dense GEMMs."""
-    monkeypatch.setenv("SHALLOWKERN_CPU_SPARSE_BACKWARD", "1" if path == "sparse" else "0")
+    """float32 with pool 2 takes the sparse backward (AVX2 CPUs; its AVX-512 kernels where the CPU
+    has them, which SHALLOWKERN_CPU_AVX512=0 turns off); "0" forces the dense GEMMs."""
+    monkeypatch.setenv("SHALLOWKERN_CPU_SPARSE_BACKWARD", "0" if path == "dense" else "1")
+    monkeypatch.setenv("SHALLOWKERN_CPU_AVX512", "0" if path == "sparse_avx2" else "1")
     x, w, b, params = make(case, torch.float32, layout)
     out, idx = check_forward(x, w, b, params, relu, 2, True, torch.float32)
     for mask in ([True, True, True], [False, True, False], [True, False, True]):
