@@ -730,13 +730,13 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // plus a GEMM-result buffer add more (the fused path ran at ~146 of the ~200 GFLOP/s that MKL
 // reaches on this machine's two cores for conv1 at d1 = 256). Here each 16-lane vector holds 16
 // output channels: per (c, r, s), one weight vector times a broadcast input value for each of 12
-// conv positions (3 pool windows x their 4 positions) into 12 accumulators, so the reduction
-// runs from registers with no im2col. The 2x2 max / index / ReLU are then lane-wise between the
+// conv positions (3 pool windows x their 4 positions; fewer at a row's end) into 12
+// accumulators, so the reduction runs from registers with no im2col. The 2x2 max / index / ReLU are then lane-wise between the
 // 4 accumulators of a window, with the same first-max and NaN rule as the scalar epilogue, and
 // only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
 // up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
 // padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
-// groups 1, pool 2, PW >= 3 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// groups 1, pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
 // forces a path (tests run all three).
 // Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
 // 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
@@ -744,24 +744,25 @@ constexpr int64_t kDirectMaxCRS = 512;
 
 bool direct_forward_fits(const Geom& g) {
   return cpu_has_avx512f() && g.pool == 2 && g.G == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
-         g.dw == 1 && g.PW >= 3 && g.crs() <= kDirectMaxCRS;
+         g.dw == 1 && g.crs() <= kDirectMaxCRS;
 }
 
 #ifdef SK_X86_SIMD
-// Windows j0, j0+1, j0+2 of pooled row i, channels k0..k0+15: pooled values and indices into
-// tv[t * 16 + lane], ti[t * 16 + lane]. xp: padded CHW image (C, Hp, Wp); wt: (C*R*S, Kp); bias:
-// Kp values (zeros without bias). 12 accumulators; each FMA takes its input value as an
+// Windows j0 .. j0+kW-1 (kW <= 3) of pooled row i, channels k0..k0+15: pooled values and
+// indices into tv[t * 16 + lane], ti[t * 16 + lane]. xp: padded CHW image (C, Hp, Wp); wt: (C*R*S, Kp); bias:
+// Kp values (zeros without bias). 4*kW accumulators; each FMA takes its input value as an
 // embedded broadcast from memory. (An AVX2 version of this, 8 channels per vector and a separate
 // broadcast per FMA, ran at 59 GFLOP/s per core against 107 for this one on the dev machine's
 // Zen 4, below MKL's GEMM: the broadcasts compete with the FMAs for issue. Without AVX-512 the
 // fused GEMM path runs.)
+template <int kW>
 __attribute__((target("avx512f"))) void direct_windows_avx512(
     const float* xp, int64_t C, int64_t Hp, int64_t Wp, int64_t R, int64_t S, const float* wt,
     int64_t Kp, int64_t k0, const float* bias, int64_t i, int64_t j0, int32_t act, float* tv,
     uint8_t* ti) {
-  __m512 acc[12];
+  __m512 acc[4 * kW];
 #pragma GCC unroll 12
-  for (int a = 0; a < 12; ++a) acc[a] = _mm512_setzero_ps();
+  for (int a = 0; a < 4 * kW; ++a) acc[a] = _mm512_setzero_ps();
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t r = 0; r < R; ++r) {
       const float* row0 = xp + (c * Hp + 2 * i + r) * Wp + 2 * j0;  // conv row 2i, column 2j0
@@ -770,7 +771,7 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
       for (int64_t s = 0; s < S; ++s) {
         const __m512 wv = _mm512_loadu_ps(wr + s * Kp);
 #pragma GCC unroll 3
-        for (int t = 0; t < 3; ++t) {  // window j0 + t: positions (0,0), (0,1), (1,0), (1,1)
+        for (int t = 0; t < kW; ++t) {  // window j0 + t: positions (0,0), (0,1), (1,0), (1,1)
           const int64_t o = 2 * t + s;
           acc[4 * t + 0] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o]), acc[4 * t + 0]);
           acc[4 * t + 1] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o + 1]), acc[4 * t + 1]);
@@ -782,7 +783,7 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
   }
   const __m512 bv = _mm512_loadu_ps(bias + k0), zero = _mm512_setzero_ps();
 #pragma GCC unroll 3
-  for (int t = 0; t < 3; ++t) {
+  for (int t = 0; t < kW; ++t) {
     // As the scalar epilogue: scan positions 0..3 with `v > best || isnan(v)`.
     __m512 best = _mm512_add_ps(acc[4 * t], bv);
     __m512i bi = _mm512_setzero_si512();
@@ -842,11 +843,13 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
         }
       for (int64_t k0 = 0; k0 < g.K; k0 += KB) {
         for (int64_t i = 0; i < g.PH; ++i)
-          for (int64_t jb = 0; jb < g.PW; jb += WB) {
-            const int64_t j0 = std::min(jb, g.PW - WB);  // the last block may overlap: same values
+          for (int64_t j0 = 0; j0 < g.PW; j0 += WB) {
             const int64_t at = (i * g.PW + j0) * KB;
-            direct_windows_avx512(xpad.data(), g.C, Hp, Wp, g.R, g.S, wt.data(), Kp, k0,
-                                  bp.data(), i, j0, act, tv.data() + at, ti.data() + at);
+            const auto kernel = g.PW - j0 >= 3   ? direct_windows_avx512<3>
+                                : g.PW - j0 == 2 ? direct_windows_avx512<2>
+                                                 : direct_windows_avx512<1>;
+            kernel(xpad.data(), g.C, Hp, Wp, g.R, g.S, wt.data(), Kp, k0, bp.data(), i, j0, act,
+                   tv.data() + at, ti.data() + at);
           }
         const int64_t lanes = std::min<int64_t>(KB, g.K - k0);
         for (int64_t l = 0; l < lanes; ++l) {

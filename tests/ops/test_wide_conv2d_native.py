@@ -201,13 +201,15 @@ def test_noncontiguous_weight_bias_and_grad_out():
 
 
 AVX512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
-# Cases the direct (AVX-512) forward takes: stride 1, dilation 1, groups 1, pool 2, PW >= 3.
+# Cases the direct (AVX-512) forward takes: stride 1, dilation 1, groups 1, pool 2.
 DIRECT_CASES = {
     "first_layer": CASES["first_layer"],
     "odd_31": CASES["odd_31"],
     "k17_padded": (3, FIRST_LAYER_CIN, 11, 13, 17, 5, 5, 1, 2, 1, 1, True),  # 2 channel blocks
     "k40_3x3_nobias": (2, 4, 10, 9, 40, 3, 3, 1, 1, 1, 1, False),  # K not a multiple of 16
     "pw3": (2, 2, 10, 6, 16, 3, 2, 1, 0, 1, 1, True),  # exactly one 3-window block per row
+    "pw1": (2, 3, 7, 3, 5, 3, 2, 1, 0, 1, 1, True),  # one window per row
+    "pw5": (2, 3, 12, 14, 33, 3, 5, 1, 1, 1, 1, True),  # blocks of 3 + 2 windows, 3 chan blocks
     "many_chunks": CASES["many_chunks"],
 }
 
