@@ -15,20 +15,13 @@ from torch import nn
 
 from benchmarks import shapes
 from benchmarks.common import device_info, median_seconds, once_seconds
+from shallowkern import unfuse
 from shallowkern.models import GeneralizedLeNet
 
 
 def plain_pytorch(model: GeneralizedLeNet) -> nn.Module:
-    """The same network with unfused nn.Conv2d -> ReLU -> MaxPool2d layers and the same weights."""
-    plain = copy.deepcopy(model)
-    layers = []
-    for conv in model.features:
-        c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-        c.load_state_dict(conv.state_dict())
-        layers += [c, nn.ReLU(), nn.MaxPool2d(2)]
-    plain.features = nn.Sequential(*layers)
-    return plain
+    """The same network with nn.Conv2d -> ReLU -> MaxPool2d layers and (copies of) its weights."""
+    return unfuse(copy.deepcopy(model))
 
 
 @pytest.mark.parametrize("d1", shapes.LENET_TRAIN_D1)

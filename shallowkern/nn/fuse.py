@@ -87,3 +87,32 @@ def fuse(model: nn.Module) -> nn.Module:
         if any(True for _ in module.children()):
             _fuse_children(module)
     return model
+
+
+def unfuse(model: nn.Module) -> nn.Module:
+    """The inverse of ``fuse``, in place: every WideConv2d becomes plain PyTorch layers.
+
+    A WideConv2d without epilogue becomes an nn.Conv2d; one with ``activation``/``pool`` becomes
+    ``nn.Sequential(nn.Conv2d, [nn.ReLU()], [nn.MaxPool2d(2)])``, so its parameters move to
+    ``<name>.0.weight`` / ``<name>.0.bias``. The parameter tensors are shared, not copied, and
+    the result computes the same function with aten's conv, ReLU and pool (cuDNN / oneDNN): the
+    "plain PyTorch" baseline of the benchmarks and sweeps. Returns ``model`` (a WideConv2d
+    passed itself is returned replaced).
+    """
+    def plain(m: WideConv2d) -> nn.Module:
+        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                         m.dilation, m.groups, m.bias is not None, m.padding_mode, device="meta")
+        conv.weight, conv.bias = m.weight, m.bias
+        layers = [conv] + ([nn.ReLU()] if m.activation == "relu" else []) + (
+            [nn.MaxPool2d(2)] if m.pool == 2 else [])
+        out = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+        out.train(m.training)
+        return out
+
+    if isinstance(model, WideConv2d):
+        return plain(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, WideConv2d):
+                setattr(parent, name, plain(child))
+    return model

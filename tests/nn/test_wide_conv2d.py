@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import shallowkern
-from shallowkern import WideConv2d, fuse
+from shallowkern import WideConv2d, fuse, unfuse
 from shallowkern.testing import assert_close
 
 
@@ -172,3 +172,30 @@ def test_fuse_keeps_gradients():
         fuse(model)
     model(x).sum().backward()
     assert_close(model[0].weight.grad, want.double(), torch.float32, 100)
+
+
+def test_unfuse_is_plain_pytorch_with_shared_parameters():
+    """unfuse turns every WideConv2d back into nn.Conv2d [-> ReLU -> MaxPool2d] sharing the
+    parameter tensors; the outputs and gradients stay the same."""
+    from shallowkern.models import GeneralizedLeNet
+
+    torch.manual_seed(0)
+    model = GeneralizedLeNet(6, k=2.0)
+    x = torch.randn(3, 3, 32, 32)
+    want = model(x)
+    weights = [p for p in model.parameters()]
+    unfuse(model)
+    assert not any(isinstance(m, WideConv2d) for m in model.modules())
+    kinds = [type(m) for m in model.features[0]]
+    assert kinds == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert all(a is b for a, b in zip(model.parameters(), weights))  # shared, not copied
+    assert_close(model(x), want.double(), torch.float32, 150)
+    model(x).sum().backward()
+    assert model.features[0][0].weight.grad is not None
+
+    bare = WideConv2d(3, 4, 3, stride=2, padding=1, bias=False)
+    plain = unfuse(bare)
+    assert type(plain) is nn.Conv2d and plain.weight is bare.weight and plain.bias is None
+    assert plain.stride == (2, 2) and plain.padding == (1, 1)
+    back = fuse(nn.Sequential(*unfuse(WideConv2d(3, 4, 3, activation="relu", pool=2))))
+    assert isinstance(back[0], WideConv2d) and (back[0].activation, back[0].pool) == ("relu", 2)
