@@ -133,6 +133,11 @@ def _value(rec: dict[str, Any], key: str) -> Any:
     return None
 
 
+def _impl(rec: dict[str, Any]) -> str:
+    """How the trial ran: "shallowkern" (also every record from before impl existed) or "plain"."""
+    return rec.get("config", {}).get("impl") or "shallowkern"
+
+
 def _nominal_k(rec: dict[str, Any]) -> float | None:
     """The k a LeNet trial asked for (config), not the realised round(k*d1)/d1."""
     k = rec.get("config", {}).get("k")
@@ -141,19 +146,23 @@ def _nominal_k(rec: dict[str, Any]) -> float | None:
 
 def _family_label(rec: dict[str, Any], split_k: bool) -> str:
     fam = _value(rec, "family") or "?"
+    plain = " (plain)" if _impl(rec) == "plain" else ""
     if fam == "lenet" and split_k:
-        return f"lenet k={_nominal_k(rec):g}"
+        return f"lenet k={_nominal_k(rec):g}{plain}"
     if fam == "vgg16" and _value(rec, "batch_norm"):
-        return "vgg16 bn"
-    return fam
+        return "vgg16 bn" + plain
+    return fam + plain
 
 
 def _select(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[list[dict], str]:
-    """Records of one family (and one k for LeNet, one dataset) for a fit; with a description."""
-    recs = [r for r in records if _value(r, "family") == args.family]
+    """Records of one family (and one k for LeNet, one dataset, one impl) for a fit; with a
+    description."""
+    impl = getattr(args, "impl", "shallowkern")
+    recs = [r for r in records if _value(r, "family") == args.family and _impl(r) == impl]
     if not recs:
         fams = sorted({str(_value(r, "family")) for r in records})
-        raise CLIError(f"no {args.family!r} records (the file has {fams}); use --family")
+        raise CLIError(f"no {args.family!r} records with impl {impl!r} (the file has {fams}); "
+                       "use --family / --impl")
     datasets = sorted({str(_value(r, "dataset")) for r in recs})
     if args.dataset:
         recs = [r for r in recs if _value(r, "dataset") == args.dataset]
@@ -321,6 +330,8 @@ def summary_rows(records: list[dict[str, Any]], metric: str = "test_error") -> l
             shape = f"d1={_value(r0, 'd1')} d2={_value(r0, 'd2')}"
         else:
             shape = f"width={_value(r0, 'width'):g}" + (" bn" if _value(r0, "batch_norm") else "")
+        if _impl(r0) == "plain":
+            shape += " plain"
         m, s = stats([r.get(metric) for r in recs])
         rows.append({
             "family": fam, "dataset": _value(r0, "dataset"), "model": shape,
@@ -357,10 +368,63 @@ def format_table(rows: list[dict[str, Any]], metric: str = "test_error") -> str:
             "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} (b={r['latency_batch']})",
             "-" if r["wall_time_s"] is None else f"{r['wall_time_s']:.1f}",
         ])
+    return _render(head, body, left=3)
+
+
+def _render(head: list[str], body: list[list[str]], left: int) -> str:
+    """A plain-text table: the first ``left`` columns left-aligned, the rest right-aligned."""
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def speedup_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """shallowkern vs plain PyTorch, per model both were run for (``sweep --impl plain``): the
+    summed training time and wall time of each over the same seeds, and their ratios."""
+    pairs: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
+    for r in records:
+        cfg = dict(r.get("config", {}))
+        seed = cfg.pop("seed", None)
+        cfg.pop("impl", None)
+        key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in cfg.items()))
+        pairs.setdefault(key, {}).setdefault(_impl(r), {})[seed] = r
+    rows = []
+    for by_impl in pairs.values():
+        ours, plain = by_impl.get("shallowkern", {}), by_impl.get("plain", {})
+        seeds = sorted(set(ours) & set(plain))  # only seeds run both ways
+        if not seeds:
+            continue
+        row = {"model": _family_label(ours[seeds[0]], True) + " " + (
+            f"d1={_value(ours[seeds[0]], 'd1')}" if _value(ours[seeds[0]], "family") == "lenet"
+            else f"width={_value(ours[seeds[0]], 'width'):g}"), "seeds": len(seeds)}
+        for name, side in (("shallowkern", ours), ("plain", plain)):
+            row[f"{name}_train_s"] = sum(side[s].get("train_time") or 0.0 for s in seeds)
+            row[f"{name}_wall_s"] = sum(side[s].get("wall_time") or 0.0 for s in seeds)
+        for what in ("train", "wall"):
+            ours_s = row[f"shallowkern_{what}_s"]
+            row[f"{what}_speedup"] = row[f"plain_{what}_s"] / ours_s if ours_s > 0 else None
+        rows.append(row)
+    return rows
+
+
+def format_speedups(rows: list[dict[str, Any]]) -> str:
+    head = ["model", "seeds", "train s (ours)", "train s (plain)", "train speedup",
+            "wall s (ours)", "wall s (plain)", "wall speedup"]
+    x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+    body = [[r["model"], str(r["seeds"]), f"{r['shallowkern_train_s']:.1f}",
+             f"{r['plain_train_s']:.1f}", x(r["train_speedup"]), f"{r['shallowkern_wall_s']:.1f}",
+             f"{r['plain_wall_s']:.1f}", x(r["wall_speedup"])] for r in rows]
+    total = {k: sum(r[k] for r in rows) for k in ("shallowkern_train_s", "plain_train_s",
+                                                     "shallowkern_wall_s", "plain_wall_s")}
+    body.append(["all", str(sum(r["seeds"] for r in rows)), f"{total['shallowkern_train_s']:.1f}",
+                 f"{total['plain_train_s']:.1f}",
+                 x(total["plain_train_s"] / total["shallowkern_train_s"]
+                   if total["shallowkern_train_s"] > 0 else None),
+                 f"{total['shallowkern_wall_s']:.1f}", f"{total['plain_wall_s']:.1f}",
+                 x(total["plain_wall_s"] / total["shallowkern_wall_s"]
+                   if total["shallowkern_wall_s"] > 0 else None)])
+    return _render(head, body, left=1)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -368,10 +432,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     records = _load_records(args.results)
     rows = summary_rows(records, args.metric)
+    speedups = speedup_rows(records)
     if args.json:
         print(json.dumps(rows, indent=2, default=float))
     else:
         print(format_table(rows, args.metric))
+        if speedups:
+            print("\n== shallowkern vs plain PyTorch (same trials, seeds run both ways) ==")
+            print(format_speedups(speedups))
     if args.index:
         print(f"wrote {index(args.results)}")
         print(f"wrote {export_csv(args.results)}")
@@ -462,6 +530,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _grid_configs(args: argparse.Namespace):
+    configs = _grid_configs_default_impl(args)
+    impl = getattr(args, "impl", "shallowkern")
+    if impl != "shallowkern":
+        from dataclasses import replace
+
+        configs = [replace(c, impl=impl) for c in configs]
+    return configs
+
+
+def _grid_configs_default_impl(args: argparse.Namespace):
     from .sweep import get_preset, lenet_grid, vgg_grid
 
     overrides = _parse_sets(args.set)
@@ -631,6 +709,8 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="model family to fit (default lenet)")
     p.add_argument("--dataset", help="dataset to fit, if the file holds several")
     p.add_argument("--k", type=float, help="LeNet depth ratio d2/d1 to fit (default 2.8)")
+    p.add_argument("--impl", choices=("shallowkern", "plain"), default="shallowkern",
+                   help="which trials to fit (default shallowkern; see sweep --impl)")
     p.add_argument("--metric", choices=("test_error", "val_error", "train_error"),
                    default="test_error", help="which error to fit (default test_error)")
     p.add_argument("--floor", action="store_true",
@@ -691,6 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="recipe override, e.g. --set epochs=10 --set lr=0.02; repeatable")
     p.add_argument("--train-subset", type=int, help="training images per trial")
+    p.add_argument("--impl", choices=("shallowkern", "plain"), default="shallowkern",
+                   help="shallowkern kernels + device-resident data (default), or the same "
+                        "networks in plain PyTorch with a host DataLoader (the speedup baseline)")
     _add_results(p)
     _add_sweep_options(p)
     p.add_argument("--dry-run", action="store_true", help="list the trials and their cost only")

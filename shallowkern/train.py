@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DeviceLoader
+from .data import DeviceLoader, HostLoader
 
 __all__ = ["RECIPES", "Recipe", "Splits", "evaluate", "get_recipe", "make_splits",
            "train_and_evaluate"]
@@ -163,6 +163,7 @@ def train_and_evaluate(
     device: torch.device | str,
     seed: int,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    pipeline: str = "device",
 ) -> dict[str, Any]:
     """Train ``model`` with ``recipe`` and return its errors at the selected epoch.
 
@@ -172,6 +173,9 @@ def train_and_evaluate(
         data: the splits (uint8 images; they are copied to ``device`` once).
         seed: seeds the shuffling and augmentation generator (initialise the model yourself).
         progress: called after every epoch with ``(epoch, metrics)``.
+        pipeline: ``"device"`` (DeviceLoader: images resident on the device, augmented there
+            a batch at a time) or ``"host"`` (HostLoader: the conventional per-image host-side
+            pipeline of a plain PyTorch script; the baseline of ``impl="plain"`` trials).
 
     Returns a dict with ``train_error`` (clean, un-augmented error of the selected weights on
     the training set), ``val_error``, ``test_error``, ``best_epoch`` (1-based), ``epochs``,
@@ -189,9 +193,18 @@ def train_and_evaluate(
     x_tr, y_tr = data.train
     if y_tr.numel() == 0:
         raise ValueError("data.train is empty")
-    loader = DeviceLoader(x_tr, y_tr, recipe.batch_size, device=device, shuffle=True,
-                          augment=recipe.augment, pad=recipe.pad, flip=recipe.flip,
-                          normalize=recipe.normalize, seed=seed)
+    if pipeline == "device":
+        loader = DeviceLoader(x_tr, y_tr, recipe.batch_size, device=device, shuffle=True,
+                              augment=recipe.augment, pad=recipe.pad, flip=recipe.flip,
+                              normalize=recipe.normalize, seed=seed)
+    elif pipeline == "host":
+        if recipe.normalize != "minus_one_one":
+            raise ValueError(f'pipeline="host" normalizes to [-1, 1] only, but the recipe has '
+                             f"normalize={recipe.normalize!r}")
+        loader = HostLoader(x_tr, y_tr, recipe.batch_size, device=device, shuffle=True,
+                            augment=recipe.augment, pad=recipe.pad, flip=recipe.flip, seed=seed)
+    else:
+        raise ValueError(f"pipeline must be 'device' or 'host', got {pipeline!r}")
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.lr_step, gamma=recipe.lr_gamma)

@@ -97,6 +97,34 @@ def test_report_table_and_index(capsys, results):
     assert len(rows) == 18 and rows[0]["seeds"] == 3
 
 
+def test_plain_trials_are_reported_beside_ours_and_kept_out_of_fits(capsys, results):
+    """Records of ``sweep --impl plain`` get their own report rows, a speedup table over the
+    seeds run both ways, and stay out of the default fit (``--impl plain`` fits them)."""
+    for d1 in (6, 16):
+        for s in range(2):  # seeds 0, 1 of the shallowkern trials already in the file
+            cfg = TrialConfig("lenet", d1=d1, k=2.8, seed=s, impl="plain")
+            append_record(results, fake_record(cfg, 0.9 * d1**-0.35, train_time=3.0 * d1,
+                                               wall_time=4.0 * d1))
+    code, out, _ = run_cli(capsys, "report", "--results", results)
+    assert code == 0
+    summary, speedups = out.split("== shallowkern vs plain PyTorch")
+    assert sum(" plain " in line for line in summary.splitlines()) == 2  # a row per plain model
+    rows = {line.split()[2]: line.split() for line in speedups.splitlines()
+            if line.startswith("lenet")}
+    assert set(rows) == {"d1=6", "d1=16"}
+    # model, seeds, train s (ours), train s (plain), speedup, wall s (ours), (plain), speedup
+    assert rows["d1=6"][3:8] == ["2", "0.8", "36.0", "45.00x", "1.0"]
+    assert rows["d1=16"][8:] == ["128.0", "128.00x"]
+    total = speedups.splitlines()[-1].split()
+    assert total[:5] == ["all", "4", "1.6", "132.0", "82.50x"]
+
+    code, out, _ = run_cli(capsys, "fit", "--results", results, "--n-boot", 50)
+    assert code == 0 and "5 widths" in out  # the plain trials are not in the default fit
+    code, out, _ = run_cli(capsys, "fit", "--results", results, "--impl", "plain", "--n-boot",
+                           50)
+    assert code == 0 and "2 widths" in out
+
+
 def test_plot_writes_png_and_svg(capsys, results, tmp_path):
     out_dir = tmp_path / "plots"
     code, out, err = run_cli(capsys, "plot", "--results", results, "--out-dir", out_dir,
@@ -195,6 +223,10 @@ def test_sweep_and_run_on_synthetic_data_resume(capsys, tmp_path):
     assert all(0 <= r["test_error"] <= 1 and r["flops"] > 0 and r["latency"] > 0 for r in recs)
     code, out, _ = run_cli(capsys, "sweep", "--preset", "paper", "--results", res, "--dry-run")
     assert code == 0 and "84 trials" in out
+    code, out, _ = run_cli(capsys, *args, "--impl", "plain")  # new trials: their ids differ
+    assert code == 0 and "2 trial(s) run, 0 already in" in out
+    assert sorted(r.get("impl") for r in read_records(res)) == ["plain", "plain", "shallowkern",
+                                                                 "shallowkern"]
 
 
 def test_bench_passes_arguments_through(capsys, tmp_path):

@@ -1,4 +1,5 @@
-"""Offline-first loaders for CIFAR-10/100, MNIST and Fashion-MNIST, and a device-side loader.
+"""Offline-first loaders for CIFAR-10/100, MNIST and Fashion-MNIST, a device-side loader and
+the conventional host-side one (HostLoader, the plain-PyTorch baseline).
 
 Files are read from a dataset root (``root=`` or ``$SHALLOWKERN_DATA``) laid out as::
 
@@ -19,6 +20,7 @@ import torch
 from ._common import DATASETS, DataError, DatasetSpec, canonical_name, resolve_root
 from .cifar import load_cifar10, load_cifar100
 from .device_loader import DeviceLoader, train_val_split
+from .host_loader import HostLoader
 from .download import download_dataset
 from .mnist import load_fashion_mnist, load_mnist
 
@@ -27,6 +29,7 @@ __all__ = [
     "DataError",
     "DatasetSpec",
     "DeviceLoader",
+    "HostLoader",
     "download_dataset",
     "load_cifar10",
     "load_cifar100",

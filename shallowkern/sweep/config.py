@@ -20,9 +20,13 @@ from typing import Any
 
 from ..train import RECIPES, Recipe, get_recipe
 
-__all__ = ["FAMILIES", "SCHEMA_VERSION", "TrialConfig", "canonical_json", "trial_id"]
+__all__ = ["FAMILIES", "IMPLS", "SCHEMA_VERSION", "TrialConfig", "canonical_json", "trial_id"]
 
 FAMILIES = ("lenet", "vgg16")
+# How a trial is run: "shallowkern" (fused kernels, device-resident data) or "plain" (the same
+# network as nn.Conv2d/ReLU/MaxPool2d layers fed by the conventional host-side DataLoader: the
+# plain-PyTorch baseline a speedup is measured against).
+IMPLS = ("shallowkern", "plain")
 SCHEMA_VERSION = 1  # of the result record (shallowkern.sweep.trial); bump on incompatible changes
 SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and dry runs (see trial.load_data)
 
@@ -55,7 +59,9 @@ class TrialConfig:
     """One trial: ``family`` "lenet" (``d1`` and ``d2`` or ``k``; neither = k 2.8) or "vgg16"
     (``width``, multiplier of 64..512 filters; ``batch_norm``), trained on ``dataset`` with the
     recipe ``recipe`` plus ``overrides`` (Recipe fields), from ``seed``; ``train_subset``
-    (None = the recipe's) caps the number of training images."""
+    (None = the recipe's) caps the number of training images. ``impl`` "plain" trains the same
+    network (same initial weights) as plain PyTorch layers fed by the host-side DataLoader, the
+    baseline for speedups; it enters the trial id only when not the default "shallowkern"."""
 
     family: str
     d1: int | None = None
@@ -68,9 +74,12 @@ class TrialConfig:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     train_subset: int | None = None
+    impl: str = "shallowkern"
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        if self.impl not in IMPLS:
+            raise ValueError(f"TrialConfig.impl must be one of {IMPLS}, got {self.impl!r}")
         if self.family not in FAMILIES:
             raise ValueError(f"TrialConfig.family must be one of {FAMILIES}, got {self.family!r}")
         set_("seed", _int("seed", self.seed, minimum=0))
@@ -111,6 +120,8 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["overrides"] = dict(self.overrides)
+        if d["impl"] == "shallowkern":  # the default stays out, so trial ids predating it hold
+            del d["impl"]
         return d
 
     @classmethod
@@ -131,7 +142,7 @@ class TrialConfig:
             shape = f"d1={self.d1} " + (f"d2={self.d2}" if self.d2 is not None else f"k={self.k:g}")
         else:
             shape = f"width={self.width:g}" + (" bn" if self.batch_norm else "")
-        return f"{self.family} {shape} seed={self.seed}"
+        return f"{self.family} {shape} seed={self.seed}" + (" plain" if self.impl == "plain" else "")
 
 
 def trial_id(config: TrialConfig | Mapping[str, Any]) -> str:

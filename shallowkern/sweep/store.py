@@ -94,7 +94,7 @@ def completed_ids(path: PathLike) -> set[str]:
 # recipe, machine) stay in the JSON column of the index and are left out of the CSV.
 INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("trial_id", "TEXT PRIMARY KEY"), ("family", "TEXT"), ("dataset", "TEXT"),
-    ("recipe", "TEXT"), ("seed", "INTEGER"), ("d1", "INTEGER"), ("d2", "INTEGER"),
+    ("recipe", "TEXT"), ("impl", "TEXT"), ("seed", "INTEGER"), ("d1", "INTEGER"), ("d2", "INTEGER"),
     ("k", "REAL"), ("width", "REAL"), ("train_subset", "INTEGER"), ("epochs", "INTEGER"),
     ("best_epoch", "INTEGER"), ("train_error", "REAL"), ("val_error", "REAL"),
     ("test_error", "REAL"), ("macs", "INTEGER"), ("flops", "INTEGER"), ("params", "INTEGER"),
@@ -112,6 +112,7 @@ def flat_row(rec: dict[str, Any]) -> dict[str, Any]:
     row = {
         "trial_id": rec["trial_id"], "family": cfg.get("family", model.get("family")),
         "dataset": cfg.get("dataset"), "recipe": cfg.get("recipe"),
+        "impl": cfg.get("impl") or "shallowkern",
         "seed": rec.get("seed", cfg.get("seed")), "d1": model.get("d1", cfg.get("d1")),
         "d2": model.get("d2", cfg.get("d2")), "k": model.get("k", cfg.get("k")),
         "width": model.get("width", cfg.get("width")),

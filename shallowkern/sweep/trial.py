@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..models import GeneralizedLeNet, GeneralizedVGG16, layer_report
+from ..nn import unfuse
 from ..train import make_splits, train_and_evaluate
 from .config import SCHEMA_VERSION, SYNTHETIC, TrialConfig, trial_id
 
@@ -171,20 +172,24 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
 
     torch.manual_seed(cfg.seed)  # the model's initialisation is the seed's first use
     model = build_model(cfg, in_channels=c, input_size=h, num_classes=num_classes)
-    result = train_and_evaluate(model, splits, recipe, dev, seed=cfg.seed)
-    cost = model_cost(model, (c, h, h), dev, batch_size=recipe.batch_size)
-
     model_info: dict[str, Any] = {"family": cfg.family}
     if cfg.family == "lenet":
         model_info.update(d1=model.d1, d2=model.d2, k=model.d2 / model.d1)
     else:
         model_info.update(width=cfg.width, batch_norm=cfg.batch_norm,
                           first_width=model.features[0].out_channels)
+    plain = cfg.impl == "plain"
+    if plain:  # the same initial weights, as nn.Conv2d/ReLU/MaxPool2d layers
+        unfuse(model)
+    result = train_and_evaluate(model, splits, recipe, dev, seed=cfg.seed,
+                                pipeline="host" if plain else "device")
+    cost = model_cost(model, (c, h, h), dev, batch_size=recipe.batch_size)
     return {
         "schema_version": SCHEMA_VERSION,
         "trial_id": trial_id(cfg),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
+        "impl": cfg.impl,
         "model": model_info,
         "recipe": recipe.to_dict(),
         **{k: result[k] for k in ("train_error", "val_error", "test_error", "best_epoch",

@@ -34,7 +34,7 @@ def fake_record(cfg: TrialConfig, test_error: float, **extra: Any) -> dict[str, 
         "val_error": test_error * 1.01, "test_error": test_error, "best_epoch": 1, "epochs": 1,
         "n_train": 200, "n_val": 100, "n_test": 10000, "macs": macs, "flops": 2 * macs,
         "params": 1000, "bytes": 12345, "latency": 0.001, "latency_batch": 100,
-        "wall_time": 0.5, "images_per_s": 100.0,
+        "wall_time": 0.5, "train_time": 0.4, "images_per_s": 100.0,
         "machine": {"hostname": "test", "device_name": "cpu", "torch": "x"},
         "git_commit": None, "finished_at": "2025-01-01T00:00:00",
     }

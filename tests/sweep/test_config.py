@@ -27,6 +27,7 @@ def test_trial_id_is_stable_across_processes_and_pinned():
 @pytest.mark.parametrize("change", [
     {"seed": 1}, {"d1": 32}, {"k": 2.0}, {"dataset": "mnist"}, {"recipe": "lab"},
     {"overrides": {"epochs": 2}}, {"train_subset": 500}, {"d2": 45, "k": None},
+    {"impl": "plain"},
 ])
 def test_trial_id_changes_with_every_field(change):
     assert TrialConfig(**{**BASE, **change}).trial_id != TrialConfig(**BASE).trial_id
@@ -41,6 +42,12 @@ def test_equivalent_spellings_share_an_id():
     assert TrialConfig.from_dict(a.to_dict()) == a
     vgg = TrialConfig("vgg16", width=1)
     assert vgg.trial_id == TrialConfig("vgg16", width=1.0).trial_id
+    # impl: the default stays out of the canonical form (ids from before it existed hold)
+    assert "impl" not in a.to_dict()
+    assert TrialConfig(**{**BASE, "impl": "shallowkern"}).trial_id == a.trial_id
+    plain = TrialConfig(**{**BASE, "impl": "plain"})
+    assert plain.to_dict()["impl"] == "plain" and TrialConfig.from_dict(plain.to_dict()) == plain
+    assert plain.label().endswith(" plain")
 
 
 def test_canonical_json_sorts_and_rejects_nan():
@@ -61,6 +68,7 @@ def test_canonical_json_sorts_and_rejects_nan():
     (dict(family="vgg16", d1=4), "lenet"),
     (dict(family="lenet", d1=4, seed=-1), "seed"),
     (dict(family="lenet", d1=4, recipe="nope"), "recipe"),
+    (dict(family="lenet", d1=4, impl="eager"), "impl"),
     (dict(family="lenet", d1=4, overrides={"epoch": 3}), "unknown recipe field"),
     (dict(family="lenet", d1=4, overrides={"lr": -1.0}), "lr"),
     (dict(family="lenet", d1=4, dataset="imagenet"), "unknown dataset"),

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from shallowkern.data import DeviceLoader, HostLoader
 from shallowkern.models import GeneralizedLeNet
+from shallowkern.nn import WideConv2d
 from shallowkern.sweep import TrialConfig, run_trial
 from shallowkern.sweep.trial import load_data
 from shallowkern.train import RECIPES, Recipe, Splits, get_recipe, make_splits, train_and_evaluate
@@ -93,3 +95,54 @@ def test_run_trial_is_deterministic_per_seed():
     assert a["flops"] == 2 * a["macs"]
     assert a["macs"] == 58_800 * 2 + 2_500 * 2 * 6 + 3_000 * 6 + 10_920  # d1=2, d2=6
     assert {"hostname", "cpu", "torch", "device_name"} <= set(a["machine"])
+
+
+def test_host_loader_yields_what_the_device_loader_yields():
+    """Without augmentation the two pipelines give identical batches; with it, every HostLoader
+    image is a zero-filled translation by <= pad pixels, possibly flipped, of its source."""
+    x, y = _images(50, 0)
+    host = HostLoader(x, y, 16, shuffle=False, augment=False)
+    dev = DeviceLoader(x, y, 16, device="cpu", shuffle=False, augment=False)
+    assert len(host) == len(dev) == 4
+    for (hx, hy), (dx, dy) in zip(host, dev):
+        assert torch.equal(hx, dx) and torch.equal(hy, dy) and hx.dtype == torch.float32
+
+    aug = HostLoader(x, y, 50, shuffle=False, pad=2, seed=3)
+    (xb, yb), = list(aug)
+    src = torch.nn.functional.pad((x.float() - 127.5) / 127.5, (2, 2, 2, 2), value=-1.0)
+    for i in range(50):
+        found = any(torch.equal(xb[i], cand)
+                    for dy_ in range(5) for dx_ in range(5)
+                    for cand in (src[i, :, dy_:dy_ + 32, dx_:dx_ + 32],
+                                 src[i, :, dy_:dy_ + 32, dx_:dx_ + 32].flip(-1)))
+        assert found, f"image {i} is not a translation/flip of its source"
+    assert torch.equal(yb, y)
+    again = torch.cat([b for b, _ in HostLoader(x, y, 50, shuffle=False, pad=2, seed=3)])
+    assert torch.equal(again, xb)  # seeded
+    with pytest.raises(ValueError, match="uint8"):
+        HostLoader(x.float(), y, 4)
+    with pytest.raises(ValueError, match="workers"):
+        HostLoader(x, y, 4, workers=-1)
+
+
+def test_plain_trial_trains_the_same_network_in_plain_pytorch():
+    """impl="plain": the same initial weights as unfused nn layers, fed by the HostLoader; the
+    record says so and its id differs from the shallowkern trial's."""
+    cfg = TrialConfig("lenet", d1=2, dataset="synthetic", recipe="quick",
+                      overrides={"epochs": 1, "val_size": 100}, train_subset=200)
+    plain_cfg = dataclasses.replace(cfg, impl="plain")
+    ours, plain = run_trial(cfg), run_trial(plain_cfg)
+    assert ours["impl"] == "shallowkern" and plain["impl"] == "plain"
+    assert plain["trial_id"] == plain_cfg.trial_id != ours["trial_id"]
+    assert plain["config"]["impl"] == "plain" and "impl" not in ours["config"]
+    assert plain["macs"] == ours["macs"] and plain["params"] == ours["params"]
+    assert 0 <= plain["test_error"] <= 1 and plain["images_per_s"] > 0
+    train, test = load_data("synthetic", None)
+    splits = make_splits(train, test, Recipe(**TINY))
+    with pytest.raises(ValueError, match="pipeline"):
+        train_and_evaluate(GeneralizedLeNet(2), splits, Recipe(**TINY), "cpu", seed=0,
+                           pipeline="disk")
+    with pytest.raises(ValueError, match="normalize"):
+        train_and_evaluate(GeneralizedLeNet(2), splits, Recipe(**TINY, normalize="standardize"),
+                           "cpu", seed=0, pipeline="host")
+    assert any(isinstance(m, WideConv2d) for m in GeneralizedLeNet(2).modules())
