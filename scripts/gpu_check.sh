@@ -20,7 +20,7 @@ cd "$ROOT" || exit 2
 PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-16}
-DEFAULT_STAGES="env build import host_test tests_cuda memcheck timing racecheck ncu bench tests_all"
+DEFAULT_STAGES="env build import host_test tests_cuda memcheck timing racecheck ncu bench speedup tests_all"
 STAGES=${GPU_CHECK_STAGES:-$DEFAULT_STAGES}
 BUDGET=${GPU_CHECK_BUDGET_S:-570}
 START=$(date +%s)
@@ -149,6 +149,20 @@ for _ in range(3):
 torch.cuda.synchronize()
 EOF
 
+# Issue 4's speedup on a slice: LeNet d1 in {64, 512}, 2 epochs of the lab recipe on a generated
+# CIFAR-sized set (the device does not see ../shared, and CIFAR-10's 163 MB exceed one call's
+# carry), shallowkern vs plain PyTorch (sweep --impl plain), then the report's speedup table.
+# argv: OUTDIR PYTHON [extra sweep args]
+cat > "$OUTDIR/speedup_case.sh" <<'EOF'
+set -e
+R="$1/speedup.jsonl"
+G="--family lenet --d1 64 512 --k 2.8 --seeds 0 --dataset synthetic-50000 --recipe lab
+   --set epochs=2 --results $R --no-progress ${3:-}"
+$2 -m shallowkern sweep $G
+$2 -m shallowkern sweep $G --impl plain
+$2 -m shallowkern report --results "$R"
+EOF
+
 # --- stages --------------------------------------------------------------------------------------
 stage env 60 bash -c "
   nvidia-smi; echo; nvcc --version | tail -n 2; echo
@@ -212,6 +226,8 @@ stage bench 240 bash -c "
   else
     echo 'benchmarks/: no test_*.py yet'
   fi"
+
+stage speedup 240 bash "$OUTDIR/speedup_case.sh" "$OUTDIR" "$PY"
 
 stage tests_all 300 "$PY" -m pytest tests -q -x -rs -p no:cacheprovider \
   --junitxml="$OUTDIR/junit_all.xml"

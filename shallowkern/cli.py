@@ -81,9 +81,9 @@ def _data_root(args: argparse.Namespace, datasets: Sequence[str],
     """The dataset root for real datasets (exported as SHALLOWKERN_DATA for the workers), after
     checking that every file they need is there: a worker failing 8 times is a worse message."""
     from .data import DATASETS, DataError, resolve_root
-    from .sweep.config import SYNTHETIC
+    from .sweep.config import synthetic_size
 
-    real = sorted({d for d in datasets if d != SYNTHETIC})
+    real = sorted({d for d in datasets if synthetic_size(d) is None})
     if not real:
         return args.data_root
     try:
@@ -412,16 +412,17 @@ def format_speedups(rows: list[dict[str, Any]]) -> str:
     head = ["model", "seeds", "train s (ours)", "train s (plain)", "train speedup",
             "wall s (ours)", "wall s (plain)", "wall speedup"]
     x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-    body = [[r["model"], str(r["seeds"]), f"{r['shallowkern_train_s']:.1f}",
-             f"{r['plain_train_s']:.1f}", x(r["train_speedup"]), f"{r['shallowkern_wall_s']:.1f}",
-             f"{r['plain_wall_s']:.1f}", x(r["wall_speedup"])] for r in rows]
+    sec = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"  # noqa: E731
+    body = [[r["model"], str(r["seeds"]), sec(r["shallowkern_train_s"]), sec(r["plain_train_s"]),
+             x(r["train_speedup"]), sec(r["shallowkern_wall_s"]), sec(r["plain_wall_s"]),
+             x(r["wall_speedup"])] for r in rows]
     total = {k: sum(r[k] for r in rows) for k in ("shallowkern_train_s", "plain_train_s",
                                                      "shallowkern_wall_s", "plain_wall_s")}
-    body.append(["all", str(sum(r["seeds"] for r in rows)), f"{total['shallowkern_train_s']:.1f}",
-                 f"{total['plain_train_s']:.1f}",
+    body.append(["all", str(sum(r["seeds"] for r in rows)), sec(total["shallowkern_train_s"]),
+                 sec(total["plain_train_s"]),
                  x(total["plain_train_s"] / total["shallowkern_train_s"]
                    if total["shallowkern_train_s"] > 0 else None),
-                 f"{total['shallowkern_wall_s']:.1f}", f"{total['plain_wall_s']:.1f}",
+                 sec(total["shallowkern_wall_s"]), sec(total["plain_wall_s"]),
                  x(total["plain_wall_s"] / total["shallowkern_wall_s"]
                    if total["shallowkern_wall_s"] > 0 else None)])
     return _render(head, body, left=1)
@@ -765,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, nargs="+", help="VGG-16 width multipliers")
     p.add_argument("--bn", action="store_true", help="VGG-16 with BatchNorm")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: preset's, or 0)")
-    p.add_argument("--dataset", help="cifar10 (default), mnist, fashion_mnist, synthetic")
+    p.add_argument("--dataset", help="cifar10 (default), mnist, fashion_mnist, synthetic, "
+                                     "synthetic-N (N generated images: timing without files)")
     p.add_argument("--recipe", choices=("lab", "quick"), default="lab",
                    help="training recipe for an explicit grid (default lab)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -113,10 +113,10 @@ def test_plain_trials_are_reported_beside_ours_and_kept_out_of_fits(capsys, resu
             if line.startswith("lenet")}
     assert set(rows) == {"d1=6", "d1=16"}
     # model, seeds, train s (ours), train s (plain), speedup, wall s (ours), (plain), speedup
-    assert rows["d1=6"][3:8] == ["2", "0.8", "36.0", "45.00x", "1.0"]
+    assert rows["d1=6"][3:8] == ["2", "0.80", "36.0", "45.00x", "1.00"]
     assert rows["d1=16"][8:] == ["128.0", "128.00x"]
     total = speedups.splitlines()[-1].split()
-    assert total[:5] == ["all", "4", "1.6", "132.0", "82.50x"]
+    assert total[:5] == ["all", "4", "1.60", "132.0", "82.50x"]
 
     code, out, _ = run_cli(capsys, "fit", "--results", results, "--n-boot", 50)
     assert code == 0 and "5 widths" in out  # the plain trials are not in the default fit

@@ -31,6 +31,17 @@ SCHEMA_VERSION = 1  # of the result record (shallowkern.sweep.trial); bump on in
 SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and dry runs (see trial.load_data)
 
 
+def synthetic_size(name: str) -> int | None:
+    """Training images of a generated dataset name: "synthetic" (1,200) or "synthetic-N" (N, a
+    CIFAR-sized stand-in for timing where the real files are not at hand); None otherwise."""
+    if name == SYNTHETIC:
+        return 1200
+    head, _, n = name.partition("-")
+    if head == SYNTHETIC and n.isdigit() and int(n) >= 10:
+        return int(n)
+    return None
+
+
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, compact separators, ASCII, no NaN/inf."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
@@ -154,8 +165,8 @@ def trial_id(config: TrialConfig | Mapping[str, Any]) -> str:
 def _canonical_dataset(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"TrialConfig.dataset must be a string, got {name!r}")
-    if name.lower() == SYNTHETIC:
-        return SYNTHETIC
+    if synthetic_size(name.lower()) is not None:
+        return name.lower()
     from ..data._common import canonical_name
 
     return canonical_name(name)

@@ -23,7 +23,7 @@ from torch import nn
 from ..models import GeneralizedLeNet, GeneralizedVGG16, layer_report
 from ..nn import unfuse
 from ..train import make_splits, train_and_evaluate
-from .config import SCHEMA_VERSION, SYNTHETIC, TrialConfig, trial_id
+from .config import SCHEMA_VERSION, TrialConfig, synthetic_size, trial_id
 
 __all__ = ["build_model", "git_commit", "load_data", "machine_info", "model_cost", "run_trial"]
 
@@ -60,10 +60,12 @@ def load_data(dataset: str, root: str | None) -> tuple[tuple[torch.Tensor, torch
     """``(train, test)`` of ``dataset``, each (uint8 NCHW, int64 labels), cached per process
     (a worker runs many trials on the same data; decoding CIFAR-10 takes seconds).
 
-    ``"synthetic"`` is 1,200 + 400 generated 3x32x32 images of 10 classes, for tests.
+    ``"synthetic"`` is 1,200 + 400 generated 3x32x32 images of 10 classes, for tests;
+    ``"synthetic-N"`` is N + N/5 of them (``synthetic-50000``: CIFAR-10's size, for timing).
     """
-    if dataset == SYNTHETIC:
-        return _synthetic(1200, seed=1), _synthetic(400, seed=2)
+    n = synthetic_size(dataset)
+    if n is not None:
+        return _synthetic(n, seed=1), _synthetic(400 if n == 1200 else n // 5, seed=2)
     from ..data import load_dataset
 
     return load_dataset(dataset, root, train=True), load_dataset(dataset, root, train=False)

@@ -48,6 +48,7 @@ def test_equivalent_spellings_share_an_id():
     plain = TrialConfig(**{**BASE, "impl": "plain"})
     assert plain.to_dict()["impl"] == "plain" and TrialConfig.from_dict(plain.to_dict()) == plain
     assert plain.label().endswith(" plain")
+    assert TrialConfig(**{**BASE, "dataset": "Synthetic-50000"}).dataset == "synthetic-50000"
 
 
 def test_canonical_json_sorts_and_rejects_nan():
@@ -69,6 +70,7 @@ def test_canonical_json_sorts_and_rejects_nan():
     (dict(family="lenet", d1=4, seed=-1), "seed"),
     (dict(family="lenet", d1=4, recipe="nope"), "recipe"),
     (dict(family="lenet", d1=4, impl="eager"), "impl"),
+    (dict(family="lenet", d1=4, dataset="synthetic-5"), "dataset"),
     (dict(family="lenet", d1=4, overrides={"epoch": 3}), "unknown recipe field"),
     (dict(family="lenet", d1=4, overrides={"lr": -1.0}), "lr"),
     (dict(family="lenet", d1=4, dataset="imagenet"), "unknown dataset"),

@@ -146,3 +146,9 @@ def test_plain_trial_trains_the_same_network_in_plain_pytorch():
         train_and_evaluate(GeneralizedLeNet(2), splits, Recipe(**TINY, normalize="standardize"),
                            "cpu", seed=0, pipeline="host")
     assert any(isinstance(m, WideConv2d) for m in GeneralizedLeNet(2).modules())
+
+
+def test_synthetic_n_is_a_cifar_shaped_stand_in():
+    train, test = load_data("synthetic-50", None)
+    assert train[0].shape == (50, 3, 32, 32) and train[0].dtype == torch.uint8
+    assert test[0].shape[0] == 10 and int(train[1].max()) < 10
