@@ -4,7 +4,8 @@
 # Builds shallowkern._C in place (CUDA kernels included), prints the device, runs the GPU tests,
 # compute-sanitizer (memcheck, racecheck) on a tiny script calling the CUDA op, times the
 # wide_conv2d CUDA kernel against cuDNN on the LeNet conv1 grid (both register blockings),
-# profiles one launch with ncu, runs the benchmarks, and runs the whole test suite.
+# profiles one launch with ncu, runs the benchmarks, a shallowkern vs plain-PyTorch sweep slice
+# (issue 4's speedup), and the whole test suite.
 # Every stage writes OUTDIR/<stage>.log and appends "<stage> rc=<code> <seconds>s" to
 # OUTDIR/summary.txt; a failing stage does not stop the next. A global budget (default 570 s,
 # GPU_CHECK_BUDGET_S) keeps one call under the device tool's 10-minute limit: stages that would
