@@ -19,23 +19,12 @@
 #include <random>
 #include <vector>
 
+#include "expect.h"
 #include "wide_conv2d.h"
 
 namespace skc = shallowkern::cuda;
 
 namespace {
-
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                              \
-  do {                                                                 \
-    if (!(cond)) {                                                     \
-      ++g_failures;                                                    \
-      std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                               \
-      std::fprintf(stderr, "\n");                                      \
-    }                                                                  \
-  } while (0)
 
 const skc::WideConv2dDeviceLimits kH100 = {132, 227 * 1024, 228 * 1024};
 // A small device: 48 KB per block forces spatial tiles and narrow slabs.
@@ -314,8 +303,8 @@ int main() {
   }
 
   print_lenet_plans();
-  if (g_failures) {
-    std::printf("test_cuda_indexing: %d FAILED checks\n", g_failures);
+  if (sk_test::failures) {
+    std::printf("test_cuda_indexing: %d FAILED checks\n", sk_test::failures);
     return 1;
   }
   std::printf("test_cuda_indexing: all checks passed (%d random shapes)\n", random_cases);

@@ -15,21 +15,9 @@
 #include <tuple>
 #include <vector>
 
+#include "expect.h"
+
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define EXPECT(cond, ...)                                                  \
-  do {                                                                     \
-    ++g_checks;                                                            \
-    if (!(cond)) {                                                         \
-      ++g_failures;                                                        \
-      std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                   \
-      std::fprintf(stderr, "\n");                                          \
-    }                                                                      \
-  } while (0)
 
 using Fwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                const std::optional<at::Tensor>&, c10::IntArrayRef,
@@ -273,6 +261,6 @@ int main() {
     for (auto dtype : {at::kDouble, at::kFloat}) run_case(cs, dtype);
   test_ties();
   test_errors();
-  std::printf("%d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  std::printf("%d checks, %d failures\n", sk_test::checks, sk_test::failures);
+  return sk_test::failures == 0 ? 0 : 1;
 }

@@ -13,6 +13,18 @@ __all__ = ["DeviceLoader", "train_val_split"]
 Normalize = Literal["minus_one_one", "standardize"] | None
 
 
+def check_loader_args(x: torch.Tensor, y: torch.Tensor, batch_size: int, pad: int) -> None:
+    """The argument checks DeviceLoader and HostLoader share (ValueError naming the argument)."""
+    if x.dtype != torch.uint8 or x.dim() != 4:
+        raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+
+
 class DeviceLoader:
     """Iterate over shuffled, augmented, normalised batches of an in-memory uint8 dataset.
 
@@ -60,14 +72,7 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
     ) -> None:
-        if x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+        check_loader_args(x, y, batch_size, pad)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
         if generator is not None and seed is not None:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from .device_loader import check_loader_args
+
 __all__ = ["HostLoader"]
 
 
@@ -69,14 +71,7 @@ class HostLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
                  device: torch.device | str = "cpu", shuffle: bool = True, augment: bool = True,
                  pad: int = 4, flip: bool = True, seed: int = 0, workers: int | None = None):
-        if x.dtype != torch.uint8 or x.dim() != 4:
-            raise ValueError(f"x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
+        check_loader_args(x, y, batch_size, pad)
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         if workers is None:

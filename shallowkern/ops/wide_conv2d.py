@@ -188,6 +188,15 @@ def _native_cpu_or_small_batch(input: Tensor, want: str | None) -> Choice:
 
 def select_forward(input: Tensor, weight: Tensor, groups: int) -> Choice:
     """Which forward kernel runs for these inputs (no side effects)."""
+    return _select(input, weight, groups, forward=True)
+
+
+def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
+    """Which backward kernel runs for these inputs (no side effects)."""
+    return _select(input, weight, groups, forward=False)
+
+
+def _select(input: Tensor, weight: Tensor, groups: int, forward: bool) -> Choice:
     want = forced()
     if want == "reference":
         return Choice("reference", "forced")
@@ -206,40 +215,19 @@ def select_forward(input: Tensor, weight: Tensor, groups: int) -> Choice:
         return Choice("vendor", f"no CUDA kernel for {input.dtype}")
     if groups != 1:
         return Choice("vendor", "grouped convolution")
-    # The CUDA direct kernel is exact fp32 FMA: conv1 is FMA-bound there (~141 FLOP/B), so where
-    # tensor cores are allowed (fp16/bf16, or fp32 with TF32 on) the Triton implicit GEMM runs.
-    if (want in (None, "native") and _ext.has_cuda_kernels() and input.shape[1] <= CUDA_SMALL_CIN
-            and input.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    # The CUDA direct kernel (forward only) is exact fp32 FMA: conv1 is FMA-bound there (~141
+    # FLOP/B), so where tensor cores are allowed (fp16/bf16, or fp32 with TF32 on) Triton runs.
+    if (forward and want in (None, "native") and _ext.has_cuda_kernels()
+            and input.shape[1] <= CUDA_SMALL_CIN and input.dtype == torch.float32
+            and not torch.backends.cudnn.allow_tf32
             and out_memory_format(input) == torch.contiguous_format):
         return Choice("native", f"CUDA direct kernel (fp32, TF32 off, C_in={input.shape[1]} <= "
                                 f"{CUDA_SMALL_CIN})")
-    return _triton_or_vendor(input, weight, groups)
-
-
-def _triton_or_vendor(input: Tensor, weight: Tensor, groups: int) -> Choice:
     tk = _triton()
     if tk is None:
         return Choice("vendor", "triton not importable")
     reason = tk.supports(input, weight, groups)
     return Choice("vendor", reason) if reason else Choice("triton", "Triton implicit GEMM")
-
-
-def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
-    want = forced()
-    if want == "reference":
-        return Choice("reference", "forced")
-    dev = input.device.type
-    if dev == "cpu":
-        if _ext.available() and input.dtype in _NATIVE_CPU_DTYPES:
-            return _native_cpu_or_small_batch(input, want)
-        return Choice("reference", "C++ CPU kernel unavailable for these inputs")
-    if dev != "cuda":
-        return Choice("reference", f"no kernel for device {dev}")
-    if want == "vendor":
-        return Choice("vendor", "forced")
-    if input.dtype not in _CUDA_DTYPES:
-        return Choice("vendor", f"no CUDA kernel for {input.dtype}")
-    return _triton_or_vendor(input, weight, groups)
 
 
 # ---------------------------------------------------------------------------------------------

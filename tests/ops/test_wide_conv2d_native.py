@@ -228,19 +228,26 @@ def test_forward_paths(case, relu, pool, layout, path, monkeypatch):
         check_forward(x, w, b, params, relu, pool, True, dtype)
 
 
+def forward_by_path(monkeypatch, paths, x, w, b, params):
+    """{path: (out, idx)} of the native forward with SHALLOWKERN_CPU_FORWARD=path (None: unset,
+    the default choice)."""
+    got = {}
+    for path in paths:
+        if path is None:
+            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
+        else:
+            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
+        got[path] = fwd(x, w, b, *params, True, 2, True)
+    return got
+
+
 @pytest.mark.skipif(not AVX512, reason="the direct forward needs an AVX-512 CPU")
 def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
     """LeNet's conv1 (C*R*S = 75, pool 2) takes the direct kernel by default on AVX-512 CPUs,
     with poisoned-free, NaN-correct outputs in every lane of a partial channel block."""
     x, w, b, params = make((4, 3, 16, 16, 20, 5, 5, 1, 0, 1, 1, True), torch.float32)
     x[1, 0, 3, 4] = float("nan")  # a NaN window must win the max, as in max_pool2d
-    got = {}
-    for path in ("direct", "fused", None):
-        if path is None:
-            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
-        else:
-            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
-        got[path] = fwd(x, w, b, *params, True, 2, True)
+    got = forward_by_path(monkeypatch, ("direct", "fused", None), x, w, b, params)
     same = {k: (v[0].nan_to_num(nan=-7.0), v[1]) for k, v in got.items()}  # NaN != NaN
     assert not torch.equal(same["direct"][0], same["fused"][0]), "the paths must differ"
     assert torch.equal(same[None][0], same["direct"][0])
@@ -255,15 +262,12 @@ def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
 def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
     """CRS = 96*25 >= 1024 takes the vendor conv by default: same result as forcing it."""
     x, w, b, params = make((3, 96, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
-    got = {}
-    for path in ("vendor", "fused", None):
-        if path is None:
-            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
-        else:
-            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
-        got[path] = check_forward(x, w, b, params, True, 2, True, torch.float32)[0]
-    assert not torch.equal(got["fused"], got["vendor"]), "the paths must differ for this check"
-    assert torch.equal(got[None], got["vendor"])
+    got = forward_by_path(monkeypatch, ("vendor", "fused", None), x, w, b, params)
+    ref, _ = wide_conv2d_reference(x.double(), w.double(), b.double(), *params, True, 2, False)
+    assert_close(got["vendor"][0], ref, torch.float32, 96 * 25, msg="vendor")
+    assert not torch.equal(got["fused"][0], got["vendor"][0]), "the paths must differ"
+    assert torch.equal(got[None][0], got["vendor"][0]) and torch.equal(got[None][1],
+                                                                       got["vendor"][1])
 
 
 @pytest.mark.parametrize("path", ["sparse", "sparse_avx2", "dense"])
