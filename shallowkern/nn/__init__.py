@@ -1,6 +1,7 @@
 """nn.Module wrappers of the shallowkern ops."""
 
 from .fuse import fuse, unfuse
+from .spinal_linear import SpinalLinear
 from .wide_conv2d import WideConv2d
 
-__all__ = ["WideConv2d", "fuse", "unfuse"]
+__all__ = ["SpinalLinear", "WideConv2d", "fuse", "unfuse"]
