@@ -1,5 +1,11 @@
-"""Shallow model families built from shallowkern modules."""
+"""Shallow model families built from shallowkern modules, and the family registry.
 
+``registry`` (``Family``, ``Param``, ``register_family``, ``get_family``, ``families``) is how
+sweeps, the CLI, reports and plots learn which families exist; see its docstring to add one.
+"""
+
+from .registry import Family, Param, families, get_family, parse_model_spec, register_family
 from .shallow import GeneralizedLeNet, GeneralizedVGG16, layer_report
 
-__all__ = ["GeneralizedLeNet", "GeneralizedVGG16", "layer_report"]
+__all__ = ["Family", "GeneralizedLeNet", "GeneralizedVGG16", "Param", "families", "get_family",
+           "layer_report", "parse_model_spec", "register_family"]

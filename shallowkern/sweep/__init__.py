@@ -7,7 +7,7 @@ an SQLite index and CSV export, a local multi-process scheduler, and submitit/Ra
 See docs/sweeps.md.
 """
 
-from .config import FAMILIES, SCHEMA_VERSION, TrialConfig, canonical_json, trial_id
+from .config import SCHEMA_VERSION, TrialConfig, canonical_json, trial_id
 from .presets import PRESETS, estimate, get_preset, lenet_grid, vgg_grid
 from .scheduler import SweepSummary, run_sweep, visible_gpus
 from .store import append_record, completed_ids, export_csv, index, read_csv, read_records
@@ -19,3 +19,11 @@ __all__ = [
     "index", "lenet_grid", "read_csv", "read_records", "run_sweep", "run_trial", "trial_id",
     "vgg_grid", "visible_gpus",
 ]
+
+
+def __getattr__(name: str):
+    if name == "FAMILIES":  # the registered model families (shallowkern.models.registry)
+        from ..models.registry import families
+
+        return families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

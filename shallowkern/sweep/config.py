@@ -10,25 +10,29 @@ resumable: a trial whose id is already in the results file is not run again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..models.registry import Family, families, get_family
 from ..train import RECIPES, Recipe, get_recipe
 
 __all__ = ["FAMILIES", "IMPLS", "SCHEMA_VERSION", "TrialConfig", "canonical_json", "trial_id"]
 
-FAMILIES = ("lenet", "vgg16")
 # How a trial is run: "shallowkern" (fused kernels, device-resident data) or "plain" (the same
 # network as nn.Conv2d/ReLU/MaxPool2d layers fed by the conventional host-side DataLoader: the
 # plain-PyTorch baseline a speedup is measured against).
 IMPLS = ("shallowkern", "plain")
 SCHEMA_VERSION = 1  # of the result record (shallowkern.sweep.trial); bump on incompatible changes
 SYNTHETIC = "synthetic"  # a tiny generated dataset for tests and dry runs (see trial.load_data)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":  # registered families, looked up now (families register on import)
+        return families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def synthetic_size(name: str) -> int | None:
@@ -57,66 +61,67 @@ def _int(name: str, v: Any, *, minimum: int, optional: bool = False) -> int | No
     return int(v)
 
 
-def _pos_float(name: str, v: Any) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"TrialConfig.{name} must be a positive finite number, got {v!r}")
-    return float(v)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TrialConfig:
-    """One trial: ``family`` "lenet" (``d1`` and ``d2`` or ``k``; neither = k 2.8) or "vgg16"
-    (``width``, multiplier of 64..512 filters; ``batch_norm``), trained on ``dataset`` with the
-    recipe ``recipe`` plus ``overrides`` (Recipe fields), from ``seed``; ``train_subset``
-    (None = the recipe's) caps the number of training images. ``impl`` "plain" trains the same
-    network (same initial weights) as plain PyTorch layers fed by the host-side DataLoader, the
-    baseline for speedups; it enters the trial id only when not the default "shallowkern"."""
+    """One trial: a model ``family`` (see ``shallowkern.models.registry``) with its parameters,
+    trained on ``dataset`` with the recipe ``recipe`` plus ``overrides`` (Recipe fields), from
+    ``seed``; ``train_subset`` (None = the recipe's) caps the number of training images.
+
+    ``TrialConfig("lenet", d1=16, k=2.8)`` (``d2`` or ``k``; neither = k 2.8),
+    ``TrialConfig("vgg16", width=0.5, batch_norm=True)``: family parameters are keywords (or a
+    ``params`` mapping) and read back as attributes (``cfg.d1``; a parameter of another family
+    reads None). ``impl`` "plain" trains the same network (same initial weights) as plain
+    PyTorch layers fed by the host-side DataLoader, the baseline for speedups; it enters the
+    trial id only when not the default "shallowkern".
+    """
 
     family: str
-    d1: int | None = None
-    d2: int | None = None
-    k: float | None = None
-    width: float | None = None
-    batch_norm: bool = False
-    dataset: str = "cifar10"
-    recipe: str = "lab"
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    train_subset: int | None = None
-    impl: str = "shallowkern"
+    params: Mapping[str, Any]
+    dataset: str
+    recipe: str
+    overrides: Mapping[str, Any]
+    seed: int
+    train_subset: int | None
+    impl: str
 
-    def __post_init__(self) -> None:
+    def __init__(self, family: str, params: Mapping[str, Any] | None = None, *,
+                 dataset: str = "cifar10", recipe: str = "lab",
+                 overrides: Mapping[str, Any] | None = None, seed: int = 0,
+                 train_subset: int | None = None, impl: str = "shallowkern",
+                 **family_params: Any) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        if self.impl not in IMPLS:
-            raise ValueError(f"TrialConfig.impl must be one of {IMPLS}, got {self.impl!r}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"TrialConfig.family must be one of {FAMILIES}, got {self.family!r}")
-        set_("seed", _int("seed", self.seed, minimum=0))
-        set_("train_subset", _int("train_subset", self.train_subset, minimum=1, optional=True))
-        if self.family == "lenet":
-            if self.width is not None or self.batch_norm:
-                raise ValueError("TrialConfig: width/batch_norm apply to vgg16, not lenet")
-            set_("d1", _int("d1", self.d1, minimum=1))
-            set_("d2", _int("d2", self.d2, minimum=1, optional=True))
-            if self.d2 is not None and self.k is not None:
-                raise ValueError("TrialConfig: give d2 or k for lenet, not both")
-            # Neither given means the model's default k = 2.8; spell it out so that the two
-            # ways of asking for the same network share one trial id.
-            set_("k", _pos_float("k", 2.8 if self.d2 is None and self.k is None else self.k))
-        else:
-            if self.d1 is not None or self.d2 is not None or self.k is not None:
-                raise ValueError("TrialConfig: d1/d2/k apply to lenet, not vgg16")
-            set_("width", _pos_float("width", 1.0 if self.width is None else self.width))
-            set_("batch_norm", bool(self.batch_norm))
-        set_("dataset", _canonical_dataset(self.dataset))
-        if self.recipe not in RECIPES:
+        if impl not in IMPLS:
+            raise ValueError(f"TrialConfig.impl must be one of {IMPLS}, got {impl!r}")
+        fam = get_family(family)
+        set_("family", fam.name)
+        set_("params", fam.resolve({**dict(params or {}), **family_params}))
+        set_("seed", _int("seed", seed, minimum=0))
+        set_("train_subset", _int("train_subset", train_subset, minimum=1, optional=True))
+        set_("dataset", _canonical_dataset(dataset))
+        if recipe not in RECIPES:
             raise ValueError(f"TrialConfig.recipe must be one of {sorted(RECIPES)}, "
-                             f"got {self.recipe!r}")
-        overrides = dict(self.overrides or {})
+                             f"got {recipe!r}")
+        set_("recipe", recipe)
+        set_("impl", impl)
+        overrides = dict(overrides or {})
         self._recipe_from(overrides)  # validates names and values now, not in a worker later
         set_("overrides", overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: family parameters read as attributes.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        params = self.__dict__.get("params")
+        if params is not None and name in params:
+            return params[name]
+        if any(name in get_family(f).param_names for f in families()):
+            return None  # a parameter of another family (cfg.d1 of a VGG)
+        raise AttributeError(f"TrialConfig has no attribute {name!r}")
+
+    @property
+    def family_spec(self) -> Family:
+        """The registry entry of this trial's family."""
+        return get_family(self.family)
 
     def _recipe_from(self, overrides: Mapping[str, Any]) -> Recipe:
         recipe = get_recipe(self.recipe, overrides)
@@ -129,19 +134,22 @@ class TrialConfig:
         return self._recipe_from(self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["overrides"] = dict(self.overrides)
-        if d["impl"] == "shallowkern":  # the default stays out, so trial ids predating it hold
-            del d["impl"]
+        """The canonical form the trial id hashes: common fields and the family parameters
+        side by side (plus, for lenet/vgg16, the fields every id before the registry had)."""
+        d: dict[str, Any] = {**self.family_spec.id_padding, **self.params,
+                             "family": self.family, "dataset": self.dataset,
+                             "recipe": self.recipe, "overrides": dict(self.overrides),
+                             "seed": self.seed, "train_subset": self.train_subset}
+        if self.impl != "shallowkern":  # the default stays out, so trial ids predating it hold
+            d["impl"] = self.impl
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrialConfig field(s) {unknown}")
-        return cls(**dict(d))
+        d = dict(d)
+        if "family" not in d:
+            raise ValueError("TrialConfig.from_dict: no 'family'")
+        return cls(**d)
 
     @property
     def trial_id(self) -> str:
@@ -149,10 +157,7 @@ class TrialConfig:
 
     def label(self) -> str:
         """Short human-readable name, e.g. ``lenet d1=16 k=2.8 seed=0``."""
-        if self.family == "lenet":
-            shape = f"d1={self.d1} " + (f"d2={self.d2}" if self.d2 is not None else f"k={self.k:g}")
-        else:
-            shape = f"width={self.width:g}" + (" bn" if self.batch_norm else "")
+        shape = self.family_spec.describe(self.params)
         return f"{self.family} {shape} seed={self.seed}" + (" plain" if self.impl == "plain" else "")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import product
 from typing import Any
 
-from .config import TrialConfig
+from .config import TrialConfig, canonical_json
 
 __all__ = ["PRESETS", "estimate", "get_preset", "lenet_grid", "paper", "quick", "vgg_grid"]
 
@@ -70,9 +70,6 @@ def estimate(configs: Sequence[TrialConfig], n_train_full: int = 50000) -> dict[
     ``train_macs`` ~ 3 x forward MACs x images x epochs (forward + two backward GEMMs), summed
     over trials; divide by a measured MAC/s rate to get a time.
     """
-    from ..models import layer_report
-    from .trial import build_model
-
     total_epochs = 0
     train_macs = 0.0
     per_family: dict[str, int] = {}
@@ -80,13 +77,9 @@ def estimate(configs: Sequence[TrialConfig], n_train_full: int = 50000) -> dict[
     for cfg in configs:
         r = cfg.resolved_recipe()
         n = min(r.train_subset or n_train_full, n_train_full - r.val_size)
-        key = (cfg.family, cfg.d1, cfg.d2, cfg.k, cfg.width, cfg.batch_norm)
-        if key not in cache:  # meta-device build: free even for d1 = 768
-            import torch
-
-            with torch.device("meta"):
-                model = build_model(cfg)
-            cache[key] = sum(x["macs"] for x in layer_report(model, (3, 32, 32)))
+        key = canonical_json({"family": cfg.family, **cfg.params})
+        if key not in cache:  # the family's accounting hook: no real model is built
+            cache[key] = cfg.family_spec.account(cfg.params)["macs"]
         total_epochs += r.epochs
         train_macs += 3.0 * cache[key] * n * r.epochs
         per_family[cfg.family] = per_family.get(cfg.family, 0) + 1

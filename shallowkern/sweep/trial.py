@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import GeneralizedLeNet, GeneralizedVGG16, layer_report
+from ..models import layer_report
 from ..nn import unfuse
 from ..train import make_splits, train_and_evaluate
 from .config import SCHEMA_VERSION, TrialConfig, synthetic_size, trial_id
@@ -32,15 +32,15 @@ LATENCY_REPEATS = 5
 
 def build_model(config: TrialConfig, in_channels: int = 3, input_size: int = 32,
                 num_classes: int = 10) -> nn.Module:
-    """The network a config describes (initialised from torch's global RNG)."""
-    if config.family == "lenet":
-        return GeneralizedLeNet(config.d1, d2=config.d2, k=config.k, num_classes=num_classes,
-                                in_channels=in_channels, input_size=input_size)
-    if input_size != 32:
-        raise ValueError(f"vgg16 needs 32x32 inputs; dataset {config.dataset!r} has "
-                         f"{input_size}x{input_size}")
-    return GeneralizedVGG16(config.width, num_classes=num_classes, in_channels=in_channels,
-                            batch_norm=config.batch_norm)
+    """The network a config describes (initialised from torch's global RNG); the family's
+    builder from ``shallowkern.models.registry``. A ValueError names an input it cannot take
+    (VGG-16 on 28x28 MNIST)."""
+    fam = config.family_spec
+    try:
+        return fam.build(config.params, in_channels=in_channels, input_size=input_size,
+                         num_classes=num_classes)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (dataset {config.dataset!r})") from None
 
 
 def _synthetic(n: int, seed: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,12 +174,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
 
     torch.manual_seed(cfg.seed)  # the model's initialisation is the seed's first use
     model = build_model(cfg, in_channels=c, input_size=h, num_classes=num_classes)
-    model_info: dict[str, Any] = {"family": cfg.family}
-    if cfg.family == "lenet":
-        model_info.update(d1=model.d1, d2=model.d2, k=model.d2 / model.d1)
-    else:
-        model_info.update(width=cfg.width, batch_norm=cfg.batch_norm,
-                          first_width=model.features[0].out_channels)
+    model_info = cfg.family_spec.info(model, cfg.params)
     plain = cfg.impl == "plain"
     if plain:  # the same initial weights, as nn.Conv2d/ReLU/MaxPool2d layers
         unfuse(model)
