@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.wide_conv2d import select_forward, wide_conv2d
 from ..ops._backend import Choice
+from ..ops.wide_conv2d import FORWARD, wide_conv2d
+
+
+def _module_args(conv: "WideConv2d", input: Tensor) -> tuple[Tensor, tuple[int, int], bool]:
+    """(batched input with non-zero padding modes applied, int padding, was it unbatched)."""
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    if conv.padding_mode != "zeros":
+        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), (0, 0), unbatched
+    if isinstance(conv.padding, str):  # 'valid' or 'same' (possibly asymmetric)
+        pads = conv._reversed_padding_repeated_twice
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            return x, (pads[2], pads[0]), unbatched
+        return F.pad(x, pads), (0, 0), unbatched
+    return x, conv.padding, unbatched
+
+
+def wide_conv2d_module_forward(conv: "WideConv2d", input: Tensor) -> Tensor:
+    """WideConv2d's forward as one function, so ``torch.fx.symbolic_trace`` (and with it
+    torchvision's ``create_feature_extractor``) records it as one node instead of tracing the
+    Python shape logic, which proxies cannot evaluate."""
+    x, padding, unbatched = _module_args(conv, input)
+    out = wide_conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation,
+                      conv.groups, conv.activation, conv.pool)
+    return out.squeeze(0) if unbatched else out
+
+
+torch.fx.wrap("wide_conv2d_module_forward")
 
 
 class WideConv2d(nn.Conv2d):
@@ -42,27 +70,18 @@ class WideConv2d(nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def _args(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Apply non-zero padding modes and string paddings; returns (input, int padding)."""
-        if self.padding_mode != "zeros":
-            return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
-        if isinstance(self.padding, str):  # 'valid' or 'same' (possibly asymmetric)
-            pads = self._reversed_padding_repeated_twice
-            if pads[0] == pads[1] and pads[2] == pads[3]:
-                return x, (pads[2], pads[0])
-            return F.pad(x, pads), (0, 0)
-        return x, self.padding
-
     def forward(self, input: Tensor) -> Tensor:
-        unbatched = input.dim() == 3
-        x, padding = self._args(input.unsqueeze(0) if unbatched else input)
-        out = wide_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                          self.groups, self.activation, self.pool)
-        return out.squeeze(0) if unbatched else out
+        return wide_conv2d_module_forward(self, input)
 
     def explain(self, input: Tensor) -> Choice:
-        """Which kernel a forward on ``input`` would run, and why (no computation)."""
-        return select_forward(input, self.weight, self.groups)
+        """Which kernel a forward on ``input`` would run, and why (no computation).
+
+        Asks the op's dispatch table with exactly the arguments the forward would pass
+        (unbatched inputs and padding modes included).
+        """
+        x, padding, _ = _module_args(self, input)
+        return FORWARD.choose(x, self.weight, self.bias, list(self.stride), list(padding),
+                              list(self.dilation), self.groups)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

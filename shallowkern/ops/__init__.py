@@ -1,6 +1,12 @@
-"""Registered ``shallowkern::`` ops: references, fakes, autograd and FLOP formulas."""
+"""Registered ``shallowkern::`` ops: references, fakes, autograd, FLOP formulas and dispatch.
 
-from ._backend import Choice, last_backend, use_backend
+``explain(op, *args)`` says which backend the op would run for its arguments;
+``last_backend(op)`` what the most recent call ran; ``use_backend(name)`` forces one in a
+``with`` block. See ``_backend`` for the declarative dispatch every op uses.
+"""
+
+from ._backend import Backend, Choice, OpDispatch, explain, last_backend, use_backend
 from .wide_conv2d import wide_conv2d, wide_conv2d_reference
 
-__all__ = ["Choice", "last_backend", "use_backend", "wide_conv2d", "wide_conv2d_reference"]
+__all__ = ["Backend", "Choice", "OpDispatch", "explain", "last_backend", "use_backend",
+           "wide_conv2d", "wide_conv2d_reference"]

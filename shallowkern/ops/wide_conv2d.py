@@ -30,10 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .. import _ext
-from ._backend import Choice, forced, record
+from .. import flops as _flops
+from ._backend import Backend, OpDispatch
+from ._common import needs_composite, register_autocast
+from ._geometry import NO_GRAD, check_conv_geometry, conv_out_hw, out_memory_format, pair
 
-NO_GRAD = 4  # idx value for windows that the ReLU zeroed: no gradient flows
+__all__ = ["wide_conv2d", "wide_conv2d_reference", "check_args", "conv_out_hw",
+           "out_memory_format", "NO_GRAD", "FORWARD", "BACKWARD"]
+
 _NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The CUDA C++ kernel is a direct convolution for the first layer (weights in shared memory);
@@ -42,70 +46,47 @@ CUDA_SMALL_CIN = 4
 
 
 # ---------------------------------------------------------------------------------------------
-# shapes and checks
+# argument checks (the registered op validates its own arguments: it is public API)
 # ---------------------------------------------------------------------------------------------
-def conv_out_hw(h: int, w: int, weight_hw: Sequence[int], stride, padding, dilation) -> tuple[int, int]:
-    r, s = weight_hw
-    oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return oh, ow
-
-
-def out_memory_format(x: Tensor) -> torch.memory_format:
-    """Outputs follow the input's layout, as cuDNN does: channels_last in, channels_last out."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _pair(v, name: str) -> list[int]:
-    if isinstance(v, int):
-        v = (v, v)
-    v = list(v)
-    if len(v) != 2 or not all(isinstance(e, int) for e in v):
-        raise ValueError(f"wide_conv2d: {name} must be an int or a pair of ints, got {v!r}")
-    return v
+def _shape(t) -> object:
+    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
 
 
 def check_args(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
                groups: int, pool: int) -> tuple[int, int, int, int]:
     """Validate a call; returns (OH, OW, PH, PW): conv output and pooled output sizes."""
+    op = "wide_conv2d"
     if not isinstance(input, Tensor) or input.dim() != 4:
-        raise ValueError(f"wide_conv2d: input must be a 4-D (N, C, H, W) tensor, got "
-                         f"{tuple(input.shape) if isinstance(input, Tensor) else type(input)}")
+        raise ValueError(f"{op}: input must be a 4-D (N, C, H, W) tensor, got {_shape(input)}")
     if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ValueError("wide_conv2d: weight must be a 4-D (K, C/groups, R, S) tensor, got "
-                         f"{tuple(weight.shape) if isinstance(weight, Tensor) else type(weight)}")
+        raise ValueError(f"{op}: weight must be a 4-D (K, C/groups, R, S) tensor, got "
+                         f"{_shape(weight)}")
     if not input.is_floating_point():
-        raise TypeError(f"wide_conv2d: input must be a floating-point tensor, got {input.dtype}")
+        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
     if weight.dtype != input.dtype:
-        raise TypeError(f"wide_conv2d: weight dtype {weight.dtype} != input dtype {input.dtype}")
+        raise TypeError(f"{op}: weight dtype {weight.dtype} != input dtype {input.dtype}")
     if weight.device != input.device:
-        raise ValueError(f"wide_conv2d: weight is on {weight.device}, input on {input.device}")
-    if groups < 1 or input.shape[1] % groups or weight.shape[0] % groups:
-        raise ValueError(f"wide_conv2d: groups={groups} must divide in_channels={input.shape[1]} "
-                         f"and out_channels={weight.shape[0]}")
+        raise ValueError(f"{op}: weight is on {weight.device}, input on {input.device}")
+    stride, padding, dilation = (pair(stride, "stride", op), pair(padding, "padding", op),
+                                 pair(dilation, "dilation", op))
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 \
+            or input.shape[1] % groups or weight.shape[0] % groups:
+        raise ValueError(f"{op}: groups={groups!r} must be a positive int dividing "
+                         f"in_channels={input.shape[1]} and out_channels={weight.shape[0]}")
     if weight.shape[1] * groups != input.shape[1]:
-        raise ValueError(f"wide_conv2d: weight has {weight.shape[1]} input channels per group but "
+        raise ValueError(f"{op}: weight has {weight.shape[1]} input channels per group but "
                          f"input has {input.shape[1]} channels and groups={groups}")
     if bias is not None:
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"wide_conv2d: bias must have shape ({weight.shape[0]},), "
-                             f"got {tuple(bias.shape)}")
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {_shape(bias)}")
         if bias.dtype != input.dtype or bias.device != input.device:
-            raise TypeError(f"wide_conv2d: bias must be {input.dtype} on {input.device}, got "
+            raise TypeError(f"{op}: bias must be {input.dtype} on {input.device}, got "
                             f"{bias.dtype} on {bias.device}")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"wide_conv2d: need stride >= 1, dilation >= 1, padding >= 0; got "
-                         f"stride={stride}, dilation={dilation}, padding={padding}")
-    if pool not in (1, 2):
-        raise ValueError(f"wide_conv2d: pool must be None/1 (no pooling) or 2, got {pool}")
-    oh, ow = conv_out_hw(input.shape[2], input.shape[3], weight.shape[2:], stride, padding, dilation)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"wide_conv2d: the {weight.shape[2]}x{weight.shape[3]} kernel does not fit "
-                         f"the padded {input.shape[2]}x{input.shape[3]} input (output {oh}x{ow})")
+    if pool not in (1, 2) or isinstance(pool, bool):
+        raise ValueError(f"{op}: pool must be None/1 (no pooling) or 2, got {pool!r}")
+    oh, ow = check_conv_geometry(op, input.shape[2:], weight.shape[2:], stride, padding, dilation)
     if pool == 2 and (oh < 2 or ow < 2):
-        raise ValueError(f"wide_conv2d: pool=2 needs a conv output of at least 2x2, got {oh}x{ow}")
+        raise ValueError(f"{op}: pool=2 needs a conv output of at least 2x2, got {oh}x{ow}")
     return oh, ow, oh // pool, ow // pool
 
 
@@ -168,66 +149,85 @@ def wide_conv2d_backward_reference(grad_out: Tensor, input: Tensor, weight: Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# backend choice
+# backends (declared once; shallowkern.ops.explain("wide_conv2d", *op_args) asks the same table)
 # ---------------------------------------------------------------------------------------------
 def _triton():
-    try:
-        from ..triton import wide_conv2d as tk
-    except ImportError:  # triton missing on this platform
-        return None
+    from ..triton import wide_conv2d as tk
+
     return tk
 
 
-def _native_cpu_or_small_batch(input: Tensor, want: str | None) -> Choice:
+def _enough_images(input: Tensor, *args) -> str | None:
     # The C++ kernel parallelises over images: with fewer images than threads, oneDNN's
     # intra-image parallelism wins (measured 0.6-0.8x at N=1 on 2 threads).
-    if want is None and 0 < input.shape[0] < torch.get_num_threads():
-        return Choice("reference", f"batch {input.shape[0]} < {torch.get_num_threads()} threads")
-    return Choice("native", "C++ CPU kernel")
+    if 0 < input.shape[0] < torch.get_num_threads():
+        return f"batch {input.shape[0]} < {torch.get_num_threads()} threads: oneDNN is faster"
+    return None
 
 
-def select_forward(input: Tensor, weight: Tensor, groups: int) -> Choice:
-    """Which forward kernel runs for these inputs (no side effects)."""
-    return _select(input, weight, groups, forward=True)
-
-
-def select_backward(input: Tensor, weight: Tensor, groups: int) -> Choice:
-    """Which backward kernel runs for these inputs (no side effects)."""
-    return _select(input, weight, groups, forward=False)
-
-
-def _select(input: Tensor, weight: Tensor, groups: int, forward: bool) -> Choice:
-    want = forced()
-    if want == "reference":
-        return Choice("reference", "forced")
-    dev = input.device.type
-    if dev == "cpu":
-        if not _ext.available():
-            return Choice("reference", f"shallowkern._C not loaded ({_ext.load_error})")
-        if input.dtype not in _NATIVE_CPU_DTYPES:
-            return Choice("reference", f"C++ CPU kernel has no {input.dtype}")
-        return _native_cpu_or_small_batch(input, want)
-    if dev != "cuda":
-        return Choice("reference", f"no kernel for device {dev}")
-    if want == "vendor":
-        return Choice("vendor", "forced")
-    if input.dtype not in _CUDA_DTYPES:
-        return Choice("vendor", f"no CUDA kernel for {input.dtype}")
+def _cuda_direct_supports(input: Tensor, weight: Tensor, bias, stride, padding, dilation,
+                          groups: int, *args) -> str | None:
+    if input.dtype != torch.float32:
+        return "the CUDA direct kernel is routed for fp32 only"
+    if input.shape[1] > CUDA_SMALL_CIN:
+        return f"C_in={input.shape[1]} > {CUDA_SMALL_CIN}: the CUDA direct kernel is for the first layer"
     if groups != 1:
-        return Choice("vendor", "grouped convolution")
-    # The CUDA direct kernel (forward only) is exact fp32 FMA: conv1 is FMA-bound there (~141
-    # FLOP/B), so where tensor cores are allowed (fp16/bf16, or fp32 with TF32 on) Triton runs.
-    if (forward and want in (None, "native") and _ext.has_cuda_kernels()
-            and input.shape[1] <= CUDA_SMALL_CIN and input.dtype == torch.float32
-            and not torch.backends.cudnn.allow_tf32
-            and out_memory_format(input) == torch.contiguous_format):
-        return Choice("native", f"CUDA direct kernel (fp32, TF32 off, C_in={input.shape[1]} <= "
-                                f"{CUDA_SMALL_CIN})")
-    tk = _triton()
-    if tk is None:
-        return Choice("vendor", "triton not importable")
-    reason = tk.supports(input, weight, groups)
-    return Choice("vendor", reason) if reason else Choice("triton", "Triton implicit GEMM")
+        return "grouped convolution"
+    if out_memory_format(input) != torch.contiguous_format:
+        return "channels_last input"
+    return None
+
+
+def _cuda_direct_prefer(*args) -> str | None:
+    # exact fp32 FMA: conv1 is FMA-bound (~141 FLOP/B), so where tensor cores are allowed
+    # (fp32 with TF32 on) the Triton implicit GEMM runs instead.
+    if torch.backends.cudnn.allow_tf32:
+        return "TF32 allowed: Triton's tensor-core kernel instead of the exact-FMA CUDA kernel"
+    return None
+
+
+def _triton_supports(input: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int,
+                     *args) -> str | None:
+    return _triton().supports(input, weight, groups)
+
+
+def _triton_prefer(input: Tensor, *args) -> str | None:
+    if input.device.type == "cpu":
+        return "Triton on CPU runs only in the interpreter (tests force it with use_backend)"
+    # fp32 with TF32 off goes to Triton's IEEE dot (no tensor cores, 255 registers) where
+    # cuDNN's exact-fp32 conv is likely faster; routed to cuDNN until the GPU check measures it.
+    if input.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32 and input.shape[1] > CUDA_SMALL_CIN:
+        return "fp32 with TF32 off and C_in > 4: cuDNN's exact-fp32 conv"
+    return None
+
+
+FORWARD = OpDispatch("wide_conv2d", [
+    Backend("native", devices=("cpu",), dtypes=_NATIVE_CPU_DTYPES, needs_ext=True,
+            prefer=_enough_images, description="C++ CPU kernel"),
+    Backend("native", devices=("cuda",), dtypes=(torch.float32,), needs_cuda_ext=True,
+            supports=_cuda_direct_supports, prefer=_cuda_direct_prefer,
+            description="CUDA direct kernel (exact fp32, small C_in)"),
+    Backend("triton", devices=("cuda", "cpu"), dtypes=_CUDA_DTYPES, needs_triton=True,
+            supports=_triton_supports, prefer=_triton_prefer,
+            description="Triton implicit GEMM"),
+    Backend("vendor", devices=("cuda",), description="cuDNN conv + aten epilogue"),
+    Backend("reference", description="aten composition (conv2d -> relu -> max_pool2d)"),
+])
+
+BACKWARD = OpDispatch("wide_conv2d_backward", [
+    Backend("native", devices=("cpu",), dtypes=_NATIVE_CPU_DTYPES, needs_ext=True,
+            prefer=_enough_images, description="C++ CPU kernel"),
+    Backend("triton", devices=("cuda", "cpu"), dtypes=_CUDA_DTYPES, needs_triton=True,
+            supports=_triton_supports, prefer=_triton_prefer,
+            description="Triton implicit GEMM"),
+    Backend("vendor", devices=("cuda",), description="cuDNN convolution_backward"),
+    Backend("reference", description="aten convolution_backward"),
+], key=lambda grad_out, input, *rest: input)
+
+
+def _backward_args(grad_out, input, weight, saved, stride, padding, dilation, groups, *rest):
+    """The backward op's arguments in the forward's order, for the shared eligibility rules."""
+    return input, weight, None, stride, padding, dilation, groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,14 +239,20 @@ def wide_conv2d_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: l
                    return_indices: bool) -> tuple[Tensor, Tensor]:
     """Fused conv + bias + [ReLU] + [2x2 max-pool]. Returns (out, uint8 window indices or empty).
 
-    The kernel is chosen per call by ``select_forward`` (device, dtype, layout, extension);
-    the native op then dispatches to its CPU or CUDA implementation.
+    Validates its arguments (it is public API); the kernel is chosen by ``FORWARD``.
     """
-    choice = record("wide_conv2d", select_forward(input, weight, groups))
-    if choice.backend == "native":
+    check_args(input, weight, bias, stride, padding, dilation, groups, pool)
+    choice = FORWARD.select(input, weight, bias, stride, padding, dilation, groups)
+    return _run_forward(choice.backend, input, weight, bias, stride, padding, dilation, groups,
+                        relu, pool, return_indices)
+
+
+def _run_forward(backend, input, weight, bias, stride, padding, dilation, groups, relu, pool,
+                 return_indices):
+    if backend == "native":
         return torch.ops.shallowkern._wide_conv2d_native(
             input, weight, bias, stride, padding, dilation, groups, relu, pool, return_indices)
-    if choice.backend == "triton":
+    if backend == "triton":
         return _triton().forward(input, weight, bias, stride, padding, dilation, relu, pool,
                                  return_indices)
     return wide_conv2d_reference(input, weight, bias, stride, padding, dilation, groups, relu,
@@ -256,8 +262,8 @@ def wide_conv2d_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: l
 @wide_conv2d_op.register_fake
 def _wide_conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool,
                       return_indices):
-    oh, ow = conv_out_hw(input.shape[2], input.shape[3], weight.shape[2:], stride, padding, dilation)
-    shape = (input.shape[0], weight.shape[0], oh // pool, ow // pool)
+    _, _, ph, pw = check_args(input, weight, bias, stride, padding, dilation, groups, pool)
+    shape = (input.shape[0], weight.shape[0], ph, pw)
     fmt = out_memory_format(input)
     out = input.new_empty(shape).contiguous(memory_format=fmt)
     if pool == 2 and return_indices:
@@ -268,10 +274,16 @@ def _wide_conv2d_fake(input, weight, bias, stride, padding, dilation, groups, re
 @torch.library.custom_op("shallowkern::wide_conv2d_backward", mutates_args=())
 def wide_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, saved: Tensor,
                             stride: list[int], padding: list[int], dilation: list[int], groups: int,
-                            relu: bool, pool: int, output_mask: list[bool]
+                            relu: bool, pool: int, output_mask: list[bool], backend: str = ""
                             ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of wide_conv2d w.r.t. (input, weight, bias); masked-off ones are empty."""
-    choice = record("wide_conv2d_backward", select_backward(input, weight, groups))
+    """Gradients of wide_conv2d w.r.t. (input, weight, bias); masked-off ones are empty.
+
+    ``backend``: the forward's choice (autograd passes it), honoured where eligible; "" = choose.
+    """
+    _check_backward_args(grad_out, input, weight, saved, stride, padding, dilation, groups, relu,
+                         pool, output_mask)
+    choice = BACKWARD.select(grad_out, input, weight, saved, stride, padding, dilation, groups,
+                             backend=backend or None)
     if choice.backend == "native":
         return torch.ops.shallowkern._wide_conv2d_native_backward(
             grad_out, input, weight, saved, stride, padding, dilation, groups, relu, pool,
@@ -285,9 +297,32 @@ def wide_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, sav
                                           dilation, groups, relu, pool, output_mask)
 
 
+def _check_backward_args(grad_out, input, weight, saved, stride, padding, dilation, groups, relu,
+                         pool, output_mask):
+    op = "wide_conv2d_backward"
+    _, _, ph, pw = check_args(input, weight, None, stride, padding, dilation, groups, pool)
+    want = (input.shape[0], weight.shape[0], ph, pw)
+    if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != want:
+        raise ValueError(f"{op}: grad_out must have shape {want}, got {_shape(grad_out)}")
+    if grad_out.dtype != input.dtype or grad_out.device != input.device:
+        raise TypeError(f"{op}: grad_out must be {input.dtype} on {input.device}, got "
+                        f"{grad_out.dtype} on {grad_out.device}")
+    if pool == 2:
+        if saved.dtype != torch.uint8 or tuple(saved.shape) != want:
+            raise ValueError(f"{op}: pool=2 needs the forward's uint8 indices of shape {want}, got "
+                             f"{saved.dtype} {_shape(saved)}")
+    elif relu and tuple(saved.shape) != want:
+        raise ValueError(f"{op}: relu needs the forward's output of shape {want}, got "
+                         f"{_shape(saved)}")
+    if len(output_mask) != 3:
+        raise ValueError(f"{op}: output_mask must have 3 entries, got {list(output_mask)}")
+
+
 @wide_conv2d_backward_op.register_fake
 def _wide_conv2d_backward_fake(grad_out, input, weight, saved, stride, padding, dilation, groups,
-                               relu, pool, output_mask):
+                               relu, pool, output_mask, backend=""):
+    _check_backward_args(grad_out, input, weight, saved, stride, padding, dilation, groups, relu,
+                         pool, output_mask)
     gi = input.new_empty(input.shape).contiguous(memory_format=out_memory_format(input))
     return (gi if output_mask[0] else input.new_empty(0),
             weight.new_empty(weight.shape) if output_mask[1] else input.new_empty(0),
@@ -298,60 +333,84 @@ def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, relu, pool, return_indices = inputs
     out, idx = output
     saved = idx if pool == 2 else (out if relu else input.new_empty(0))
-    ctx.save_for_backward(input, weight, saved)
+    ctx.save_for_backward(input, weight, saved, bias)
     ctx.set_materialize_grads(False)  # the uint8 indices output never gets a gradient
     ctx.params = (stride, padding, dilation, groups, relu, pool)
     ctx.has_bias = bias is not None
     ctx.missing_indices = pool == 2 and not return_indices
+    # the forward's choice, carried to the backward (autograd may run it on another thread,
+    # where a thread-local use_backend would not reach)
+    last = FORWARD.choose(input, weight, bias, stride, padding, dilation, groups)
+    ctx.backend = last.backend
 
 
 def _backward(ctx, grad_out, _grad_idx):
-    if ctx.missing_indices:
-        raise RuntimeError("wide_conv2d: backward through pool=2 needs return_indices=True in the "
-                           "forward (the functional shallowkern.ops.wide_conv2d sets it for you)")
-    input, weight, saved = ctx.saved_tensors
+    input, weight, saved, bias = ctx.saved_tensors
     if grad_out is None:  # only the indices were used downstream
         return (None,) * 10
     stride, padding, dilation, groups, relu, pool = ctx.params
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward): the reference composition, differentiable again
+        return _differentiable_backward(ctx, grad_out, input, weight, bias, mask)
+    if ctx.missing_indices:
+        raise RuntimeError("wide_conv2d: backward through pool=2 needs return_indices=True in the "
+                           "forward (the functional shallowkern.ops.wide_conv2d sets it for you)")
     gi, gw, gb = wide_conv2d_backward_op(grad_out.contiguous(memory_format=out_memory_format(input)),
                                          input, weight, saved, stride, padding, dilation, groups,
-                                         relu, pool, mask)
+                                         relu, pool, mask, ctx.backend)
     return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
             None, None, None, None, None, None, None)
 
 
+def _differentiable_backward(ctx, grad_out, input, weight, bias, mask):
+    stride, padding, dilation, groups, relu, pool = ctx.params
+    bias = bias if ctx.has_bias else None
+    out = wide_conv2d_composite(input, weight, bias, stride, padding, dilation, groups, relu, pool)
+    wrt = [t for t, m in zip((input, weight, bias), mask) if m]
+    grads = iter(torch.autograd.grad(out, wrt, grad_out, create_graph=True))
+    return tuple(next(grads) if m else None for m in mask) + (None,) * 7
+
+
 wide_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+register_autocast("shallowkern::wide_conv2d")
 
 
 # ---------------------------------------------------------------------------------------------
-# FLOP formulas (the convention of torch.utils.flop_counter: 2 FLOPs per multiply-add; bias,
-# ReLU and pooling are not counted, as aten.convolution does not count its bias)
+# FLOP formulas (shallowkern.flops; bias, ReLU and pooling are not counted, as aten's are not)
 # ---------------------------------------------------------------------------------------------
 def conv_flops(input_shape, weight_shape, stride, padding, dilation) -> int:
-    n, _, h, w = input_shape
-    k, cg, r, s = weight_shape
-    oh, ow = conv_out_hw(h, w, (r, s), stride, padding, dilation)
-    return 2 * n * oh * ow * k * cg * r * s
+    """Dense conv FLOPs (kept for callers of the old name; see shallowkern.flops.conv2d_flops)."""
+    return _flops.conv2d_flops(input_shape, weight_shape, stride, padding, dilation)
 
 
 @register_flop_formula(torch.ops.shallowkern.wide_conv2d)
 def _wide_conv2d_flops(input_shape, weight_shape, bias_shape, stride, padding, dilation, *args,
                        out_shape=None, **kwargs) -> int:
-    return conv_flops(input_shape, weight_shape, stride, padding, dilation)
+    return _flops.conv2d_flops(input_shape, weight_shape, stride, padding, dilation)
 
 
 @register_flop_formula(torch.ops.shallowkern.wide_conv2d_backward)
 def _wide_conv2d_backward_flops(grad_shape, input_shape, weight_shape, saved_shape, stride,
-                                padding, dilation, groups, relu, pool, output_mask,
+                                padding, dilation, groups, relu, pool, output_mask, *args,
                                 out_shape=None, **kwargs) -> int:
-    return conv_flops(input_shape, weight_shape, stride, padding, dilation) * (
-        int(output_mask[0]) + int(output_mask[1]))
+    return _flops.conv2d_backward_flops(input_shape, weight_shape, stride, padding, dilation,
+                                        output_mask)
 
 
 # ---------------------------------------------------------------------------------------------
 # functional
 # ---------------------------------------------------------------------------------------------
+def wide_conv2d_composite(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
+                          dilation, groups: int, relu: bool, pool: int) -> Tensor:
+    """The same function in differentiable aten ops: what function transforms and double
+    backward run (every torch.func transform differentiates it exactly)."""
+    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if relu:
+        y = torch.relu(y)
+    return F.max_pool2d(y, 2, 2) if pool == 2 else y
+
+
 def wide_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                 dilation=1, groups: int = 1, activation: str | None = None,
                 pool: int | None = None) -> Tensor:
@@ -363,16 +422,22 @@ def wide_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, strid
         stride, padding, dilation: int or pair (zero padding; use WideConv2d for other modes).
         activation: None or "relu". pool: None (or 1) or 2 (2x2 window, stride 2, floor mode).
     Returns:
-        (N, K, OH//p, OW//p) in the input's dtype and memory format.
+        (N, K, OH//p, OW//p) in the input's dtype and memory format. Under ``torch.autocast``
+        the inputs are cast to the region's dtype first, as for nn.Conv2d. Under ``torch.func``
+        transforms and forward-mode AD the aten composition runs (exact derivatives).
     """
-    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
-                                 _pair(dilation, "dilation"))
+    stride, padding, dilation = (pair(stride, "stride", "wide_conv2d"),
+                                 pair(padding, "padding", "wide_conv2d"),
+                                 pair(dilation, "dilation", "wide_conv2d"))
     if activation not in (None, "relu"):
         raise ValueError(f"wide_conv2d: activation must be None or 'relu', got {activation!r}")
     pool = 1 if pool is None else pool
-    check_args(input, weight, bias, stride, padding, dilation, groups, pool)
+    if needs_composite(input, weight, bias):
+        check_args(input, weight, bias, stride, padding, dilation, groups, pool)
+        return wide_conv2d_composite(input, weight, bias, stride, padding, dilation, groups,
+                                     activation == "relu", pool)
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias))
+        isinstance(t, Tensor) and t.requires_grad for t in (input, weight, bias))
     out, _ = wide_conv2d_op(input, weight, bias, stride, padding, dilation, groups,
                             activation == "relu", pool, pool == 2 and needs_grad)
     return out

@@ -1,0 +1,66 @@
+"""What every registered op needs besides its kernels: autocast rules and function transforms.
+
+* ``register_autocast(qualname)``: under ``torch.autocast`` the op casts its floating-point tensor
+  arguments to the region's dtype (``torch.get_autocast_dtype``), as aten's conv/linear do (they
+  are on autocast's lower-precision list for CPU bf16 and CUDA fp16/bf16). ``torch.library.
+  register_autocast`` takes one fixed dtype, so this registers the same kind of kernel reading
+  the region's dtype instead.
+* ``needs_composite(*tensors)``: True under ``torch.func`` transforms (grad, vjp, jvp, vmap...)
+  or forward-mode AD, where a custom op's autograd formula does not apply (jvp would give a
+  silent zero tangent). Functionals then run their reference composition, which every transform
+  differentiates exactly. Double backward is handled in each op's backward (``create_graph``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+_libs: list[torch.library.Library] = []
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The active autocast dtype for ``device_type``, or None outside autocast."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def cast_for_autocast(device_type: str, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Cast floating-point tensors to the active autocast dtype (identity outside autocast)."""
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+                 for t in tensors)
+
+
+def register_autocast(qualname: str, device_types: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    """Autocast kernels for ``qualname`` ("shallowkern::op") casting to the region's dtype."""
+    namespace, name = qualname.split("::")
+    lib = torch.library.Library(namespace, "IMPL")
+    _libs.append(lib)
+    op = getattr(getattr(torch.ops, namespace), name).default
+    for device_type in device_types:
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(_keyset, *args, _device_type=device_type, _excluded=keyset):
+            with torch._C._ExcludeDispatchKeyGuard(_excluded):
+                dtype = torch.get_autocast_dtype(_device_type)
+                cast = [a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point()
+                        and a.device.type == _device_type else a for a in args]
+                return op(*cast)
+
+        lib.impl(name, kernel, key, with_keyset=True)
+
+
+def needs_composite(*tensors: Tensor | None) -> bool:
+    """True when a function transform or forward-mode AD sees these tensors."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if fwAD._current_level >= 0:
+        return any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None
+                   for t in tensors)
+    return False
