@@ -1,5 +1,7 @@
-"""Benchmark fixtures. With --benchmark-disable (the CI smoke run) each benchmark runs its first
-shape once, so `pytest benchmarks/` doubles as a smoke test on a CPU-only machine."""
+"""Benchmark fixtures and hooks. With --benchmark-disable (the CI smoke run) each benchmark file
+runs its first case once, so `pytest benchmarks/` doubles as a smoke test on a CPU-only machine.
+At the end of a session every benchmark's JSON entry gains ``extra_info["speedup_vs"]`` (see
+benchmarks/common.py)."""
 
 import os
 
@@ -14,7 +16,11 @@ _shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dataset
 if "SHALLOWKERN_DATA" not in os.environ and os.path.isdir(_shared):
     os.environ["SHALLOWKERN_DATA"] = os.path.abspath(_shared)
 
-from benchmarks.common import device  # noqa: E402
+from benchmarks.common import add_speedups, device  # noqa: E402
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    add_speedups(output_json.get("benchmarks", []))
 
 
 @pytest.fixture

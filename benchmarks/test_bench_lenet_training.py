@@ -1,58 +1,79 @@
-"""Training throughput (images/s) of GeneralizedLeNet: shallowkern vs the same net in plain PyTorch.
+"""Training throughput of GeneralizedLeNet: shallowkern vs the same net in plain PyTorch.
 
-One SGD step (forward, cross-entropy, backward, Nesterov update) on a device-resident batch.
-Providers: shallowkern (fused WideConv2d layers), eager (nn.Conv2d -> ReLU -> MaxPool2d with
-identical weights), compiled (torch.compile of the eager net).
+One SGD step (forward, cross-entropy, backward, Nesterov update) on a device-resident batch,
+the same for every provider (same data placement; the harness sets the same cuDNN flags,
+``cudnn.benchmark=True``, for all). Providers (benchmarks/common.py, pass "step"):
+  shallowkern  GeneralizedLeNet (fused WideConv2d layers)
+  eager        shallowkern.unfuse of the same net: nn.Conv2d -> ReLU -> MaxPool2d, same weights
+  compiled     torch.compile of the eager net
+extra_info["items_per_s"] is images/s. FLOPs: FlopCounterMode's count of the eager net's forward
+and backward (the dense work); bytes: the image batch plus 8 passes over the parameters (read in
+forward and backward, gradient written, SGD reads weight, gradient and momentum and writes
+weight and momentum) -- a lower bound, activations not counted.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 
-import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import shapes
-from benchmarks.common import device_info, median_seconds, once_seconds
+from benchmarks.common import OpBench, compiled
 from shallowkern import unfuse
 from shallowkern.models import GeneralizedLeNet
 
 
-def plain_pytorch(model: GeneralizedLeNet) -> nn.Module:
-    """The same network with nn.Conv2d -> ReLU -> MaxPool2d layers and (copies of) its weights."""
-    return unfuse(copy.deepcopy(model))
+def _case(d1: int, batch: int) -> dict:
+    return dict(name=f"lenet_d{d1}_b{batch}", d1=d1, batch=batch)
 
 
-@pytest.mark.parametrize("d1", shapes.LENET_TRAIN_D1)
-def test_lenet_training_step(benchmark, d1, dev, smoke):
-    if smoke and d1 != shapes.LENET_TRAIN_D1[0]:
-        pytest.skip("smoke run: first width only")
-    torch.manual_seed(0)
-    n = 4 if smoke else (shapes.BATCHES[0] if dev.type == "cuda" else shapes.CPU_BATCH)
-    model = GeneralizedLeNet(d1).to(dev)
-    nets = {"shallowkern": model, "eager": plain_pytorch(model)}
-    nets["compiled"] = torch.compile(plain_pytorch(model))
-    x = torch.randn(n, 3, 32, 32, device=dev)
+def _build(case, dev, dtype, kind: str):
+    model = GeneralizedLeNet(case["d1"]).to(device=dev, dtype=dtype)
+    net = model if kind == "shallowkern" else unfuse(model)
+    if kind == "compiled":
+        net = compiled(net, dev)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    n = case["batch"]
+    x = torch.randn(n, 3, 32, 32, device=dev, dtype=dtype)
     y = torch.randint(0, 10, (n,), device=dev)
 
-    def step_fn(net):
-        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, (x, y)
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-        return step
 
-    steps = {name: step_fn(net) for name, net in nets.items()}
-    timed = once_seconds if smoke else median_seconds
-    times = {name: timed(step, dev) for name, step in steps.items()}
-    info = dict(d1=d1, d2=model.d2, batch=n, **device_info(dev))
-    for name, t in times.items():
-        info[f"{name}_step_s"] = t
-        info[f"{name}_images_per_s"] = n / t
-    for other in ("eager", "compiled"):
-        info[f"speedup_vs_{other}"] = times[other] / times["shallowkern"]
-    benchmark.extra_info.update(info)
-    benchmark.pedantic(steps["shallowkern"], rounds=1 if smoke else 5, warmup_rounds=0 if smoke else 1)
+@functools.lru_cache(maxsize=None)
+def _counts(d1: int, batch: int) -> tuple[int, int]:
+    net = unfuse(GeneralizedLeNet(d1))
+    x = torch.randn(batch, 3, 32, 32)
+    with FlopCounterMode(display=False) as fc:
+        nn.functional.cross_entropy(net(x), torch.zeros(batch, dtype=torch.long)).backward()
+    return fc.get_total_flops(), sum(p.numel() for p in net.parameters())
+
+
+def flops(case, pass_):
+    return _counts(case["d1"], case["batch"])[0]
+
+
+def nbytes(case, dtype, pass_):
+    e = torch.empty((), dtype=dtype).element_size()
+    return (case["batch"] * 3 * 32 * 32 + 8 * _counts(case["d1"], case["batch"])[1]) * e
+
+
+BENCH = OpBench(
+    op="lenet_training",
+    cases={"cuda": [_case(d, shapes.BATCHES[0]) for d in shapes.LENET_TRAIN_D1],
+           "cpu": [_case(d, shapes.CPU_BATCH) for d in shapes.LENET_TRAIN_D1]},
+    providers={k: functools.partial(_build, kind=k) for k in ("shallowkern", "eager", "compiled")},
+    flops=flops, nbytes=nbytes, items=lambda case: case["batch"],
+    dtypes={"cuda": ("fp32_tf32", "fp32"), "cpu": ("fp32",)},
+    passes=("step",),
+)
+test_lenet_training = BENCH.test()

@@ -1,0 +1,141 @@
+"""The benchmark harness (benchmarks/common.py) and its summary (benchmarks/summarize.py).
+
+One subprocess runs a tiny OpBench grid through pytest-benchmark (as `pytest benchmarks/` does)
+and checks the JSON: one benchmark per provider and pass, grouped, with speedups, work counts,
+roofline and the rows file written as it goes; the smoke run runs the first case only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, summarize  # noqa: E402
+
+BENCH_FILE = '''
+import torch
+from benchmarks.common import OpBench
+
+def inputs(case, dev, dtype):
+    a = torch.randn(case["n"], case["n"], device=dev, dtype=dtype, requires_grad=True)
+    return a, torch.randn(case["n"], case["n"], device=dev, dtype=dtype)
+
+def slow(a, b):
+    return sum(a @ b for _ in range(4)) / 4
+
+BENCH = OpBench(
+    op="toy_mm",
+    cases=[dict(name="n16", n=16), dict(name="n32", n=32)],
+    providers={"shallowkern": lambda c, d, t: (torch.mm, inputs(c, d, t)),
+               "eager": lambda c, d, t: (slow, inputs(c, d, t))},
+    flops=lambda c, p: 2 * c["n"] ** 3 * (1 if p == "fwd" else 2),
+    nbytes=lambda c, t, p: 3 * c["n"] ** 2 * 4,
+    items=lambda c: c["n"],
+    dtypes=("fp32",), seconds=0.02,
+)
+test_toy_mm = BENCH.test()
+'''
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    f = tmp_path / "test_bench_toy.py"
+    f.write_text(BENCH_FILE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SHALLOWKERN_BENCH_ROWS=str(tmp_path / "rows.jsonl"))
+    return subprocess.run([sys.executable, "-m", "pytest", str(f), "-q", "-p", "no:cacheprovider",
+                           "-p", "benchmarks.conftest", "--rootdir", str(tmp_path), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU timing path")
+def test_grid_json_speedups_rows_and_summary(tmp_path):
+    r = _run(tmp_path, f"--benchmark-json={tmp_path / 'b.json'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads((tmp_path / "b.json").read_text())
+    benches = data["benchmarks"]
+    assert len(benches) == 2 * 2 * 2  # cases x providers x passes
+    ids = {b["param"] for b in benches}
+    assert "n16-fp32-shallowkern-fwd" in ids and "n32-fp32-eager-fwdbwd" in ids
+    by = {(b["extra_info"]["case"], b["extra_info"]["provider"], b["extra_info"]["pass_"]): b
+          for b in benches}
+    for case in ("n16", "n32"):
+        for p in ("fwd", "fwdbwd"):
+            mine, other = by[(case, "shallowkern", p)], by[(case, "eager", p)]
+            assert mine["group"] == other["group"] == f"toy_mm {case} fp32 {p}"
+            s = mine["extra_info"]["speedup_vs"]["eager"]
+            assert s == pytest.approx(other["stats"]["median"] / mine["stats"]["median"])
+            assert other["extra_info"]["speedup_vs"]["shallowkern"] == pytest.approx(1 / s)
+            e = mine["extra_info"]
+            n = int(case[1:])
+            assert e["flops"] == 2 * n**3 * (1 if p == "fwd" else 2)
+            assert e["bytes"] == 3 * n * n * 4
+            assert e["items_per_s"] == pytest.approx(n / mine["stats"]["median"])
+            assert 0 < e["pct_of_roofline"] <= 100 * 1.5  # a noisy CPU may beat its peak a bit
+            assert e["roofline_floor_s"] > 0 and e["bound"] in ("compute", "memory")
+            assert e["device"] and e["torch"] == torch.__version__
+    rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["extra_info"]["provider"] for r in rows} == {"shallowkern", "eager"}
+    text = summarize.summarize(data)
+    assert "**toy_mm**" in text and "| n32 | fp32 | fwdbwd |" in text and "vs eager" in text
+    # the rows file summarizes the same way, even with a last line cut short by a timeout
+    with open(tmp_path / "rows.jsonl", "a") as f:
+        f.write('{"name": "cut')
+    assert summarize.summarize(summarize.load(tmp_path / "rows.jsonl")).count("| n16 |") == 2
+    png = summarize.chart(data, tmp_path / "c.png")
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert summarize.main([str(tmp_path / "b.json"), "--png", str(tmp_path / "d.png")]) == 0
+
+
+def test_smoke_run_runs_first_case_only(tmp_path):
+    r = _run(tmp_path, "--benchmark-disable", "-rs")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 passed, 4 skipped" in r.stdout, r.stdout
+
+
+def test_add_speedups_within_groups_only():
+    rows = [dict(stats=dict(median=m), extra_info=dict(group=g, provider=p))
+            for g, p, m in (("a", "shallowkern", 1.0), ("a", "eager", 3.0), ("a", "vendor", 0.5),
+                            ("b", "shallowkern", 2.0))]
+    rows.append(dict(stats=None, extra_info={}))  # a law benchmark: untouched
+    common.add_speedups(rows)
+    assert rows[0]["extra_info"]["speedup_vs"] == {"eager": 3.0, "vendor": 0.5}
+    assert rows[1]["extra_info"]["speedup_vs"] == {"shallowkern": 1 / 3, "vendor": 0.5 / 3}
+    assert rows[3]["extra_info"]["speedup_vs"] == {}
+    assert rows[4]["extra_info"] == {}
+
+
+def test_bad_declarations_are_named():
+    kw = dict(op="x", cases=[dict(name="a")], providers={"p": None}, flops=len, nbytes=len)
+    with pytest.raises(ValueError, match="passes"):
+        common.OpBench(**kw, passes=("backward",))
+    with pytest.raises(ValueError, match="providers is empty"):
+        common.OpBench(**{**kw, "providers": {}})
+    with pytest.raises(ValueError, match="unique"):
+        common.OpBench(**{**kw, "cases": [dict(name="a"), dict(name="a")]}).grid()
+    with pytest.raises(ValueError, match="unknown dtype"):
+        common.OpBench(**kw, dtypes=("fp8",)).grid()
+
+
+def test_make_pass_fwdbwd_gradients_and_skip():
+    a = torch.randn(3, 3, requires_grad=True)
+    b = torch.randn(3, 3)
+    grads = common.make_pass(torch.mm, (a, b), "fwdbwd")((a, b))
+    assert len(grads) == 1 and grads[0].shape == a.shape
+    out = common.make_pass(torch.mm, (a, b), "fwd")((a, b))
+    assert not out.requires_grad
+    with pytest.raises(pytest.skip.Exception):
+        common.make_pass(torch.mm, (b, b), "fwdbwd")
+    with pytest.raises(ValueError, match="pass_"):
+        common.make_pass(torch.mm, (a, b), "bwd")
+
+
+def test_smoke_shrinks_batch():
+    assert common._shrink(dict(name="x", n=128, batch=512, c=3)) == dict(name="x", n=4, batch=4, c=3)
