@@ -1,35 +1,72 @@
 """The ``shallowkern`` command: profile, sweep, fit, plot, report, bench and run.
 
+This module parses arguments, checks them, and dispatches; the work lives with its package:
+records, tables and fits in ``shallowkern.reports``, plots in ``shallowkern.plot``, models in
+``shallowkern.models.registry``, sweeps in ``shallowkern.sweep``, profiling in
+``shallowkern.profile``.
+
 ``shallowkern run`` is the README's main job: the ``quick`` sweep (resumable), then the fitted
 power law with its confidence interval, the profile table of the largest model, and the plots.
-Every subcommand turns bad input (missing data or results, too few widths, non-positive
-errors, unknown options) into a one-line ``shallowkern <cmd>: error: ...`` and exit status 2,
-not a traceback; set ``SHALLOWKERN_DEBUG=1`` to get the traceback instead.
+
+Every error is one line, ``shallowkern <cmd>: error: ...``, and a non-zero exit (2 for bad
+input, 130 for Ctrl-C), not a traceback; set ``SHALLOWKERN_DEBUG=1`` to get the traceback
+instead. Options are checked before any expensive work (a sweep, a fit, building a model).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import math
 import os
+import stat
 import subprocess
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "main"]
+__all__ = ["CLIError", "build_parser", "main", "parse_model_spec"]
 
 PROG = "shallowkern"
+METRICS = ("test_error", "val_error", "train_error")
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-# ----------------------------------------------------------------------------- helpers
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``shallowkern sweep: error: ...; see --help``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _positive_int(minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _level(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {v}")
+    return v
 
 
 def _parse_value(text: str) -> Any:
@@ -40,40 +77,67 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+def _parse_sets(items: Sequence[str] | None, flag: str = "--set") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise CLIError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return out
 
 
+def _results_to_write(path: str | os.PathLike[str]) -> Path:
+    """A results file the sweep can append to: a regular file or a new one in a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"--results {p} is a directory; give a .jsonl file path")
+    if p.exists() and not stat.S_ISREG(p.stat().st_mode):
+        raise CLIError(f"--results {p} is not a regular file (a device or pipe cannot hold "
+                       "results)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise CLIError(f"--results {p} is not writable")
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"--results {p}: {parent} is a file, not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK) and not p.exists():
+        raise CLIError(f"--results {p}: cannot create files in {parent}")
+    return p
+
+
+def _out_file(path: str | os.PathLike[str], flag: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{flag} {p} is a directory; give a file path")
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"{flag} {p}: {parent} is a file, not a folder")
+    return p
+
+
+def _out_dir(path: str | os.PathLike[str], flag: str = "--out-dir") -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {p} is a file, not a folder")
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"{flag} {p}: {parent} is a file, not a folder")
+    return p
+
+
 def parse_model_spec(spec: str):
     """``lenet:16``, ``lenet:d1=16,k=2.8``, ``lenet:d1=16,d2=45``, ``vgg16:0.5``,
-    ``vgg16:width=0.5,bn`` -> a TrialConfig (seed 0) describing that network."""
+    ``vgg16:width=0.5,bn`` -> a TrialConfig (seed 0) describing that network. Any registered
+    family works (``shallowkern.models.registry``)."""
+    from .models.registry import families, parse_model_spec as parse
     from .sweep import TrialConfig
 
-    family, _, rest = spec.partition(":")
-    family = family.strip().lower()
-    fields: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            if key in ("bn", "batch_norm"):
-                fields["batch_norm"] = True
-                continue
-            key, value = ("d1" if family == "lenet" else "width"), part
-        try:
-            fields[key.strip()] = float(value) if key.strip() in ("k", "width") else int(value)
-        except ValueError:
-            raise CLIError(f"model spec {spec!r}: {key}={value!r} is not a number") from None
     try:
-        return TrialConfig(family, **fields)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(f"model spec {spec!r}: {exc} (examples: lenet:16, lenet:d1=16,k=2.8, "
-                       "vgg16:0.5)") from None
+        fam, params = parse(spec)
+        return TrialConfig(fam.name, params)
+    except ValueError as exc:
+        raise CLIError(f"model spec {spec!r}: {exc} (families: {', '.join(families())}; "
+                       "examples: lenet:16, lenet:d1=16,k=2.8, vgg16:0.5,bn)") from None
 
 
 def _data_root(args: argparse.Namespace, datasets: Sequence[str],
@@ -109,419 +173,187 @@ def _data_root(args: argparse.Namespace, datasets: Sequence[str],
     return str(root)
 
 
-def _load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    from .sweep import read_records
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"results file {p} does not exist (run `shallowkern sweep` first)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        records = read_records(p)
-    for w in caught:
-        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
-    if not records:
-        raise CLIError(f"results file {p} holds no records")
-    return records
+def _print_problems(loaded) -> None:
+    for line in loaded.problems:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
 
 
-def _value(rec: dict[str, Any], key: str) -> Any:
-    """A field of a record, looking in the model description and config as well."""
-    for where in (rec, rec.get("model", {}), rec.get("config", {})):
-        if key in where and where[key] is not None:
-            return where[key]
-    return None
+def _load(path: str):
+    from .reports import load_records
+
+    loaded = load_records(path)
+    _print_problems(loaded)
+    return loaded
 
 
-def _impl(rec: dict[str, Any]) -> str:
-    """How the trial ran: "shallowkern" (also every record from before impl existed) or "plain"."""
-    return rec.get("config", {}).get("impl") or "shallowkern"
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(family=args.family, dataset=args.dataset, group=args.k,
+                impl=getattr(args, "impl", "shallowkern"), metric=args.metric,
+                floor=args.floor, n_boot=args.n_boot, level=args.level,
+                source=str(args.results))
 
 
-def _nominal_k(rec: dict[str, Any]) -> float | None:
-    """The k a LeNet trial asked for (config), not the realised round(k*d1)/d1."""
-    k = rec.get("config", {}).get("k")
-    return None if k is None else round(float(k), 6)
+def _check_family(name: str) -> None:
+    from .models.registry import get_family
 
-
-def _family_label(rec: dict[str, Any], split_k: bool) -> str:
-    fam = _value(rec, "family") or "?"
-    plain = " (plain)" if _impl(rec) == "plain" else ""
-    if fam == "lenet" and split_k:
-        return f"lenet k={_nominal_k(rec):g}{plain}"
-    if fam == "vgg16" and _value(rec, "batch_norm"):
-        return "vgg16 bn" + plain
-    return fam + plain
-
-
-def _select(records: list[dict[str, Any]], args: argparse.Namespace) -> tuple[list[dict], str]:
-    """Records of one family (and one k for LeNet, one dataset, one impl) for a fit; with a
-    description."""
-    impl = getattr(args, "impl", "shallowkern")
-    recs = [r for r in records if _value(r, "family") == args.family and _impl(r) == impl]
-    if not recs:
-        fams = sorted({str(_value(r, "family")) for r in records})
-        raise CLIError(f"no {args.family!r} records with impl {impl!r} (the file has {fams}); "
-                       "use --family / --impl")
-    datasets = sorted({str(_value(r, "dataset")) for r in recs})
-    if args.dataset:
-        recs = [r for r in recs if _value(r, "dataset") == args.dataset]
-    elif len(datasets) > 1:
-        raise CLIError(f"records from several datasets {datasets}: choose one with --dataset")
-    desc = f"{args.family} on {args.dataset or datasets[0]}"
-    if args.family == "lenet":
-        ks = sorted({k for k in map(_nominal_k, recs) if k is not None})
-        if args.k is not None:
-            k = args.k
-        elif len(ks) == 1 or 2.8 in ks:
-            k = ks[0] if len(ks) == 1 else 2.8
-        else:
-            raise CLIError(f"records at several k {ks}: choose one with --k")
-        recs = [r for r in recs if _nominal_k(r) is not None and abs(_nominal_k(r) - k) < 1e-6]
-        desc += f", k={k:g}"
-    if not recs:
-        raise CLIError(f"no records left after filtering ({desc})")
-    return recs, desc
-
-
-def _x_of(rec: dict[str, Any], x: str) -> float:
-    if x == "width":  # the family's width: d1 for LeNet, first-layer filters for VGG
-        v = _value(rec, "d1") if _value(rec, "family") == "lenet" else _value(rec, "first_width")
-    else:
-        v = _value(rec, x)
-    if v is None:
-        raise CLIError(f"record {rec.get('trial_id')} has no {x!r}")
-    return float(v)
-
-
-def _errors(recs: list[dict[str, Any]], metric: str) -> list[float]:
-    out = []
-    for r in recs:
-        e = r.get(metric)
-        if e is None or not isinstance(e, (int, float)) or not math.isfinite(e):
-            raise CLIError(f"record {r.get('trial_id')} has no finite {metric!r}")
-        if e <= 0 or e >= 1:
-            raise CLIError(f"record {r.get('trial_id')} has {metric}={e!r}; a power law needs "
-                           "error rates strictly between 0 and 1")
-        out.append(float(e))
-    return out
-
-
-def _n_test(recs: list[dict[str, Any]]) -> int:
-    sizes = [int(r["n_test"]) for r in recs if r.get("n_test")]
-    return min(sizes) if sizes else 10000
-
-
-def _width_name(family: str) -> str:
-    return "d1" if family == "lenet" else "first-layer width"
-
-
-# ----------------------------------------------------------------------------- fit
-
-
-def compute_fit(records: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Power law of the chosen error vs width (bootstrap CI, held-out check) and vs FLOPs."""
-    from .laws import bootstrap_ci, holdout_check
-
-    recs, desc = _select(records, args)
-    err = _errors(recs, args.metric)
-    seeds = [int(_value(r, "seed")) for r in recs]
-    width = [_x_of(r, "width") for r in recs]
-    flops = [_x_of(r, "flops") for r in recs]
-    kw = dict(n_boot=args.n_boot, level=args.level, rng=0, floor=args.floor, n_test=_n_test(recs))
-    distinct = len(set(width))
-    need = 3 if args.floor else 2
-    if distinct < need:
-        raise CLIError(f"{desc}: {distinct} distinct width(s) {sorted(set(width))}; a power-law "
-                       f"fit{' with a floor' if args.floor else ''} needs at least {need}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # single-seed widths: noted below
-            by_width = bootstrap_ci(width, err, seeds, x_label="width", **kw)
-            by_flops = bootstrap_ci(flops, err, seeds, x_label="flops", **kw)
-            holdout = (holdout_check(width, err, seeds, x_label="width", **kw)
-                       if distinct > need else None)
+        get_family(name)
     except ValueError as exc:
-        raise CLIError(f"{desc}: {exc}") from None
-    return {
-        "results": str(args.results), "selection": desc, "family": args.family,
-        "metric": args.metric, "x": _width_name(args.family), "n_records": len(recs),
-        "widths": sorted(set(width)), "seeds_per_width": min(width.count(w) for w in set(width)),
-        "width_fit": by_width.to_dict(), "flops_fit": by_flops.to_dict(),
-        "holdout": holdout.to_dict() if holdout else None,
-        "_objects": (by_width, by_flops, holdout, recs),
-    }
+        raise CLIError(f"--family: {exc}") from None
 
 
-def describe_fit(fit: dict[str, Any]) -> str:
-    bw, bf, ho, _ = fit["_objects"]
-    pct = round(100 * bw.level)
-    xn = fit["x"]
-    f = bw.fit
-    law = f"{fit['metric']} = A * {xn}^-rho" + (" + eps_inf" if f.floor else "")
-    lines = [
-        f"{fit['selection']}: {fit['n_records']} trials, {len(fit['widths'])} widths "
-        f"({', '.join(f'{w:g}' for w in fit['widths'])}), >= {fit['seeds_per_width']} seed(s) each",
-        f"  {law}",
-        f"    rho = {f.rho:.3f}  [{bw.ci['rho'][0]:.3f}, {bw.ci['rho'][1]:.3f}] {pct}% CI "
-        f"(bootstrap over seeds, {bw.n_boot} resamples)",
-        f"    A   = {f.A:.3g}  [{bw.ci['A'][0]:.3g}, {bw.ci['A'][1]:.3g}]",
-    ]
-    if f.floor:
-        lines.append(f"    eps_inf = {f.eps_inf:.3g}  [{bw.ci['eps_inf'][0]:.3g}, "
-                     f"{bw.ci['eps_inf'][1]:.3g}]")
-    lines.append(f"    weighted R^2 = {f.r2:.3f}")
-    if fit["seeds_per_width"] < 2:
-        lines.append("    note: a width with one seed adds no bootstrap variability; the CI is "
-                     "too narrow")
-    if ho is not None:
-        lines.append(
-            f"  held-out check: fitted without {xn}={ho.x_held:g}, predicts {ho.predicted:.4f}, "
-            f"observed {ho.observed:.4f} ({100 * ho.rel_error:+.1f}%), {pct}% prediction interval "
-            f"[{ho.interval[0]:.4f}, {ho.interval[1]:.4f}] -> "
-            f"{'inside' if ho.in_interval else 'OUTSIDE'}")
-    else:
-        lines.append("  held-out check: skipped (needs one more width than the fit)")
-    lines.append(f"  vs forward FLOPs per image: rho_F = {bf.fit.rho:.3f}  "
-                 f"[{bf.ci['rho'][0]:.3f}, {bf.ci['rho'][1]:.3f}] {pct}% CI")
-    return "\n".join(lines)
-
-
-def _write_json(obj: dict[str, Any], path: Path) -> None:
-    clean = {k: v for k, v in obj.items() if not k.startswith("_")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean, indent=2, sort_keys=True, default=float) + "\n")
+# ----------------------------------------------------------------------------- fit / report / plot
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    fit = compute_fit(_load_records(args.results), args)
+    from .reports import compute_fit, describe_fit, write_json
+
+    _check_family(args.family)
+    out = _out_file(args.out, "--out") if args.out else None
+    loaded = _load(args.results)
+    fit = compute_fit(loaded.records, **_fit_kwargs(args))
     print(describe_fit(fit))
-    out = Path(args.out) if args.out else Path(args.results).with_suffix(".fit.json")
-    _write_json(fit, out)
-    print(f"wrote {out}")
+    out = out or Path(args.results).with_suffix(".fit.json")
+    print(f"wrote {write_json(fit, out)}")
     return 0
 
 
-# ----------------------------------------------------------------------------- report
-
-
-def summary_rows(records: list[dict[str, Any]], metric: str = "test_error") -> list[dict[str, Any]]:
-    """One row per configuration (all but the seed): mean/std of errors, cost, latency."""
-    import statistics
-
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        cfg = dict(r.get("config", {}))
-        cfg.pop("seed", None)
-        groups.setdefault(tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in cfg.items())),
-                          []).append(r)
-
-    def stats(vals: list[float]) -> tuple[float | None, float | None]:
-        vals = [v for v in vals if v is not None]
-        if not vals:
-            return None, None
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    rows = []
-    for recs in groups.values():
-        r0 = recs[0]
-        fam = _value(r0, "family")
-        if fam == "lenet":
-            shape = f"d1={_value(r0, 'd1')} d2={_value(r0, 'd2')}"
-        else:
-            shape = f"width={_value(r0, 'width'):g}" + (" bn" if _value(r0, "batch_norm") else "")
-        if _impl(r0) == "plain":
-            shape += " plain"
-        m, s = stats([r.get(metric) for r in recs])
-        rows.append({
-            "family": fam, "dataset": _value(r0, "dataset"), "model": shape,
-            "recipe": _value(r0, "recipe"), "epochs": r0.get("epochs"), "seeds": len(recs),
-            f"{metric}_mean": m, f"{metric}_std": s,
-            "val_error_mean": stats([r.get("val_error") for r in recs])[0],
-            "train_error_mean": stats([r.get("train_error") for r in recs])[0],
-            "mflops": (r0.get("flops") or 0) / 1e6, "params": r0.get("params"),
-            "latency_ms": stats([r.get("latency") for r in recs])[0],
-            "latency_batch": r0.get("latency_batch"),
-            "wall_time_s": stats([r.get("wall_time") for r in recs])[0],
-            "_sort": (fam, _nominal_k(r0) or 0, _value(r0, "d1") or 0, _value(r0, "width") or 0),
-        })
-    rows.sort(key=lambda row: row.pop("_sort"))
-    for row in rows:
-        if row["latency_ms"] is not None:
-            row["latency_ms"] *= 1e3
-    return rows
-
-
-def format_table(rows: list[dict[str, Any]], metric: str = "test_error") -> str:
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}"
-
-    head = ["family", "dataset", "model", "seeds", "epochs", f"{metric.split('_')[0]} err %",
-            "val err %", "train err %", "MFLOPs/img", "params", "latency ms", "wall s"]
-    body = []
-    for r in rows:
-        body.append([
-            str(r["family"]), str(r["dataset"]), r["model"], str(r["seeds"]), str(r["epochs"]),
-            f"{pct(r[f'{metric}_mean'])} ± {pct(r[f'{metric}_std'])}",
-            pct(r["val_error_mean"]), pct(r["train_error_mean"]), f"{r['mflops']:.2f}",
-            f"{r['params']:,}" if r["params"] is not None else "-",
-            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} (b={r['latency_batch']})",
-            "-" if r["wall_time_s"] is None else f"{r['wall_time_s']:.1f}",
-        ])
-    return _render(head, body, left=3)
-
-
-def _render(head: list[str], body: list[list[str]], left: int) -> str:
-    """A plain-text table: the first ``left`` columns left-aligned, the rest right-aligned."""
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i >= left else c.ljust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
-
-
-def speedup_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """shallowkern vs plain PyTorch, per model both were run for (``sweep --impl plain``): the
-    summed training time and wall time of each over the same seeds, and their ratios."""
-    pairs: dict[tuple, dict[str, dict[int, dict[str, Any]]]] = {}
-    for r in records:
-        cfg = dict(r.get("config", {}))
-        seed = cfg.pop("seed", None)
-        cfg.pop("impl", None)
-        key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in cfg.items()))
-        pairs.setdefault(key, {}).setdefault(_impl(r), {})[seed] = r
-    rows = []
-    for by_impl in pairs.values():
-        ours, plain = by_impl.get("shallowkern", {}), by_impl.get("plain", {})
-        seeds = sorted(set(ours) & set(plain))  # only seeds run both ways
-        if not seeds:
-            continue
-        row = {"model": _family_label(ours[seeds[0]], True) + " " + (
-            f"d1={_value(ours[seeds[0]], 'd1')}" if _value(ours[seeds[0]], "family") == "lenet"
-            else f"width={_value(ours[seeds[0]], 'width'):g}"), "seeds": len(seeds)}
-        for name, side in (("shallowkern", ours), ("plain", plain)):
-            row[f"{name}_train_s"] = sum(side[s].get("train_time") or 0.0 for s in seeds)
-            row[f"{name}_wall_s"] = sum(side[s].get("wall_time") or 0.0 for s in seeds)
-        for what in ("train", "wall"):
-            ours_s = row[f"shallowkern_{what}_s"]
-            row[f"{what}_speedup"] = row[f"plain_{what}_s"] / ours_s if ours_s > 0 else None
-        rows.append(row)
-    return rows
-
-
-def format_speedups(rows: list[dict[str, Any]]) -> str:
-    head = ["model", "seeds", "train s (ours)", "train s (plain)", "train speedup",
-            "wall s (ours)", "wall s (plain)", "wall speedup"]
-    x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-    sec = lambda v: f"{v:.2f}" if v < 10 else f"{v:.1f}"  # noqa: E731
-    body = [[r["model"], str(r["seeds"]), sec(r["shallowkern_train_s"]), sec(r["plain_train_s"]),
-             x(r["train_speedup"]), sec(r["shallowkern_wall_s"]), sec(r["plain_wall_s"]),
-             x(r["wall_speedup"])] for r in rows]
-    total = {k: sum(r[k] for r in rows) for k in ("shallowkern_train_s", "plain_train_s",
-                                                     "shallowkern_wall_s", "plain_wall_s")}
-    body.append(["all", str(sum(r["seeds"] for r in rows)), sec(total["shallowkern_train_s"]),
-                 sec(total["plain_train_s"]),
-                 x(total["plain_train_s"] / total["shallowkern_train_s"]
-                   if total["shallowkern_train_s"] > 0 else None),
-                 sec(total["shallowkern_wall_s"]), sec(total["plain_wall_s"]),
-                 x(total["plain_wall_s"] / total["shallowkern_wall_s"]
-                   if total["shallowkern_wall_s"] > 0 else None)])
-    return _render(head, body, left=1)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from .sweep import export_csv, index
+    from .reports import format_diverged, format_speedups, format_table, speedup_rows
+    from .reports import summary_rows, usable
 
-    records = _load_records(args.results)
-    rows = summary_rows(records, args.metric)
-    speedups = speedup_rows(records)
+    loaded = _load(args.results)
+    rows = summary_rows(loaded.records, args.metric)
     if args.json:
         print(json.dumps(rows, indent=2, default=float))
     else:
         print(format_table(rows, args.metric))
+        speedups = speedup_rows(usable(loaded.records, args.metric))
         if speedups:
             print("\n== shallowkern vs plain PyTorch (same trials, seeds run both ways) ==")
             print(format_speedups(speedups))
+        if loaded.diverged:
+            print(f"\n== {len(loaded.diverged)} diverged trial(s): done (not retried unless "
+                  "asked), never averaged ==")
+            print(format_diverged(loaded.diverged))
     if args.index:
+        from .sweep import export_csv, index
+
         print(f"wrote {index(args.results)}")
         print(f"wrote {export_csv(args.results)}")
     return 0
 
 
-# ----------------------------------------------------------------------------- plot
-
-
-def make_plots(records: list[dict[str, Any]], args: argparse.Namespace,
-               fit: dict[str, Any] | None = None) -> list[Path]:
-    """Every plot the records support; returns the files written."""
-    from . import plot
-
-    out_dir = Path(args.out_dir)
-    formats = tuple(args.formats)
-    written: list[Path] = []
-    if fit is None:
-        fit = compute_fit(records, args)
-    by_width, _, _, recs = fit["_objects"]
-    written += plot.plot_error_vs_width(
-        [_x_of(r, "width") for r in recs], _errors(recs, args.metric), by_width,
-        out_dir / "error_vs_width", formats=formats, xlabel=fit["x"], title=fit["selection"],
-        metric=args.metric)
-    multi_k = len({_nominal_k(r) for r in records if _value(r, "family") == "lenet"}) > 1
-    usable = [r for r in records if r.get(args.metric) is not None and 0 < r[args.metric] < 1
-              and r.get("flops")]
-    written += plot.plot_error_vs_flops(
-        [{"family": _family_label(r, multi_k), "flops": float(r["flops"]),
-          "error": float(r[args.metric]), "seed": _value(r, "seed")} for r in usable],
-        out_dir / "error_vs_flops", formats=formats, metric=args.metric)
-    scans = {}
-    for r in usable:
-        if _value(r, "family") == "lenet" and _nominal_k(r) is not None:
-            scans.setdefault(int(_value(r, "d1")), []).append(
-                (_nominal_k(r), float(r[args.metric]), _value(r, "seed")))
-    scans = {d1: v for d1, v in scans.items() if len({round(k, 3) for k, _, _ in v}) >= 3}
-    if scans:
-        written += plot.plot_k_scan(scans, out_dir / "k_scan", formats=formats,
-                                    n_test=_n_test(usable), metric=args.metric)
-    else:
-        print(f"{PROG}: note: no k-scan plot (needs >= 3 values of k at one d1, e.g. the "
-              "paper preset)", file=sys.stderr)
-    return written
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
-    written = make_plots(_load_records(args.results), args)
-    for p in written:
+    from .plot import make_plots
+    from .reports import compute_fit
+
+    _check_family(args.family)
+    out_dir = _out_dir(args.out_dir)
+    loaded = _load(args.results)
+    fit = compute_fit(loaded.records, **_fit_kwargs(args))
+    notes: list[str] = []
+    for p in make_plots(loaded.records, fit, out_dir, formats=args.formats, metric=args.metric,
+                        notes=notes):
         print(f"wrote {p}")
+    for n in notes:
+        print(f"{PROG}: note: {n}", file=sys.stderr)
     return 0
 
 
 # ----------------------------------------------------------------------------- profile
 
+_MEMORY_FRACTION = 0.8  # refuse a profile whose estimate exceeds this share of free memory
 
-def _profile_table(cfg, batch: int, device: str, as_json: bool, latency: bool = True) -> str:
+
+def _available_bytes(dev) -> int | None:
+    """Free memory of ``dev``: MemAvailable on a CPU, cudaMemGetInfo on a GPU."""
+    if dev.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def _profile_device(name: str):
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"--device {name!r}: not a device torch knows; use cpu, cuda or meta "
+                       "(FLOPs only)") from None
+    if dev.type not in ("cpu", "cuda", "meta"):
+        raise CLIError(f"--device {name!r}: profile runs on cpu, cuda or meta (FLOPs only)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: no CUDA device is visible")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def estimate_profile_memory(cfg, batch: int, input_shape=(3, 32, 32)) -> dict[str, int]:
+    """Bytes an fp32 inference profile of ``cfg`` at ``batch`` needs at least: the weights, the
+    input, and each conv/linear output alive once plus its activation (the family's cost hook,
+    so nothing is built)."""
+    acct = cfg.family_spec.account(cfg.params, tuple(input_shape))
+    pixels = int(input_shape[0] * input_shape[1] * input_shape[2])
+    need = 4 * (acct["params"] + batch * (pixels + 2 * acct["activations"]))
+    return {"bytes": need, **acct}
+
+
+def _check_fits(cfg, batch: int, dev, spec: str) -> None:
+    if dev.type == "meta":
+        return
+    est = estimate_profile_memory(cfg, batch)
+    avail = _available_bytes(dev)
+    if avail is not None and est["bytes"] > _MEMORY_FRACTION * avail:
+        raise CLIError(
+            f"{spec} at batch {batch} needs about {_gib(est['bytes'])} on {dev.type} "
+            f"({est['params']:,} parameters, {est['activations']:,} activations per image) "
+            f"but {_gib(avail)} is free; use --device meta (FLOPs only, nothing allocated), a "
+            "smaller width or a smaller --batch")
+
+
+def _profile_table(cfg, batch: int, device, as_json: bool, latency: bool = True) -> str:
     import torch
 
     from .profile import profile
     from .sweep import build_model
 
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is visible")
     torch.manual_seed(0)
-    with torch.device(dev):
+    with torch.device(device):
         model = build_model(cfg).eval()
         x = torch.randn(batch, 3, 32, 32)
-    res = profile(model, x, latency=latency and dev.type != "meta")
+    res = profile(model, x, latency=latency and device.type != "meta")
     return res.to_json(indent=2) if as_json else res.table()
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    if args.batch < 1:
-        raise CLIError(f"--batch must be >= 1, got {args.batch}")
+    out = _out_file(args.out, "--out") if args.out else None
+    dev = _profile_device(args.device)
     cfg = parse_model_spec(args.model)
-    text = _profile_table(cfg, args.batch, args.device, args.json, latency=not args.no_latency)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        print(f"wrote {args.out}")
+    _check_fits(cfg, args.batch, dev, args.model)
+    text = _profile_table(cfg, args.batch, dev, args.json, latency=not args.no_latency)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        print(f"wrote {out}")
     else:
         print(text)
     return 0
@@ -530,66 +362,112 @@ def cmd_profile(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- sweep / run
 
 
-def _grid_configs(args: argparse.Namespace):
-    configs = _grid_configs_default_impl(args)
-    impl = getattr(args, "impl", "shallowkern")
-    if impl != "shallowkern":
-        from dataclasses import replace
+def _grid(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """``--grid KEY=V1,V2`` plus the shorthands (--d1, --d2, --k, --width, --bn)."""
+    grid: dict[str, list[Any]] = {}
+    for item in args.grid or ():
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise CLIError(f"--grid expects KEY=V1,V2,..., got {item!r}")
+        key = key.strip().replace("-", "_")
+        if key in grid:
+            raise CLIError(f"--grid {key} is given twice")
+        grid[key] = [_parse_value(v.strip()) for v in values.split(",") if v.strip()]
+    for key in ("d1", "d2", "k", "width"):
+        vals = getattr(args, key, None)
+        if vals:
+            if key in grid:
+                raise CLIError(f"--{key} and --grid {key}=... both given")
+            grid[key] = list(vals)
+    if getattr(args, "bn", False):
+        grid["batch_norm"] = [True]
+    return grid
 
-        configs = [replace(c, impl=impl) for c in configs]
-    return configs
 
+def _grid_configs(args: argparse.Namespace) -> list:
+    """The trials a sweep asks for (preset or explicit grid), with --impl applied."""
+    from dataclasses import replace
+    from itertools import product
 
-def _grid_configs_default_impl(args: argparse.Namespace):
-    from .sweep import get_preset, lenet_grid, vgg_grid
+    from .models.registry import get_family
+    from .sweep import TrialConfig, get_preset
 
     overrides = _parse_sets(args.set)
     seeds = args.seeds
+    grid = _grid(args)
     if args.preset:
-        explicit = [o for o in ("family", "d1", "d2", "k", "width") if getattr(args, o)]
+        explicit = ["--family"] * bool(args.family) + [f"--grid {k}" for k in grid]
         if explicit:
-            raise CLIError(f"--preset cannot be combined with --{explicit[0]}; give a preset or "
+            raise CLIError(f"--preset cannot be combined with {explicit[0]}; give a preset or "
                            "an explicit grid")
-        kwargs = {"seeds": seeds} if seeds else {}
+        kwargs: dict[str, Any] = {"seeds": seeds} if seeds else {}
         if args.dataset:
             kwargs["dataset"] = args.dataset
         configs = get_preset(args.preset, **kwargs)
         if overrides or args.train_subset:
-            from dataclasses import replace
-
             configs = [replace(c, overrides={**c.overrides, **overrides},
-                               train_subset=args.train_subset or c.train_subset) for c in configs]
-        return configs
-    if not args.family:
-        raise CLIError("give --preset NAME or an explicit grid (--family with --d1 or --width)")
-    common = dict(dataset=args.dataset or "cifar10", recipe=args.recipe, overrides=overrides,
-                  train_subset=args.train_subset)
-    seeds = seeds or [0]
-    if args.family == "lenet":
-        if not args.d1:
-            raise CLIError("--family lenet needs --d1 (one or more widths)")
-        if args.d2 and args.k:
+                               train_subset=args.train_subset or c.train_subset)
+                       for c in configs]
+    else:
+        if not args.family:
+            raise CLIError("give --preset NAME or an explicit grid (--family with --d1, --width "
+                           "or --grid KEY=V1,V2)")
+        _check_family(args.family)
+        fam = get_family(args.family)
+        unknown = [k for k in grid if k not in fam.param_names]
+        if unknown:
+            flag = f"--{unknown[0]}" if unknown[0] in ("d1", "d2", "k", "width") else \
+                f"--grid {unknown[0]}"
+            raise CLIError(f"{flag} is not a parameter of {fam.name} (its parameters: "
+                           f"{', '.join(fam.param_names)})")
+        if fam.width_param not in grid and fam.param(fam.width_param).required:
+            short = f"--{fam.width_param}" if fam.width_param in ("d1", "width") else ""
+            raise CLIError(f"--family {fam.name} needs {short + ' or ' if short else ''}--grid "
+                           f"{fam.width_param}=V1,V2 (one or more widths)")
+        if fam.name == "lenet" and "d2" in grid and "k" in grid:
             raise CLIError("give --d2 or --k, not both")
-        if args.d2:
-            from .sweep import TrialConfig
+        keys = [p for p in fam.param_names if p in grid]
+        common = dict(dataset=args.dataset or "cifar10", recipe=args.recipe,
+                      overrides=overrides, train_subset=args.train_subset)
+        configs = []
+        for combo in product(*(grid[k] for k in keys)):
+            for s in seeds or [0]:
+                try:
+                    configs.append(TrialConfig(fam.name, dict(zip(keys, combo)), seed=s,
+                                               **common))
+                except ValueError as exc:
+                    raise CLIError(str(exc)) from None
+    impl = getattr(args, "impl", "shallowkern")
+    if impl != "shallowkern":
+        configs = [replace(c, impl=impl) for c in configs]
+    _check_subsets(configs)
+    return configs
 
-            return [TrialConfig("lenet", d1=d1, d2=d2, seed=s, **common)
-                    for d1 in args.d1 for d2 in args.d2 for s in seeds]
-        return lenet_grid(args.d1, args.k or [2.8], seeds, **common)
-    if not args.width:
-        raise CLIError("--family vgg16 needs --width (one or more multipliers)")
-    return vgg_grid(args.width, seeds, batch_norm=args.bn, **common)
+
+def _check_subsets(configs: Sequence) -> None:
+    """An asked-for training subset larger than what the dataset has is an error, not a clamp."""
+    from .sweep.config import train_images
+
+    for c in configs:
+        if c.train_subset is None and "train_subset" not in c.overrides:
+            continue
+        n = train_images(c.dataset)
+        r = c.resolved_recipe()
+        if n is not None and r.train_subset is not None and r.train_subset > n - r.val_size:
+            raise CLIError(f"--train-subset {r.train_subset} is larger than the {n - r.val_size:,} "
+                           f"training images {c.dataset} has left after {r.val_size:,} for "
+                           "validation")
 
 
 def _backend_options(items: Sequence[str] | None) -> dict[str, Any]:
-    try:
-        return _parse_sets(items)
-    except CLIError as exc:
-        raise CLIError(str(exc).replace("--set", "--backend-opt")) from None
+    return _parse_sets(items, flag="--backend-opt")
 
 
 def _do_sweep(configs, args: argparse.Namespace) -> Any:
+    import inspect
+
     from .sweep import completed_ids, run_sweep
+    from .sweep.backends import BackendUnavailable
 
     results = Path(args.results)
     done = completed_ids(results)
@@ -599,22 +477,36 @@ def _do_sweep(configs, args: argparse.Namespace) -> Any:
           f"{len(todo)} to run (backend {args.backend}, "
           f"{'workers ' + str(args.workers) if args.workers is not None else 'default workers'})",
           flush=True)
-    from .sweep.backends import BackendUnavailable
-
+    extra = {}
+    if getattr(args, "retry_diverged", False):
+        if "retry_diverged" not in inspect.signature(run_sweep).parameters:
+            raise CLIError("--retry-diverged: this version of the scheduler cannot retry")
+        extra["retry_diverged"] = True
     try:
         summary = run_sweep(configs, results, workers=args.workers, backend=args.backend,
                             data_root=root, progress=not args.no_progress,
                             backend_options=_backend_options(args.backend_opt),
-                            trial_timeout=args.trial_timeout)
+                            trial_timeout=args.trial_timeout, **extra)
     except BackendUnavailable as exc:
         raise CLIError(str(exc)) from None
     print(summary.describe(), flush=True)
     return summary
 
 
+def _list_presets() -> int:
+    from .reports import render_table
+    from .sweep.presets import PRESETS, describe_preset
+
+    print(render_table(["preset", "trials", "description"],
+                       [[n, str(len(PRESETS[n]())), describe_preset(n)] for n in PRESETS], left=3))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import estimate
 
+    if args.list_presets:
+        return _list_presets()
     configs = _grid_configs(args)
     if args.dry_run:
         est = estimate(configs)
@@ -623,6 +515,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{est['trials']} trials {est['per_family']}, {est['epochs']} epochs in all, "
               f"~{est['train_macs']:.3g} training MACs")
         return 0
+    if not args.results:
+        raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")
+    _results_to_write(args.results)
     summary = _do_sweep(configs, args)
     if args.index and Path(args.results).is_file():
         from .sweep import export_csv, index
@@ -632,8 +527,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .plot import make_plots
+    from .reports import compute_fit, describe_fit, format_table, summary_rows, write_json
     from .sweep import get_preset, visible_gpus
 
+    # Everything that can be wrong with the options is found here, before the sweep.
+    _results_to_write(args.results)
+    out_dir = _out_dir(args.out_dir)
     configs = get_preset("quick", dataset=args.dataset,
                          **({"seeds": args.seeds} if args.seeds else {}))
     if args.workers is None and not visible_gpus():
@@ -642,31 +542,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         # worker 5-20x slower than a 1-thread one in our measurements (docs/sweeps.md).
         args.workers = min(2, os.cpu_count() or 1)
     summary = _do_sweep(configs, args)
-    records = _load_records(args.results)
-    # The fit and plots use the same options as `fit` / `plot`, fixed to the quick sweep.
-    for name, value in dict(family="lenet", dataset=configs[0].dataset, k=2.8, metric="test_error",
-                            floor=False, formats=["png", "svg"]).items():
-        setattr(args, name, value)
+    loaded = _load(args.results)
     wanted = {c.trial_id for c in configs}
-    ours = [r for r in records if r["trial_id"] in wanted]
+    ours = [r for r in loaded.records if r["trial_id"] in wanted]
+    if not ours:
+        raise CLIError(f"no trial of the quick sweep finished in {args.results}")
     print("\n== accuracy, FLOPs and latency per model ==")
-    print(format_table(summary_rows(ours, args.metric), args.metric))
-    fit = compute_fit(ours, args)
+    print(format_table(summary_rows(ours, "test_error"), "test_error"))
+    fit = compute_fit(ours, family="lenet", dataset=configs[0].dataset, group=2.8,
+                      metric="test_error", n_boot=args.n_boot, level=args.level,
+                      source=str(args.results))
     print("\n== fitted law ==")
     print(describe_fit(fit))
-    out_dir = Path(args.out_dir)
-    _write_json(fit, out_dir / "fit.json")
+    fit_path = write_json(fit, out_dir / "fit.json")
     largest = max(configs, key=lambda c: c.d1)
     print(f"\n== profile of the largest model ({largest.label().rsplit(' seed', 1)[0]}, "
           f"batch 100, cpu) ==")
-    print(_profile_table(largest, 100, "cpu", as_json=False))
-    written = make_plots(records, args, fit)
+    import torch
+
+    print(_profile_table(largest, 100, torch.device("cpu"), as_json=False))
+    notes: list[str] = []
+    written = make_plots(loaded.records, fit, out_dir, formats=("png", "svg"), notes=notes)
+    for n in notes:
+        print(f"{PROG}: note: {n}", file=sys.stderr)
     print("\n== outputs ==")
     print(f"results: {Path(args.results).resolve()}")
-    print(f"fit:     {(out_dir / 'fit.json').resolve()}")
+    print(f"fit:     {fit_path.resolve()}")
     for p in written:
         print(f"plot:    {p.resolve()}")
     return 0 if summary.ok else 1
+
+
+# ----------------------------------------------------------------------------- bench
 
 
 def _bench_passthrough(argv: list[str]) -> list[str]:
@@ -694,36 +601,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if bench_dir is None:
         raise CLIError(f"no benchmarks folder found (looked in {', '.join(map(str, candidates))}); "
                        "run from a source checkout or pass --dir")
+    missing = [m for m in ("pytest", "pytest_benchmark") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CLIError(f"bench needs {' and '.join(m.replace('_', '-') for m in missing)}: "
+                       "pip install 'shallowkern[test]' (or pip install pytest pytest-benchmark)")
     return subprocess.call([sys.executable, "-m", "pytest", str(bench_dir), *args.pytest_args])
 
 
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_results(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--results", required=default is None, default=default, metavar="PATH",
+def _add_results(p: argparse.ArgumentParser, default: str | None = None,
+                 required: bool = True) -> None:
+    p.add_argument("--results", required=required and default is None, default=default,
+                   metavar="PATH",
                    help="JSONL results file" + (f" (default {default})" if default else ""))
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", choices=("lenet", "vgg16"), default="lenet",
-                   help="model family to fit (default lenet)")
+    p.add_argument("--family", default="lenet",
+                   help="model family to fit (default lenet; any registered family)")
     p.add_argument("--dataset", help="dataset to fit, if the file holds several")
-    p.add_argument("--k", type=float, help="LeNet depth ratio d2/d1 to fit (default 2.8)")
+    p.add_argument("--k", type=float, help="the family's fit group to fit: LeNet's depth ratio "
+                                           "d2/d1 (default 2.8)")
     p.add_argument("--impl", choices=("shallowkern", "plain"), default="shallowkern",
                    help="which trials to fit (default shallowkern; see sweep --impl)")
-    p.add_argument("--metric", choices=("test_error", "val_error", "train_error"),
-                   default="test_error", help="which error to fit (default test_error)")
+    p.add_argument("--metric", choices=METRICS, default="test_error",
+                   help="which error to fit (default test_error)")
     p.add_argument("--floor", action="store_true",
                    help="fit error = A*x^-rho + eps_inf (needs >= 3 widths)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    _add_boot(p)
+
+
+def _add_boot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=_positive_int(2), default=1000,
+                   help="bootstrap resamples, >= 2 (default 1000)")
+    p.add_argument("--level", type=_level, default=0.95,
+                   help="confidence level in (0, 1) (default 0.95)")
 
 
 def _add_sweep_options(p: argparse.ArgumentParser, workers_default: str = "1") -> None:
-    p.add_argument("--workers", type=int, help="CPU worker processes when there is no GPU "
-                   f"(default {workers_default}; 0 runs in this process), each with cores/workers "
-                   "threads. With GPUs: one per GPU")
+    p.add_argument("--workers", type=_positive_int(0),
+                   help=f"CPU worker processes when there is no GPU (default {workers_default}; "
+                        "0 runs in this process), each with cores/workers threads. With GPUs: "
+                        "one per GPU")
     p.add_argument("--backend", choices=("local", "submitit", "ray"), default="local",
                    help="where trials run (default local)")
     p.add_argument("--backend-opt", action="append", metavar="KEY=VALUE",
@@ -732,61 +653,86 @@ def _add_sweep_options(p: argparse.ArgumentParser, workers_default: str = "1") -
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
                    help="kill and report a trial running longer (local backend with workers; "
                         "the next run retries it)")
+    p.add_argument("--retry-diverged", action="store_true",
+                   help="run diverged trials again (by default a diverged trial is done)")
     p.add_argument("--data-root", help="dataset folder (default $SHALLOWKERN_DATA)")
     p.add_argument("--download", action="store_true",
                    help="download missing datasets from their official location")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shallowkern")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0.1.0"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Kernels, sweeps and scaling laws for wide shallow networks.",
         epilog="`shallowkern run --data-root DIR` runs the quick CIFAR-10 sweep end to end.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("profile", help="FLOPs, bytes and latency of a model, per layer",
-                       description="Profile one model: per-layer FLOPs, bytes, latency.")
-    p.add_argument("model", help="model spec: lenet:16, lenet:d1=16,k=2.8, lenet:d1=16,d2=45, "
-                                 "vgg16:0.5, vgg16:width=0.5,bn")
-    p.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or meta (FLOPs only)")
+                       description="Profile one model: per-layer FLOPs, bytes, latency. The "
+                                   "memory it needs is estimated first; a model that will not "
+                                   "fit is refused (use --device meta for FLOPs only).")
+    p.add_argument("model", help="model spec FAMILY:WIDTH[,KEY=VALUE...]: lenet:16, "
+                                 "lenet:d1=16,k=2.8, lenet:d1=16,d2=45, vgg16:0.5, "
+                                 "vgg16:width=0.5,bn")
+    p.add_argument("--batch", type=_positive_int(1), default=100, help="batch size (default 100)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or meta (FLOPs only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--no-latency", action="store_true", help="count only, do not time")
     p.add_argument("--out", metavar="PATH", help="write to a file instead of stdout")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("sweep", help="run a resumable sweep (preset or explicit grid)",
-                       description="Run every trial not yet in the results file. Rerun the same "
-                                   "command to resume after a crash.")
-    p.add_argument("--preset", choices=("quick", "paper"), help="a named sweep")
-    p.add_argument("--family", choices=("lenet", "vgg16"), help="explicit grid: model family")
+                       description="Run every trial not yet done in the results file. Rerun "
+                                   "the same command to resume after a crash.")
+    p.add_argument("--preset", help="a named sweep (--list-presets shows them)")
+    p.add_argument("--list-presets", action="store_true",
+                   help="list the presets with their size and a one-line description")
+    p.add_argument("--family", help="explicit grid: a registered model family (lenet, vgg16, "
+                                    "...)")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                   help="explicit grid: values of one family parameter, e.g. --grid d1=4,8,16; "
+                        "repeatable (every combination runs)")
     p.add_argument("--d1", type=int, nargs="+", help="LeNet first-layer widths")
     p.add_argument("--d2", type=int, nargs="+", help="LeNet second-layer widths (instead of --k)")
     p.add_argument("--k", type=float, nargs="+", help="LeNet depth ratios d2/d1 (default 2.8)")
     p.add_argument("--width", type=float, nargs="+", help="VGG-16 width multipliers")
     p.add_argument("--bn", action="store_true", help="VGG-16 with BatchNorm")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: preset's, or 0)")
+    p.add_argument("--seeds", type=_positive_int(0), nargs="+",
+                   help="seeds (default: preset's, or 0)")
     p.add_argument("--dataset", help="cifar10 (default), mnist, fashion_mnist, synthetic, "
                                      "synthetic-N (N generated images: timing without files)")
     p.add_argument("--recipe", choices=("lab", "quick"), default="lab",
                    help="training recipe for an explicit grid (default lab)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="recipe override, e.g. --set epochs=10 --set lr=0.02; repeatable")
-    p.add_argument("--train-subset", type=int, help="training images per trial")
+    p.add_argument("--train-subset", type=_positive_int(1),
+                   help="training images per trial (at most what the dataset has)")
     p.add_argument("--impl", choices=("shallowkern", "plain"), default="shallowkern",
                    help="shallowkern kernels + device-resident data (default), or the same "
                         "networks in plain PyTorch with a host DataLoader (the speedup baseline)")
-    _add_results(p)
+    _add_results(p, required=False)
     _add_sweep_options(p)
-    p.add_argument("--dry-run", action="store_true", help="list the trials and their cost only")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the trials and their cost only (no --results needed)")
     p.add_argument("--index", action="store_true",
                    help="afterwards write <results>.sqlite and <results>.csv")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("fit", help="power law of error vs width, with bootstrap CI",
-                       description="Fit error = A * d1^-rho (optionally + floor) to the results "
-                                   "with a seed-bootstrap CI, a held-out check on the largest "
-                                   "width, and the same law vs FLOPs. Prints it and writes JSON.")
+                       description="Fit error = A * width^-rho (optionally + floor) to the "
+                                   "usable results (diverged trials are left out) with a "
+                                   "seed-bootstrap CI, a held-out check on the largest width, "
+                                   "and the same law vs FLOPs. Prints it and writes JSON.")
     _add_results(p)
     _add_fit_options(p)
     p.add_argument("--out", metavar="PATH", help="JSON output (default <results>.fit.json)")
@@ -804,17 +750,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("report", help="summary table: error mean±std, FLOPs, latency per model",
-                       description="One row per model configuration over its seeds.")
+                       description="One row per model configuration over its usable seeds; "
+                                   "diverged trials are counted and listed, never averaged.")
     _add_results(p)
-    p.add_argument("--metric", choices=("test_error", "val_error", "train_error"),
-                   default="test_error")
+    p.add_argument("--metric", choices=METRICS, default="test_error")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
     p.add_argument("--index", action="store_true",
                    help="also write <results>.sqlite and <results>.csv")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="run `pytest benchmarks/` (extra args passed through)",
-                       description="Runs python -m pytest benchmarks/ ARGS...")
+                       description="Runs python -m pytest benchmarks/ ARGS... (needs pytest and "
+                                   "pytest-benchmark: pip install 'shallowkern[test]')")
     p.add_argument("--dir", help="benchmarks folder (default ./benchmarks or the checkout's)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="arguments for pytest")
     p.set_defaults(func=cmd_bench)
@@ -825,48 +772,59 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the profile of the largest model, and where the plots are.")
     _add_results(p, default="shallowkern-quick.jsonl")
     _add_sweep_options(p, workers_default="min(2, cores)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1)")
+    p.add_argument("--seeds", type=_positive_int(0), nargs="+", help="seeds (default 0 1)")
     p.add_argument("--dataset", default="cifar10",
                    help="cifar10 (default); 'synthetic' smoke-tests the pipeline without data")
     p.add_argument("--out-dir", default=None,
                    help="plots and fit.json (default <results without .jsonl>_out/)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    _add_boot(p)
     p.set_defaults(func=cmd_run)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shallowkern`` console script and ``python -m shallowkern``."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("SHALLOWKERN_DEBUG"))
+    command = "?"
     try:
-        # parse_known_args: `bench` passes options it does not know (-k, -q, ...) to pytest.
-        args, unknown = parser.parse_known_args(argv)
-        if args.command == "bench":
-            args.pytest_args = _bench_passthrough(argv)
-        elif unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    except SystemExit as exc:  # --help (0) or a usage error (2): keep main() returning an int
-        return int(exc.code or 0)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    if args.command == "run" and args.out_dir is None:
-        res = Path(args.results)
-        args.out_dir = str(res.with_name(res.stem + "_out"))
-    from .data import DataError
-    from .sweep.backends import BackendUnavailable
-
-    try:
+        parser = build_parser()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            # parse_known_args: `bench` passes options it does not know (-k, -q, ...) to pytest.
+            args, unknown = parser.parse_known_args(argv)
+            if args.command == "bench":
+                args.pytest_args = _bench_passthrough(argv)
+            elif unknown:
+                parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        except SystemExit as exc:  # --help (0) or a usage error (2): keep returning an int
+            return int(exc.code or 0)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        command = args.command
+        if args.command == "run" and args.out_dir is None:
+            res = Path(args.results)
+            args.out_dir = str(res.with_name(res.stem + "_out"))
         return int(args.func(args) or 0)
-    except (CLIError, DataError, BackendUnavailable, ValueError, FileNotFoundError,
-            ImportError) as exc:
-        if os.environ.get("SHALLOWKERN_DEBUG"):
-            raise
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted (finished trials are kept; rerun to resume)",
+        if debug:
+            raise
+        print(f"{PROG} {command}: interrupted (finished trials are kept; rerun to resume)",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error is one line unless debugging
+        if debug:
+            raise
+        expected = isinstance(exc, (CLIError, ValueError, OSError, ImportError)) or \
+            type(exc).__name__ in ("DataError", "BackendUnavailable")
+        what = "" if expected else f"{type(exc).__name__}: "
+        hint = "" if expected else " (an internal error: SHALLOWKERN_DEBUG=1 shows the traceback)"
+        print(f"{PROG} {command}: error: {what}{_one_line(exc)}{hint}", file=sys.stderr)
+        return 2 if expected else 1

@@ -8,6 +8,8 @@
   ln k (``shallowkern.laws.k_scan``) and the conservation-law optimum k = 2.8.
 
 Each function writes ``<stem>.<fmt>`` for every format and returns the paths.
+``make_plots(records, fit, out_dir)`` writes every plot a results file supports (what
+``shallowkern plot`` and ``shallowkern run`` do).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_error_vs_flops", "plot_error_vs_width", "plot_k_scan"]
+__all__ = ["make_plots", "plot_error_vs_flops", "plot_error_vs_width", "plot_k_scan"]
 
 
 def _pyplot():
@@ -166,3 +168,48 @@ def plot_k_scan(scans: dict[int, list[tuple[float, float, Any]]], stem: str | Pa
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, Path(stem), formats)
+
+
+def make_plots(records: Sequence[dict[str, Any]], fit: dict[str, Any], out_dir: str | Path, *,
+               formats: Sequence[str] = ("png", "svg"), metric: str = "test_error",
+               notes: list[str] | None = None) -> list[Path]:
+    """Every plot the done ``records`` support, next to ``fit`` (``reports.compute_fit``):
+    error vs width with the fit, error vs FLOPs per family series, and the k-scan where a
+    family with a fit group (LeNet's k) was run at >= 3 values of it at one width. Only usable
+    records (not diverged, finite error) are drawn. Returns the files written; why a plot was
+    skipped is appended to ``notes``."""
+    from .reports.records import errors, family_of, group_value, n_test, series_label, usable
+    from .reports.records import value, x_of
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file, not a folder")
+    formats = tuple(formats)
+    written: list[Path] = []
+    by_width, _, _, recs = fit["_objects"]
+    written += plot_error_vs_width(
+        [x_of(r, "width") for r in recs], errors(recs, metric), by_width,
+        out_dir / "error_vs_width", formats=formats, xlabel=fit["x"], title=fit["selection"],
+        metric=metric)
+    ok = [r for r in usable(records, metric) if 0 < r[metric] < 1
+          and isinstance(r.get("flops"), (int, float)) and r["flops"] > 0]
+    groups: dict[str, set] = {}
+    for r in ok:
+        groups.setdefault(str(value(r, "family")), set()).add(group_value(r))
+    written += plot_error_vs_flops(
+        [{"family": series_label(r, len(groups[str(value(r, "family"))]) > 1),
+          "flops": float(r["flops"]), "error": float(r[metric]), "seed": value(r, "seed")}
+         for r in ok], out_dir / "error_vs_flops", formats=formats, metric=metric)
+    scans: dict[int, list[tuple[float, float, Any]]] = {}
+    for r in ok:
+        fam = family_of(r)
+        if fam is not None and fam.fit_group == "k" and group_value(r) is not None:
+            scans.setdefault(int(value(r, fam.width_param)), []).append(
+                (float(group_value(r)), float(r[metric]), value(r, "seed")))
+    scans = {w: v for w, v in scans.items() if len({round(k, 3) for k, _, _ in v}) >= 3}
+    if scans:
+        written += plot_k_scan(scans, out_dir / "k_scan", formats=formats, n_test=n_test(ok),
+                               metric=metric)
+    elif notes is not None:
+        notes.append("no k-scan plot (needs >= 3 values of k at one d1, e.g. the paper preset)")
+    return written

@@ -46,6 +46,16 @@ def synthetic_size(name: str) -> int | None:
     return None
 
 
+# Training images of the datasets shallowkern reads (the official releases); see train_images.
+TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "mnist": 60000, "fashion_mnist": 60000}
+
+
+def train_images(dataset: str) -> int | None:
+    """Training images of ``dataset`` (canonical name), or None when unknown."""
+    n = synthetic_size(dataset)
+    return n if n is not None else TRAIN_IMAGES.get(dataset)
+
+
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, compact separators, ASCII, no NaN/inf."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,

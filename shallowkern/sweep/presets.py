@@ -17,7 +17,8 @@ from typing import Any
 
 from .config import TrialConfig, canonical_json
 
-__all__ = ["PRESETS", "estimate", "get_preset", "lenet_grid", "paper", "quick", "vgg_grid"]
+__all__ = ["PRESETS", "describe_preset", "estimate", "get_preset", "lenet_grid", "paper", "quick",
+           "register_preset", "vgg_grid"]
 
 
 def lenet_grid(d1s: Iterable[int], ks: Iterable[float] = (2.8,), seeds: Iterable[int] = (0,), *,
@@ -56,6 +57,31 @@ def paper(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10") -> list[Tr
 
 
 PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {"quick": quick, "paper": paper}
+_DESCRIPTIONS: dict[str, str] = {
+    "quick": "LeNet d1 in {4,8,16,32}, k=2.8, 2 seeds, quick recipe (8 epochs, 10k images): "
+             "minutes on a CPU",
+    "paper": "LeNet d1 in {6..768} x k in {2,2.8,4} + VGG-16 bn width in {1/8..1}, 3 seeds, lab "
+             "recipe (100 epochs): the full study, for GPUs",
+}
+
+
+def register_preset(name: str, build: Callable[..., list[TrialConfig]], description: str, *,
+                    replace: bool = False) -> None:
+    """Add a named sweep: ``build(seeds=..., dataset=...) -> [TrialConfig]`` and a one-line
+    description (shown by ``shallowkern sweep --list-presets``)."""
+    if name in PRESETS and not replace:
+        raise ValueError(f"preset {name!r} already exists (replace=True to redefine it)")
+    if not description or "\n" in description:
+        raise ValueError(f"preset {name!r}: give a one-line description")
+    PRESETS[name] = build
+    _DESCRIPTIONS[name] = description
+
+
+def describe_preset(name: str) -> str:
+    """The one-line description of preset ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return _DESCRIPTIONS.get(name) or (PRESETS[name].__doc__ or "").strip().split("\n")[0]
 
 
 def get_preset(name: str, **kwargs: Any) -> list[TrialConfig]:
