@@ -1,12 +1,14 @@
 """Loads the compiled extension ``shallowkern._C`` once, or records why it is missing.
 
 Every op works without it (Triton on CUDA, the pure-PyTorch reference everywhere); the native
-C++/CUDA kernels are a speed-up, never a requirement. ``import shallowkern`` warns once.
+C++/CUDA kernels are a speed-up, never a requirement. ``import shallowkern`` warns once when
+the extension was built but cannot load; a pure-Python install (never built) logs at debug level.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from types import ModuleType
 
@@ -25,13 +27,16 @@ except ImportError as exc:  # not built, or built against another torch
         load_error = "the extension was not built (SHALLOWKERN_NO_EXT=1 or a failed build)"
     else:
         load_error = f"{type(exc).__name__}: {exc}"
-    warnings.warn(
-        "shallowkern._C is not available, so the C++/CUDA kernels are disabled and ops use "
-        f"Triton or the PyTorch reference ({load_error}). Build it with "
-        "`pip install --no-build-isolation -e .`.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    _message = ("shallowkern._C is not available, so the C++/CUDA kernels are disabled and ops "
+                f"use Triton or the PyTorch reference ({load_error}). Build it with "
+                "`pip install --no-build-isolation -e .`.")
+    if importlib.util.find_spec("shallowkern._C") is None:
+        # A pure-Python install (SHALLOWKERN_NO_EXT=1) is a supported choice, not a fault: say
+        # so at debug level (``shallowkern.ops.explain`` names it per call) instead of warning
+        # at every import.
+        logging.getLogger("shallowkern").debug(_message)
+    else:  # built but unloadable (another torch, a missing library): a native kernel was wanted
+        warnings.warn(_message, RuntimeWarning, stacklevel=2)
 
 
 def available() -> bool:
