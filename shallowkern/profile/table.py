@@ -36,13 +36,11 @@ def _ops(counts: dict[str, int]) -> str:
 
 
 def _align(rows: list[list[str]], left: int) -> list[str]:
-    """Columns padded to their widest cell; the first ``left`` columns left-aligned."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for r in rows:
-        cells = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        lines.append("  ".join(cells).rstrip())
-    return lines
+    """Columns padded to their widest cell; the first ``left`` columns left-aligned (the table
+    renderer the CLI's reports use too)."""
+    from ..reports.tables import render_table
+
+    return render_table(None, rows, left=left).split("\n")
 
 
 def render(result: "ProfileResult", depth: int | None = None) -> str:

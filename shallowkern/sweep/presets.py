@@ -60,8 +60,8 @@ PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {"quick": quick, "paper":
 _DESCRIPTIONS: dict[str, str] = {
     "quick": "LeNet d1 in {4,8,16,32}, k=2.8, 2 seeds, quick recipe (8 epochs, 10k images): "
              "minutes on a CPU",
-    "paper": "LeNet d1 in {6..768} x k in {2,2.8,4} + VGG-16 bn width in {1/8..1}, 3 seeds, lab "
-             "recipe (100 epochs): the full study, for GPUs",
+    "paper": "LeNet d1 6..768 x k {2,2.8,4} + VGG-16 bn width 1/8..1, 3 seeds, lab recipe "
+             "(100 epochs): the full study (GPU)",
 }
 
 
