@@ -78,6 +78,10 @@ for _k in (
          "CLI errors with their traceback", values="`1`"),
     Knob("triton.autotune", "SHALLOWKERN_TRITON_AUTOTUNE", True, _bool,
          "`0`: Triton kernels run their first config, no autotuning", values="`0`, `1`"),
+    Knob("triton.fixed_configs", "SHALLOWKERN_TRITON_FIXED_CONFIGS", "", str,
+         "JSON table of Triton configs per kernel and shape (from "
+         "`shallowkern.triton._utils.dump_config_table`): no autotuning, reproducible runs",
+         values="path"),
     Knob("wide_conv2d.cpu_forward", "SHALLOWKERN_CPU_FORWARD", None,
          _choice("direct", "fused", "vendor"),
          "C++ CPU forward path (default: by reduction length C·R·S)", where="C++",

@@ -53,8 +53,6 @@ without a GPU (Triton interpreter on CPU for numerics, sm_90 compile checks for 
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Sequence
 
 import torch
@@ -62,18 +60,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["forward", "supports", "FWD_CONFIGS", "INTERPRET_FWD_CONFIG", "interpreting"]
+from ..ops._geometry import NO_GRAD, conv_out_hw, out_memory_format, pair
+from ._utils import (TunedKernel, autotune_enabled, device_guard, grouped_pid, input_precision,
+                     interpreting, launch)
 
-NO_GRAD = 4  # idx value for windows that the ReLU zeroed (shallowkern.ops.wide_conv2d.NO_GRAD)
+__all__ = ["forward", "supports", "FWD_CONFIGS", "INTERPRET_FWD_CONFIG", "FWD", "FWD_KEYS",
+           "NO_GRAD", "interpreting"]
+# re-exported for kernel modules written against this file before _utils existed
+_SHARED = (autotune_enabled, device_guard, grouped_pid, launch, conv_out_hw)
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Below this C_in the (c, r, s) reduction is flattened: channel blocks of 16 would mostly be
 # padding (C=3 -> 3/16 useful), while flattening wastes at most BLOCK_K-1 of C*R*S.
 FLAT_MAX_CIN = 16
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return bool(triton.knobs.runtime.interpret)
 
 
 # GPU autotune space (BLOCK_M counts conv rows: BLOCK_M/4 pooled outputs when pool == 2). The
@@ -96,17 +95,6 @@ FWD_CONFIGS = [
 ]
 # One config under the interpreter (autotuning needs a GPU timer): large tiles, few programs.
 INTERPRET_FWD_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}
-
-
-@triton.jit
-def grouped_pid(num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """(row tile, column tile) of this program in grouped order: GROUP_M row tiles share each
-    column tile while it is in L2."""
-    pid = tl.program_id(0)
-    group = GROUP_M * num_pid_n
-    first_m = (pid // group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    return first_m + (pid % group) % size_m, (pid % group) // size_m
 
 
 @triton.jit
@@ -242,33 +230,20 @@ def _prune_fwd(configs, named_args, **kwargs):
     return sorted(kept, key=lambda c: a["FLAT"] and c.kwargs["BLOCK_K"] != 16)
 
 
-_fwd_autotuned = triton.autotune(
-    configs=FWD_CONFIGS, key=["C", "K", "MP", "R", "S", "POOL", "FLAT"],
-    prune_configs_by={"early_config_prune": _prune_fwd})(_wide_conv2d_fwd_kernel)
+# Autotune key: the layer (channels, kernel, spatial size, conv arguments, pooling, reduction
+# mode) and the input layout (sxc == 1 for channels_last); not the batch size, so a new batch
+# size reuses the tuning (issue 13). Triton adds the tensors' dtypes.
+_CONV_KEYS = ["C", "K", "H", "W", "R", "S", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H",
+              "DIL_W", "POOL"]
+FWD_KEYS = _CONV_KEYS + ["FLAT", "sxc"]
+FWD = TunedKernel("wide_conv2d_fwd", _wide_conv2d_fwd_kernel, FWD_CONFIGS, FWD_KEYS, _prune_fwd,
+                  INTERPRET_FWD_CONFIG)
+_fwd_autotuned = FWD.autotuned
 
 
 # ---------------------------------------------------------------------------------------------
 # launcher
 # ---------------------------------------------------------------------------------------------
-def conv_out_hw(h: int, w: int, r: int, s: int, stride, padding, dilation) -> tuple[int, int]:
-    """Conv output size (same formula as shallowkern.ops.wide_conv2d.conv_out_hw)."""
-    return ((h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1,
-            (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1)
-
-
-def out_memory_format(x: Tensor) -> torch.memory_format:
-    """channels_last in -> channels_last out (same rule as shallowkern.ops.wide_conv2d)."""
-    if (x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def input_precision(dtype: torch.dtype) -> str:
-    """tl.dot precision for fp32 convs: TF32 when PyTorch allows it for cuDNN convs."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
-
-
 def supports(input: Tensor, weight: Tensor, groups: int = 1) -> str | None:
     """None if these kernels can run the call, else the reason in words."""
     if groups != 1:
@@ -288,64 +263,26 @@ def supports(input: Tensor, weight: Tensor, groups: int = 1) -> str | None:
     return None
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    v = (v, v) if isinstance(v, int) else tuple(v)
-    if len(v) != 2 or not all(isinstance(e, int) for e in v):
-        raise ValueError(f"wide_conv2d (triton): {name} must be an int or a pair of ints, "
-                         f"got {v!r}")
-    return v
-
-
 def check_conv_args(input: Tensor, weight: Tensor, stride, padding, dilation, pool: int):
     """Shared by the forward and backward launchers; returns (stride, padding, dilation, OH, OW)."""
     why = supports(input, weight, 1)
     if why is not None:
         raise ValueError(f"wide_conv2d (triton): input/weight: {why}")
-    stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
-                                 _pair(dilation, "dilation"))
+    op = "wide_conv2d (triton)"
+    stride, padding, dilation = (pair(stride, "stride", op), pair(padding, "padding", op),
+                                 pair(dilation, "dilation", op))
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(f"wide_conv2d (triton): need stride >= 1, dilation >= 1, padding >= 0; "
                          f"got stride={stride}, padding={padding}, dilation={dilation}")
     if pool not in (1, 2):
         raise ValueError(f"wide_conv2d (triton): pool must be 1 or 2, got {pool!r}")
-    oh, ow = conv_out_hw(input.shape[2], input.shape[3], weight.shape[2], weight.shape[3],
-                         stride, padding, dilation)
+    oh, ow = conv_out_hw(input.shape[2], input.shape[3], weight.shape[2:], stride, padding,
+                         dilation)
     if oh < pool or ow < pool:
         raise ValueError(f"wide_conv2d (triton): weight {tuple(weight.shape[2:])} on input "
                          f"{tuple(input.shape[2:])} gives a {oh}x{ow} conv output, too small for "
                          f"pool={pool}")
     return stride, padding, dilation, oh, ow
-
-
-def device_guard(t: Tensor):
-    """Launch on t's GPU (Triton launches on the current device); no-op on CPU."""
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
-def autotune_enabled() -> bool:
-    """SHALLOWKERN_TRITON_AUTOTUNE=0 runs the first fitting GPU config instead of benchmarking
-    them all (quick GPU test runs; every new shape key otherwise compiles and times each)."""
-    return os.environ.get("SHALLOWKERN_TRITON_AUTOTUNE", "1") != "0" and not interpreting()
-
-
-def launch(kernel, autotuned, prune, grid, args: tuple, meta: dict,
-           config: triton.Config | dict | None, interpret_config: dict) -> None:
-    """Run ``kernel``: autotuned on a GPU, else with ``config`` (a test hook), the interpreter's
-    single config, or the first GPU config that ``prune`` keeps for these arguments."""
-    if config is None and autotune_enabled():
-        autotuned[grid](*args, **meta)
-        return
-    if config is None:
-        if interpreting():
-            config = interpret_config
-        else:
-            named = dict(zip(kernel.arg_names, args))
-            config = prune(autotuned.configs, named, **meta)[0]
-    if isinstance(config, triton.Config):
-        config = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-    if interpreting():  # launch options mean nothing to the interpreter
-        config = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-    kernel[grid](*args, **meta, **config)
 
 
 def use_flat(c_in: int) -> bool:
@@ -403,12 +340,12 @@ def _forward(input, weight, bias, stride, padding, dilation, relu, pool, return_
             c, h, w, k, mp, ph, pw, *input.stride(), *weight.stride(), *out.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     meta = dict(R=r, S=s, HAS_BIAS=bias is not None, RELU=bool(relu), POOL=pool,
-                WRITE_IDX=write_idx, FLAT=flat, INPUT_PRECISION=input_precision(input.dtype))
+                WRITE_IDX=write_idx, FLAT=flat,
+                INPUT_PRECISION=input_precision(input.dtype, "conv"))
 
     def grid(m):
         return (triton.cdiv(mp, m["BLOCK_M"] // (pool * pool)) * triton.cdiv(k, m["BLOCK_N"]),)
 
     with device_guard(input):
-        launch(_wide_conv2d_fwd_kernel, _fwd_autotuned, _prune_fwd, grid, args, meta, config,
-               INTERPRET_FWD_CONFIG)
+        FWD(grid, args, meta, config)
     return out, idx

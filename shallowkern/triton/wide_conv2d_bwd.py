@@ -43,11 +43,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .wide_conv2d import (check_conv_args, device_guard, grouped_pid, input_precision, launch,
-                          out_memory_format)
+from ..ops._geometry import out_memory_format
+from ._utils import TunedKernel, device_guard, grouped_pid, input_precision
+from .wide_conv2d import _CONV_KEYS, check_conv_args
 
 __all__ = ["backward", "BWD_INPUT_CONFIGS", "BWD_WEIGHT_CONFIGS", "INTERPRET_BWD_INPUT_CONFIG",
-           "INTERPRET_BWD_WEIGHT_CONFIG"]
+           "INTERPRET_BWD_WEIGHT_CONFIG", "BWD_INPUT", "BWD_WEIGHT"]
 
 # sm_90 compile check: most of these gather kernels reach ptxas' 255-register cap, without
 # spills (two 2-D gathers, grad_out and saved, form each gy tile). BLOCK_K stays at 32 so fp32
@@ -241,12 +242,16 @@ def _prune_weight(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-_input_autotuned = triton.autotune(
-    configs=BWD_INPUT_CONFIGS, key=["C", "K", "M", "R", "S", "POOL"],
-    prune_configs_by={"early_config_prune": _prune_input})(_wide_conv2d_bwd_input_kernel)
-_weight_autotuned = triton.autotune(
-    configs=BWD_WEIGHT_CONFIGS, key=["C", "K", "MR", "R", "S", "POOL", "HAS_GW", "HAS_GB"],
-    prune_configs_by={"early_config_prune": _prune_weight})(_wide_conv2d_bwd_weight_kernel)
+# Autotune keys: the layer and layout (sxc: 1 for channels_last), never the batch size (M and
+# MR are N*H*W and N*EH*EW); see shallowkern/triton/_utils.py.
+BWD_INPUT = TunedKernel("wide_conv2d_bwd_input", _wide_conv2d_bwd_input_kernel,
+                        BWD_INPUT_CONFIGS, _CONV_KEYS + ["RELU", "sxc"], _prune_input,
+                        INTERPRET_BWD_INPUT_CONFIG)
+BWD_WEIGHT = TunedKernel("wide_conv2d_bwd_weight", _wide_conv2d_bwd_weight_kernel,
+                         BWD_WEIGHT_CONFIGS,
+                         _CONV_KEYS + ["RELU", "HAS_GW", "HAS_GB", "CL_ORDER"], _prune_weight,
+                         INTERPRET_BWD_WEIGHT_CONFIG)
+_input_autotuned, _weight_autotuned = BWD_INPUT.autotuned, BWD_WEIGHT.autotuned
 
 
 def choose_split(mr: int, k: int, crs: int, sms: int) -> int:
@@ -322,7 +327,7 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
     if nb == 0 or k == 0:  # nothing to reduce: zero gradients, no launch
         gi.zero_(), gw.zero_(), gb.zero_()
         return gi, gw, gb
-    prec = input_precision(input.dtype)
+    prec = input_precision(input.dtype, "conv")
     common = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
     with device_guard(input):
@@ -336,8 +341,7 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
             def grid_i(a):
                 return (triton.cdiv(m, a["BLOCK_M"]) * triton.cdiv(c, a["BLOCK_N"]),)
 
-            launch(_wide_conv2d_bwd_input_kernel, _input_autotuned, _prune_input, grid_i, args,
-                   meta, input_config, INTERPRET_BWD_INPUT_CONFIG)
+            BWD_INPUT(grid_i, args, meta, input_config)
 
         if want_gw or want_gb:
             crs = c * r * s
@@ -363,8 +367,7 @@ def _backward(grad_out, input, weight, saved, stride, padding, dilation, relu, p
                 n_c = triton.cdiv(crs, a["BLOCK_CRS"]) if want_gw else 1
                 return (triton.cdiv(k, a["BLOCK_KO"]) * n_c, split)
 
-            launch(_wide_conv2d_bwd_weight_kernel, _weight_autotuned, _prune_weight, grid_w, args,
-                   meta, weight_config, INTERPRET_BWD_WEIGHT_CONFIG)
+            BWD_WEIGHT(grid_w, args, meta, weight_config)
             if split > 1:
                 if want_gw:
                     gw.copy_(gw_buf.sum(dim=0).view(weight.shape))

@@ -27,9 +27,11 @@ import zlib
 import pytest
 import torch
 
+from shallowkern import _knobs as knobs
 from shallowkern import testing as T
-from shallowkern.ops.wide_conv2d import (conv_out_hw, out_memory_format,
-                                         wide_conv2d_backward_reference, wide_conv2d_reference)
+from shallowkern.ops import _geometry
+from shallowkern.ops._geometry import conv_out_hw, out_memory_format
+from shallowkern.ops.wide_conv2d import wide_conv2d_backward_reference, wide_conv2d_reference
 from shallowkern.triton import wide_conv2d as tk
 from shallowkern.triton import wide_conv2d_bwd as tb
 
@@ -130,10 +132,11 @@ def poisoned(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def untuned(monkeypatch):
+def untuned():
     """On a GPU, run the default config instead of autotuning every test shape (slow);
     test_autotune_path covers the autotuner."""
-    monkeypatch.setenv("SHALLOWKERN_TRITON_AUTOTUNE", "0")
+    with knobs.override({"triton.autotune": False}):
+        yield
 
 
 @pytest.fixture
@@ -258,8 +261,12 @@ def test_forward_gpu_configs(cfg, flat, no_tf32):
 
 @T.requires_cuda
 @needs_kernels
-def test_autotune_path(monkeypatch, no_tf32):
-    monkeypatch.setenv("SHALLOWKERN_TRITON_AUTOTUNE", "1")
+def test_autotune_path(no_tf32):
+    with knobs.override({"triton.autotune": True}):
+        _autotune_path()
+
+
+def _autotune_path():
     case = CASES[1]
     x, w, b = make_input(case, torch.float32, integer=True)
     assert_forward_exact(case, x, *run_forward(case, x, w, b), *reference_forward(case, x, w, b))
@@ -285,14 +292,11 @@ def test_flat_heuristic_and_precision(monkeypatch):
     assert tk.input_precision(torch.float32) == "ieee"
 
 
-def test_helpers_match_op_layer():
-    x = torch.empty(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
-    for t in (x, x.contiguous(), x[:, :2]):
-        assert tk.out_memory_format(t) == out_memory_format(t)
-    for args in [((31, 30), (5, 4), (1, 2), (2, 0), (1, 3)),
-                 ((8, 8), (1, 1), (1, 1), (0, 0), (1, 1))]:
-        (h, w), (r, s), st, p, d = args
-        assert tk.conv_out_hw(h, w, r, s, st, p, d) == conv_out_hw(h, w, (r, s), st, p, d)
+def test_helpers_are_the_op_layers():
+    """One geometry for ops, Triton and models (issue 8): the launcher uses the shared module."""
+    assert tk.conv_out_hw is _geometry.conv_out_hw
+    assert tk.out_memory_format is _geometry.out_memory_format
+    assert tk.NO_GRAD == _geometry.NO_GRAD
 
 
 # ---------------------------------------------------------------------------------------------
