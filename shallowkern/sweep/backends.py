@@ -3,6 +3,8 @@
 Both submit ``trial_fn(config_dict, data_root)`` — by default ``run_trial``, unchanged — as the
 job, collect the returned records in the driver as jobs finish, and append them to the results
 file there (cluster jobs may not share a file system with the results file; the driver does).
+``run_sweep`` holds the results file exclusively while a cluster backend runs (``SweepBusy`` for
+a second driver), since the jobs themselves take no leases.
 The packages are imported only when a backend is used, and a missing one is a clear error.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrialConfig
-from .store import append_record
+from .store import append_record, encode_record, is_diverged
 
 __all__ = ["BackendUnavailable", "require", "run_ray", "run_submitit"]
 
@@ -35,9 +37,17 @@ def require(package: str, backend: str) -> Any:
 
 
 def _collect(summary, results: Path, cfg: TrialConfig, get_record, bar) -> None:
+    """Append a finished job's record in the driver and book it. The store refuses a trial
+    that is already done (e.g. stored meanwhile by an orphaned local worker): that trial is
+    booked as done elsewhere, never stored twice."""
     try:
-        append_record(results, get_record())
-        summary.completed.append(cfg.trial_id)
+        rec = get_record()
+        if append_record(results, rec):
+            summary.completed.append(cfg.trial_id)
+            if is_diverged(encode_record(rec)):
+                summary.diverged.append(cfg.trial_id)
+        else:
+            summary.done_elsewhere.append(cfg.trial_id)
         bar.update(cfg.label())
     except Exception:
         summary.failed[cfg.trial_id] = traceback.format_exc()

@@ -6,12 +6,38 @@ context: forking a parent that has touched CUDA or OpenMP thread pools is undefi
 and spawn behaves the same on Linux and macOS. Each worker runs one trial at a time, appends
 the record to the results file itself (so a finished trial survives a crash of the parent), and
 reports back over its own pipe, so the parent always knows which trial a dead worker held.
+
+No trial is run twice, and none is lost, whoever is killed when:
+
+* **Leases.** The process that runs a trial (a worker, or the driver with ``workers=0``) first
+  takes an exclusive ``flock`` on ``<results>.leases/<trial_id>.lease`` and holds it until the
+  record is appended. The kernel drops the lock when that process dies, however it dies
+  (SIGKILL included), so a lease is held exactly as long as someone may still append the trial.
+  A trial whose lease is taken is deferred and retried later; a trial found done once its
+  lease is taken is not run again. So two drivers on one results file **cooperate**: each runs
+  the trials the other has not leased, and both return when every trial is done.
+* **Workers die with their driver.** A worker asks the kernel for SIGKILL when its parent dies
+  (``prctl(PR_SET_PDEATHSIG)``, Linux) and checks its parent's pid before every trial
+  elsewhere; it also ignores SIGINT (Ctrl-C goes to the driver, which stops its workers).
+* **The store never holds a trial twice.** ``append_record`` checks the done ids under an
+  exclusive ``flock`` of the results file and does not write a trial that is already there.
+* Cluster backends (submitit, Ray) collect records in the driver and take the results file
+  for themselves: a second driver on the same file, local or not, is refused with one line
+  (``SweepBusy``) while one of them runs.
+
+Leases and the driver lock live in ``<results>.leases/`` (lease files are removed when
+released; the directory and its ``driver.lock`` stay). They need a local file system with
+``flock`` (not all network file systems honour it).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -22,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrialConfig, trial_id
-from .store import append_record, completed_ids
+from .store import append_record, completed_ids, diverged_ids, encode_record, is_diverged
 
-__all__ = ["SweepSummary", "TrialFn", "run_sweep", "visible_gpus"]
+__all__ = ["SweepBusy", "SweepSummary", "TrialFn", "lease_dir", "run_sweep", "visible_gpus"]
 
 # run_trial's signature: (config dict, data_root) -> record dict with a "trial_id".
 TrialFn = Callable[[dict[str, Any], "str | None"], dict[str, Any]]
@@ -36,18 +62,27 @@ class SweepSummary:
 
     results: Path
     total: int  # distinct trials asked for
-    skipped: int  # already in the results file
-    completed: list[str] = field(default_factory=list)
+    skipped: int  # already done in the results file when the sweep started
+    completed: list[str] = field(default_factory=list)  # run and stored by this call
     failed: dict[str, str] = field(default_factory=dict)  # trial id -> why (traceback)
     wall_time: float = 0.0
+    diverged: list[str] = field(default_factory=list)  # of completed: stored as diverged
+    done_elsewhere: list[str] = field(default_factory=list)  # finished by another driver
+    skipped_diverged: int = 0  # of skipped: diverged trials not retried (retry_diverged=False)
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
     def describe(self) -> str:
-        s = (f"{len(self.completed)} trial(s) run, {self.skipped} already in {self.results}, "
-             f"{len(self.failed)} failed, in {self.wall_time:.1f} s")
+        s = (f"{len(self.completed)} trial(s) run"
+             + (f" ({len(self.diverged)} diverged)" if self.diverged else "")
+             + f", {self.skipped} already in {self.results}"
+             + (f" ({self.skipped_diverged} diverged, not retried)" if self.skipped_diverged
+                else "")
+             + (f", {len(self.done_elsewhere)} run by another driver" if self.done_elsewhere
+                else "")
+             + f", {len(self.failed)} failed, in {self.wall_time:.1f} s")
         for tid, why in self.failed.items():
             s += f"\n  FAILED {tid}: {why.strip().splitlines()[-1] if why.strip() else why}"
         return s
@@ -91,6 +126,100 @@ class _Progress:
         sys.stderr.flush()
 
 
+class SweepBusy(RuntimeError):
+    """The results file is in use by another sweep driver that does not share it."""
+
+
+def lease_dir(results: str | os.PathLike[str]) -> Path:
+    """Where the leases and the driver lock of ``results`` live: ``<results>.leases/``."""
+    return Path(str(results) + ".leases")
+
+
+def _try_lease(results: Path, tid: str) -> int | None:
+    """An fd holding the exclusive lease of trial ``tid``, or None if a live process holds it.
+
+    Lease files are unlinked on release, so after taking the lock the fd must still be the
+    file at the path (else a releaser removed it between our open and flock: try again).
+    """
+    path = lease_dir(results) / f"{tid}.lease"
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the directory was removed under us
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.write(fd, f"{os.getpid()}\n".encode())  # for a human looking at the folder
+            return fd
+        os.close(fd)
+
+
+def _release(results: Path, tid: str, fd: int) -> None:
+    try:
+        os.unlink(lease_dir(results) / f"{tid}.lease")  # still holding the lock: see _try_lease
+    except FileNotFoundError:
+        pass
+    os.close(fd)
+
+
+def _driver_lock(results: Path, exclusive: bool) -> int:
+    """Shared (local backend) or exclusive (cluster backends) lock of the results file, held
+    by the driver for the whole sweep; a conflict is SweepBusy with one line."""
+    d = lease_dir(results)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / "driver.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SweepBusy(
+            f"results file {results} is in use by another sweep driver"
+            + (" (a cluster backend collects records in one driver: wait for the other to "
+               "finish, or use another --results file)" if exclusive else
+               " with a cluster backend, which does not share it: wait for it to finish, or "
+               "use another --results file")) from None
+    return fd
+
+
+def _run_one(cfg: dict[str, Any], results: Path, trial_fn: TrialFn, root: str | None,
+             supersede: bool) -> tuple[str, str]:
+    """Lease, run and store one trial in this process: ``(kind, why)``, kind one of "done",
+    "diverged", "leased" (another live process holds it), "skipped" (found done once leased),
+    "error" (``why`` is the traceback)."""
+    tid = trial_id(cfg)
+    fd = _try_lease(results, tid)
+    if fd is None:
+        return "leased", ""
+    try:
+        done = completed_ids(results) - (diverged_ids(results) if supersede else set())
+        if tid in done:
+            return "skipped", ""
+        try:
+            rec = trial_fn(cfg, root)
+            if rec.get("trial_id") != tid:
+                raise RuntimeError(f"trial function returned trial_id {rec.get('trial_id')!r}, "
+                                   f"expected {tid!r}")
+            diverged = is_diverged(encode_record(rec))
+            if not append_record(results, rec, supersede_diverged=supersede):
+                # done meanwhile (cannot happen while we hold the lease, unless a process that
+                # ignores leases wrote it), or retried and diverged again: nothing new to store
+                return ("diverged" if supersede and diverged else "skipped"), ""
+            return ("diverged" if diverged else "done"), ""
+        except Exception:
+            return "error", traceback.format_exc()
+    finally:
+        _release(results, tid, fd)
+
+
 def _as_configs(configs: Iterable[TrialConfig | Mapping[str, Any]]) -> list[TrialConfig]:
     out, seen = [], set()
     for c in configs:
@@ -112,12 +241,17 @@ def run_sweep(
     progress: bool = True,
     backend_options: Mapping[str, Any] | None = None,
     trial_timeout: float | None = None,
+    retry_diverged: bool = False,
 ) -> SweepSummary:
-    """Run every trial of ``configs`` whose id is not yet in ``results`` (JSONL).
+    """Run every trial of ``configs`` that is not yet done in ``results`` (JSONL).
 
-    Rerunning the same call after a crash resumes: finished trials are skipped, the rest run.
-    A trial that raises, or whose worker dies, is reported in ``SweepSummary.failed`` and left
-    out of the file, so the next run retries it; the other trials carry on.
+    Rerunning the same call after a crash resumes: done trials are skipped, the rest run, and
+    no trial is run or stored twice (see the module docstring: leases, workers that die with
+    their driver, a store that refuses duplicates). Two local drivers on one results file
+    share the work. A trial that raises, or whose worker dies, is reported in
+    ``SweepSummary.failed`` and left out of the file, so the next run retries it; the other
+    trials carry on. A diverged trial (non-finite loss) is stored, marked ``diverged``, and
+    counts as done.
 
     Args:
         workers: CPU worker processes when no GPU is visible (default 1; 0 runs the trials in
@@ -131,6 +265,12 @@ def run_sweep(
             a trial past it has its worker killed, is reported failed ("timed out") and is
             retried by the next run; the other trials carry on. Cluster backends take their
             own limit in ``backend_options`` (submitit: ``timeout_min``).
+        retry_diverged: also run again the trials whose stored records are all diverged; a
+            new non-diverged record then supersedes them (``store.load_results``).
+
+    Raises:
+        SweepBusy: a cluster-backend driver holds ``results`` (or, for a cluster backend, any
+            other driver does).
     """
     if trial_timeout is not None:
         if not trial_timeout > 0:
@@ -140,96 +280,168 @@ def run_sweep(
             raise ValueError("trial_timeout needs the local backend with worker processes "
                              "(workers >= 1): a trial running in this process cannot be "
                              "stopped; cluster backends take their own limit in backend_options")
+    if backend not in ("local", "submitit", "ray"):
+        raise ValueError(f"backend must be 'local', 'submitit' or 'ray', got {backend!r}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     t0 = time.perf_counter()
     results = Path(results)
+    if results.is_dir():
+        raise IsADirectoryError(f"results {results} is a directory; give the path of a .jsonl "
+                                "file (created if missing)")
     results.parent.mkdir(parents=True, exist_ok=True)
     if trial_fn is None:
         from .trial import run_trial as trial_fn
     cfgs = _as_configs(configs)
-    done = completed_ids(results)
-    pending = [c for c in cfgs if c.trial_id not in done]
-    summary = SweepSummary(results=results, total=len(cfgs), skipped=len(cfgs) - len(pending))
-    root = None if data_root is None else str(data_root)
-    if pending:
-        if backend == "local":
-            _run_local(pending, results, trial_fn, root, workers, summary, progress,
-                       trial_timeout)
-        elif backend in ("submitit", "ray"):
-            from . import backends
+    lock = _driver_lock(results, exclusive=backend != "local")
+    try:
+        done = completed_ids(results)
+        div = diverged_ids(results) & done
+        if retry_diverged:
+            done -= div
+        pending = [c for c in cfgs if c.trial_id not in done]
+        summary = SweepSummary(results=results, total=len(cfgs), skipped=len(cfgs) - len(pending))
+        summary.skipped_diverged = 0 if retry_diverged else sum(c.trial_id in div for c in cfgs)
+        root = None if data_root is None else str(data_root)
+        if pending:
+            if backend == "local":
+                _run_local(pending, results, trial_fn, root, workers, summary, progress,
+                           trial_timeout, retry_diverged)
+            else:
+                from . import backends
 
-            run = backends.run_submitit if backend == "submitit" else backends.run_ray
-            run(pending, results, trial_fn, root, summary, progress=progress,
-                **dict(backend_options or {}))
-        else:
-            raise ValueError(f"backend must be 'local', 'submitit' or 'ray', got {backend!r}")
+                run = backends.run_submitit if backend == "submitit" else backends.run_ray
+                run(pending, results, trial_fn, root, summary, progress=progress,
+                    **dict(backend_options or {}))
+    finally:
+        os.close(lock)
     summary.wall_time = time.perf_counter() - t0
     return summary
 
 
-def _run_inline(pending, results, trial_fn, root, summary, bar) -> None:
-    for cfg in pending:
+def _record(summary: SweepSummary, cfg: TrialConfig, kind: str, why: str, bar) -> bool:
+    """Book one finished attempt; False if the trial must be retried later ("leased")."""
+    tid = cfg.trial_id
+    if kind == "leased":
+        return False
+    if kind in ("done", "diverged"):
+        summary.completed.append(tid)
+        if kind == "diverged":
+            summary.diverged.append(tid)
+    elif kind == "skipped":
+        summary.done_elsewhere.append(tid)
+    else:
+        summary.failed[tid] = why
+    bar.update(cfg.label(), ok=kind != "error")
+    return True
+
+
+# A trial leased by another live process is tried again after this many seconds.
+LEASE_RETRY_S = 0.5
+
+
+def _run_inline(pending, results, trial_fn, root, summary, bar, supersede) -> None:
+    queue, misses = deque(pending), 0
+    while queue:
+        cfg = queue.popleft()
+        kind, why = _run_one(cfg.to_dict(), results, trial_fn, root, supersede)
+        if _record(summary, cfg, kind, why, bar):
+            misses = 0
+        else:  # leased by another live process: try the others, then this one again
+            queue.append(cfg)
+            misses += 1
+            if misses >= len(queue):
+                time.sleep(LEASE_RETRY_S)
+                misses = 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux), and exit now if the
+    parent is already gone (it may have died before the request)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
         try:
-            rec = trial_fn(cfg.to_dict(), root)
-            append_record(results, rec)
-            summary.completed.append(cfg.trial_id)
-            bar.update(cfg.label())
-        except Exception:
-            summary.failed[cfg.trial_id] = traceback.format_exc()
-            bar.update(cfg.label(), ok=False)
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the parent-pid check below and the leases still hold
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _worker_main(conn, results: str, trial_fn: TrialFn, root: str | None,
-                 threads: int | None) -> None:
-    """Worker loop: receive a config dict, run it, append the record, report; None stops."""
+                 threads: int | None, parent: int | None = None, supersede: bool = False) -> None:
+    """Worker loop: receive a config dict, lease, run, append, report; None stops."""
+    if parent is not None:
+        _die_with_parent(parent)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    try:
+        conn.send(("ready", "", ""))  # start-up (imports) does not count against trial_timeout
+    except OSError:
+        return
     while True:
         try:
             cfg = conn.recv()
-        except (EOFError, KeyboardInterrupt):  # parent gone or interrupted: stop quietly
+        except (EOFError, OSError, KeyboardInterrupt):  # parent gone: stop quietly
             return
         if cfg is None:
             return
-        tid = trial_id(cfg)
+        if parent is not None and os.getppid() != parent:  # orphaned (no PDEATHSIG here)
+            return
+        kind, why = _run_one(cfg, Path(results), trial_fn, root, supersede)
         try:
-            rec = trial_fn(cfg, root)
-            if rec.get("trial_id") != tid:
-                raise RuntimeError(f"trial function returned trial_id {rec.get('trial_id')!r}, "
-                                   f"expected {tid!r}")
-            append_record(results, rec)
-            conn.send(("done", tid, ""))
-        except Exception:
-            conn.send(("error", tid, traceback.format_exc()))
+            conn.send((kind, trial_id(cfg), why))
+        except OSError:  # parent gone
+            return
 
 
 class _Worker:
     def __init__(self, ctx, results: Path, trial_fn: TrialFn, root: str | None,
-                 env: dict[str, str], threads: int | None):
+                 env: dict[str, str], threads: int | None, supersede: bool = False):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, str(results), trial_fn, root,
-                                                           threads), daemon=True)
+                                                           threads, os.getpid(), supersede),
+                                daemon=True)
         # A spawned child inherits os.environ as it is at start(): set its GPU there, so CUDA
         # in the child never sees the other devices.
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        # Children start with SIGINT ignored (kept across exec, and Python then installs no
+        # handler): Ctrl-C reaches the whole process group, and a worker interrupted while
+        # importing torch would print a 30-line traceback. The driver stops its workers.
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
             self.proc.start()
         finally:
+            if main:
+                signal.signal(signal.SIGINT, old)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
         child.close()
-        self.env, self.threads = env, threads
+        self.env, self.threads, self.supersede = env, threads, supersede
         self.current: TrialConfig | None = None
-        self.started = 0.0  # perf_counter() when the current trial was sent
+        self.ready = False  # the worker has started up (sent "ready")
+        self.started = 0.0  # perf_counter() when the current trial was sent (or it got ready)
+
+    def timing(self) -> bool:
+        """Whether a trial is running on this worker (its trial_timeout clock is on)."""
+        return self.ready and self.current is not None
 
     def assign(self, cfg: TrialConfig) -> None:
         self.current, self.started = cfg, time.perf_counter()
-        self.conn.send(cfg.to_dict())
+        try:
+            self.conn.send(cfg.to_dict())
+        except OSError:  # died while idle: its sentinel reports it, with this trial as failed
+            pass
 
     def stop(self) -> None:
         try:
@@ -244,14 +456,12 @@ class _Worker:
 
 def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, root: str | None,
                workers: int | None, summary: SweepSummary, progress: bool,
-               trial_timeout: float | None = None) -> None:
+               trial_timeout: float | None = None, supersede: bool = False) -> None:
     import multiprocessing as mp
 
     bar = _Progress(len(pending), progress)
-    if workers is not None and workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
     if workers == 0:
-        _run_inline(pending, results, trial_fn, root, summary, bar)
+        _run_inline(pending, results, trial_fn, root, summary, bar, supersede)
         return
     gpus = visible_gpus()
     # Silence the per-process "extension not built" warning: the parent has shown it once.
@@ -266,30 +476,70 @@ def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, roo
         threads = max(1, (os.cpu_count() or 1) // n)
     ctx = mp.get_context("spawn")
     queue = deque(pending)
+    deferred: deque[tuple[float, TrialConfig]] = deque()  # (retry at, config): leased elsewhere
     active: list[_Worker] = []
+    idle: list[_Worker] = []  # alive, waiting for a deferred trial to become free
+
+    def next_cfg() -> TrialConfig | None:
+        if queue:
+            return queue.popleft()
+        if deferred and deferred[0][0] <= time.perf_counter():
+            return deferred.popleft()[1]
+        return None
+
+    def feed(w: _Worker) -> None:
+        """Give ``w`` a trial, park it while only deferred trials remain, or stop it."""
+        cfg = next_cfg()
+        if cfg is not None:
+            w.assign(cfg)
+        elif deferred:
+            w.current = None
+            active.remove(w)
+            idle.append(w)
+        else:
+            w.stop()
+            active.remove(w)
 
     def replace(dead: _Worker) -> None:
         """A new worker in a dead one's slot, if trials are left (each death consumes one
         trial, so this terminates)."""
-        if queue:
-            nw = _Worker(ctx, results, trial_fn, root, dead.env, dead.threads)
-            nw.assign(queue.popleft())
+        if queue or deferred:
+            nw = _Worker(ctx, results, trial_fn, root, dead.env, dead.threads, supersede)
             active.append(nw)
+            cfg = next_cfg()
+            if cfg is not None:
+                nw.assign(cfg)
+            else:
+                active.remove(nw)
+                idle.append(nw)
 
     try:
         for env in slots[: len(queue)]:
-            w = _Worker(ctx, results, trial_fn, root, env, threads)
+            w = _Worker(ctx, results, trial_fn, root, env, threads, supersede)
             w.assign(queue.popleft())
             active.append(w)
-        while active:
-            wait_s = None
-            if trial_timeout is not None:
-                now = time.perf_counter()
-                wait_s = max(0.0, min(w.started + trial_timeout - now for w in active))
+        while active or idle:
+            while idle and deferred and deferred[0][0] <= time.perf_counter():
+                w = idle.pop()
+                active.append(w)
+                w.assign(deferred.popleft()[1])
+            if not active:  # only deferred trials, every worker waiting for them
+                time.sleep(max(0.0, deferred[0][0] - time.perf_counter()) if deferred else 0)
+                if not deferred:
+                    for w in idle:
+                        w.stop()
+                    idle.clear()
+                continue
+            now = time.perf_counter()
+            waits = [w.started + trial_timeout - now for w in active
+                     if trial_timeout is not None and w.timing()]
+            if idle and deferred:
+                waits.append(deferred[0][0] - now)
+            wait_s = max(0.0, min(waits)) if waits else None
             ready = connection.wait([w.conn for w in active] + [w.proc.sentinel for w in active],
                                     timeout=wait_s)
             for w in list(active):
-                if (trial_timeout is not None and w.current is not None and not w.conn.poll()
+                if (trial_timeout is not None and w.timing() and not w.conn.poll()
                         and time.perf_counter() - w.started > trial_timeout):
                     # Over its time (and no answer waiting): kill the worker, replace it.
                     w.proc.kill()
@@ -313,30 +563,31 @@ def _run_local(pending: list[TrialConfig], results: Path, trial_fn: TrialFn, roo
                     except (EOFError, OSError):
                         kind = None  # died: handled below through its sentinel
                     else:
+                        if kind == "ready":
+                            w.ready, w.started = True, time.perf_counter()
+                            continue
                         cfg, w.current = w.current, None
-                        if kind == "done":
-                            summary.completed.append(tid)
-                        else:
-                            summary.failed[tid] = why
-                        bar.update(cfg.label() if cfg else tid, ok=kind == "done")
-                        if queue:
-                            w.assign(queue.popleft())
-                        else:
-                            w.stop()
-                            active.remove(w)
+                        if not _record(summary, cfg, kind, why, bar):
+                            deferred.append((time.perf_counter() + LEASE_RETRY_S, cfg))
+                        feed(w)
                         continue
                 if w.proc.sentinel in ready or not w.proc.is_alive():
                     w.proc.join()
                     active.remove(w)
                     if w.current is not None:
                         cfg = w.current
-                        summary.failed[cfg.trial_id] = (
-                            f"worker process exited with code {w.proc.exitcode} while running "
-                            f"{cfg.label()} ({cfg.trial_id})")
-                        bar.update(cfg.label(), ok=False)
+                        # It may have stored its record just before dying: then it is done.
+                        if cfg.trial_id in completed_ids(results):
+                            summary.completed.append(cfg.trial_id)
+                            bar.update(cfg.label())
+                        else:
+                            summary.failed[cfg.trial_id] = (
+                                f"worker process exited with code {w.proc.exitcode} while "
+                                f"running {cfg.label()} ({cfg.trial_id})")
+                            bar.update(cfg.label(), ok=False)
                     replace(w)
     except BaseException:
-        for w in active:  # only our own children, by handle
+        for w in active + idle:  # only our own children, by handle
             if w.proc.is_alive():
                 w.proc.terminate()
             w.proc.join()

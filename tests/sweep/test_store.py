@@ -23,7 +23,7 @@ from ._helpers import fake_record
 
 
 def _records(n: int, d1s=(4, 8, 16)) -> list[dict]:
-    return [fake_record(TrialConfig("lenet", d1=d, seed=s), 0.1 + 0.01 * i)
+    return [fake_record(TrialConfig("lenet", d1=d, seed=s), 0.1 + 0.001 * i)
             for i, (d, s) in enumerate((d, s) for d in d1s for s in range(n))]
 
 
@@ -64,13 +64,21 @@ def test_append_after_a_torn_last_line_starts_a_new_line(tmp_path):
         assert read_records(path) == [recs[0], recs[2]]
 
 
-def test_duplicates_keep_the_first_record(tmp_path):
+def test_the_store_refuses_a_trial_it_holds_and_the_reader_keeps_the_first(tmp_path):
+    """Issue 9 item 4: the store never holds a trial twice. append_record refuses a done
+    trial; a duplicate written by other means is ignored on read, reported with its line."""
     path = tmp_path / "r.jsonl"
     a = _records(1)[0]
-    append_record(path, a)
-    append_record(path, {**a, "test_error": 0.99})
-    assert read_records(path) == [a]
-    assert len(read_records(path, dedupe=False)) == 2
+    assert append_record(path, a) is True
+    assert append_record(path, {**a, "test_error": 0.99}) is False
+    assert len(path.read_text().splitlines()) == 1
+    with open(path, "a") as f:  # e.g. an old version, or a hand merge of two files
+        f.write(json.dumps({**a, "test_error": 0.99}) + "\n")
+    with pytest.warns(RuntimeWarning, match=r"r\.jsonl:2: duplicate record of trial \w+ \(first at "
+                      r"line 1\), ignored"):
+        assert read_records(path) == [a]
+    with pytest.warns(RuntimeWarning):
+        assert len(read_records(path, dedupe=False)) == 2
 
 
 def test_concurrent_appends_never_interleave(tmp_path):
