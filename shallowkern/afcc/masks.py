@@ -46,22 +46,30 @@ def connection_masks(out_labels: Tensor, in_labels: Tensor | None = None) -> Ten
     return (out_labels.double() @ in_labels.double().t()) > 0
 
 
-def random_labels(num_filters: int, num_labels: int, labels_per_filter: int,
+def random_labels(num_filters: int, num_labels: int, labels_per_filter: int | Sequence[int] | Tensor,
                   generator: torch.Generator | None = None) -> Tensor:
-    """Random-AFCC label sets: every filter gets ``labels_per_filter`` distinct labels and every
-    label is used equally often (counts differ by at most one).
+    """Random-AFCC label sets: filter n gets ``labels_per_filter`` distinct labels (one int for
+    all, or one count per filter, e.g. an AFCC layer's ``labels.sum(1)``) and every label is used
+    equally often (counts differ by at most one when all filters take the same number).
 
     Returns (num_filters, num_labels) bool. Filters are visited in random order, each taking the
     least-used labels (ties broken at random).
     """
-    if not (0 <= labels_per_filter <= num_labels) or num_filters < 0 or num_labels < 1:
-        raise ValueError(f"random_labels: need 0 <= labels_per_filter ({labels_per_filter}) <= "
-                         f"num_labels ({num_labels}) and num_filters ({num_filters}) >= 0")
+    if isinstance(labels_per_filter, int):
+        per = [labels_per_filter] * num_filters
+    else:
+        per = [int(v) for v in (labels_per_filter.tolist() if isinstance(labels_per_filter, Tensor)
+                                else labels_per_filter)]
+    if num_filters < 0 or num_labels < 1 or len(per) != num_filters or not all(
+            0 <= k <= num_labels for k in per):
+        raise ValueError(f"random_labels: need num_filters ({num_filters}) >= 0, num_labels "
+                         f"({num_labels}) >= 1 and 0 <= labels per filter <= num_labels for each of "
+                         f"the {num_filters} filters")
     member = torch.zeros(num_filters, num_labels, dtype=torch.bool)
     used = torch.zeros(num_labels)
     for n in torch.randperm(num_filters, generator=generator).tolist():
         key = used + torch.rand(num_labels, generator=generator) * 0.5  # ties at random
-        pick = torch.argsort(key)[:labels_per_filter]
+        pick = torch.argsort(key)[:per[n]]
         member[n, pick] = True
         used[pick] += 1
     return member

@@ -1,0 +1,204 @@
+"""afcc_conv2d: every backend against the fp64 dense conv with the masked weight.
+
+Masks: random and clustered (block-diagonal after ordering) at densities 1.0, 0.5, 0.1 and 0.0
+(all-zero rows and columns included). Forward, all gradients, gradcheck, bad input.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import shallowkern
+from shallowkern.ops import afcc_conv2d as A
+from shallowkern.testing import assert_close, has_ext
+
+requires_ext = pytest.mark.skipif(
+    not (has_ext() and hasattr(torch.ops.shallowkern, "_afcc_conv2d_native")),
+    reason="shallowkern._C is not built with the afcc_conv2d kernel")
+
+
+def clustered_mask(k, c, labels, g, per_filter=1):
+    """AFCC-like mask: random label sets, keep pairs whose sets intersect (rows shuffled)."""
+    lo = torch.zeros(k, labels, dtype=torch.bool)
+    li = torch.zeros(c, labels, dtype=torch.bool)
+    for m in (lo, li):
+        for _ in range(per_filter):
+            m[torch.arange(m.shape[0]), torch.randint(0, labels, (m.shape[0],), generator=g)] = True
+    return (lo.double() @ li.double().t()) > 0
+
+
+def random_mask(k, c, density, g):
+    m = torch.rand(k, c, generator=g) < density
+    if 0 < density < 1 and k > 2 and c > 2:
+        m[0] = False      # an all-zero row
+        m[:, 1] = False   # an all-zero column
+    return m
+
+
+MASKS = [("random", 1.0), ("random", 0.5), ("random", 0.1), ("random", 0.0),
+         ("clustered", 4), ("clustered", 10)]
+
+
+def make(kind, arg, k, c, g):
+    return random_mask(k, c, arg, g) if kind == "random" else clustered_mask(k, c, arg, g)
+
+
+def reference(x, w, m, b, stride, padding, dilation):
+    return F.conv2d(x.double(), (w * m[:, :, None, None]).double(),
+                    None if b is None else b.double(), stride, padding, dilation)
+
+
+def _run(backend, x, w, m, b, stride=1, padding=1, dilation=1, block=None):
+    with shallowkern.use_backend(backend), shallowkern._knobs.override(
+            {"afcc_conv2d.block": block, "afcc_conv2d.max_executed": 1.0}):
+        return A.afcc_conv2d(x, w, m, b, stride, padding, dilation)
+
+
+BACKENDS = [pytest.param("native", marks=requires_ext), "vendor", "reference"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind,arg", MASKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_backward(backend, kind, arg, dtype):
+    g = torch.Generator().manual_seed(hash((kind, arg)) % 1000)
+    k, c = 37, 45  # tails in every block size
+    m = make(kind, arg, k, c, g)
+    x = torch.randn(3, c, 7, 6, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    b = torch.randn(k, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    for block in (16, 32):
+        y = _run(backend, x, w, m, b, block=block)
+        assert shallowkern.last_backend("afcc_conv2d").backend == backend
+        ref = reference(x, w, m, b, 1, 1, 1)
+        assert_close(y, ref, dtype, reduction=c * 9)
+        gy = torch.randn_like(y)
+        gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
+        assert shallowkern.last_backend("afcc_conv2d_backward").backend == backend
+        rx, rw, rb = torch.autograd.grad(ref, (x, w, b), gy.double())
+        assert_close(gx, rx, dtype, reduction=k * 9)
+        assert_close(gw, rw * m[:, :, None, None], dtype, reduction=3 * 42)
+        assert_close(gb, rb, dtype, reduction=3 * 42)
+        assert (gw[~m] == 0).all()  # pruned weights get exactly zero gradient
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geom", [dict(stride=2, padding=0, dilation=1),
+                                  dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
+                                  dict(stride=1, padding=0, dilation=1)])
+def test_geometry(backend, geom):
+    g = torch.Generator().manual_seed(5)
+    m = clustered_mask(20, 18, 3, g)
+    x = torch.randn(2, 18, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(20, 18, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    y = _run(backend, x, w, m, None, **geom)
+    ref = reference(x, w, m, None, geom["stride"], geom["padding"], geom["dilation"])
+    assert_close(y, ref, torch.float64, reduction=18 * 6)
+    gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    rx, rw = torch.autograd.grad(ref, (x, w), torch.ones_like(ref))
+    assert_close(gx, rx, torch.float64, reduction=20 * 6)
+    assert_close(gw, rw * m[:, :, None, None], torch.float64, reduction=2 * 99)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck(backend):
+    g = torch.Generator().manual_seed(7)
+    m = clustered_mask(6, 5, 2, g)
+    x = torch.randn(2, 5, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    with shallowkern.use_backend(backend), shallowkern._knobs.override(
+            {"afcc_conv2d.block": 16, "afcc_conv2d.max_executed": 1.0}):
+        torch.autograd.gradcheck(lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1), (x, w, b))
+        torch.autograd.gradgradcheck(lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1), (x, w, b))
+
+
+def test_empty_batch_and_nan_in_pruned_weight():
+    m = torch.tensor([[True, False], [False, True]])
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    w[0, 1] = float("nan")  # a pruned weight is never read
+    x = torch.randn(0, 2, 5, 5, dtype=torch.float64)
+    for backend in ("vendor", "reference"):
+        assert _run(backend, x, w, m, None).shape == (0, 2, 5, 5)
+        y = _run(backend, torch.randn(1, 2, 5, 5, dtype=torch.float64), w, m, None)
+        assert torch.isfinite(y).all()
+
+
+@requires_ext
+def test_native_nan_in_pruned_weight_and_empty_batch():
+    m = torch.tensor([[True, False], [False, True]])
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    w[0, 1] = float("nan")
+    assert _run("native", torch.randn(0, 2, 5, 5, dtype=torch.float64), w, m, None).shape == (0, 2, 5, 5)
+    assert torch.isfinite(_run("native", torch.randn(1, 2, 5, 5, dtype=torch.float64), w, m, None)).all()
+
+
+def test_dense_fallback_is_visible():
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(64, 64, generator=g) < 0.5  # random 50%: every block kept
+    x, w = torch.randn(2, 64, 4, 4), torch.randn(64, 64, 3, 3)
+    A.afcc_conv2d(x, w, m, None, 1, 1)
+    choice = shallowkern.last_backend("afcc_conv2d")
+    assert choice.backend == "vendor" and "block fill" in choice.reason
+    bd = clustered_mask(64, 64, 8, g)
+    p = A.block_plan(bd)
+    assert p.kept_pairs == int(bd.sum()) and p.executed_pairs >= p.kept_pairs
+
+
+def test_block_plan_orders_block_diagonal():
+    g = torch.Generator().manual_seed(1)
+    lab = torch.randint(0, 4, (64,), generator=g)
+    m = lab[:, None] == lab[None, :]
+    p = A.block_plan(m, block=16)
+    pm = m[p.out_perm][:, p.in_perm]
+    # rows (and columns) with the same label are contiguous after ordering
+    lo = lab[p.out_perm]
+    assert (lo[1:] != lo[:-1]).sum() == 3
+    assert torch.equal(pm, lo[:, None] == lab[p.in_perm][None, :])
+    assert p.executed_fraction < 0.65  # 4 groups of ~16 on a 16-grid: 10 of 16 blocks
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    (dict(mask=torch.ones(4, 3, dtype=torch.bool)), ValueError, "mask shape"),
+    (dict(mask=torch.ones(4, 5)), TypeError, "mask must be a bool"),
+    (dict(weight=torch.randn(4, 5, 3, 3, dtype=torch.float64)), TypeError, "weight dtype"),
+    (dict(input=torch.randn(2, 5, 6)), ValueError, "input must be a 4-D"),
+    (dict(bias=torch.randn(3)), ValueError, "bias must have shape"),
+    (dict(input=torch.ones(1, 5, 6, 6, dtype=torch.long)), TypeError, "floating-point"),
+])
+def test_bad_input(bad, exc, msg):
+    args = dict(input=torch.randn(1, 5, 6, 6), weight=torch.randn(4, 5, 3, 3),
+                mask=torch.ones(4, 5, dtype=torch.bool), bias=None)
+    args.update(bad)
+    with pytest.raises(exc, match=msg):
+        A.afcc_conv2d(args["input"], args["weight"], args["mask"], args["bias"])
+    with pytest.raises(ValueError, match="stride"):
+        A.afcc_conv2d(torch.randn(1, 5, 6, 6), torch.randn(4, 5, 3, 3),
+                      torch.ones(4, 5, dtype=torch.bool), None, stride=0)
+
+
+def test_opcheck_and_flops():
+    g = torch.Generator().manual_seed(3)
+    m = clustered_mask(8, 6, 2, g)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.shallowkern.afcc_conv2d, (x, w, m, b, [1, 1], [1, 1], [1, 1]))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        A.afcc_conv2d(x, w, m, b, 1, 1).sum().backward()
+    dense = 2 * 2 * 25 * 8 * 6 * 9
+    assert fc.get_total_flops() == 3 * dense
+
+
+def test_compile_fullgraph():
+    g = torch.Generator().manual_seed(4)
+    m = clustered_mask(8, 6, 2, g)
+    x = torch.randn(2, 6, 5, 5)
+    w = torch.randn(8, 6, 3, 3, requires_grad=True)
+    fn = torch.compile(lambda x, w: A.afcc_conv2d(x, w, m, None, 1, 1), fullgraph=True)
+    y = fn(x, w)
+    assert_close(y, reference(x, w, m, None, 1, 1, 1), torch.float32, reduction=54)
+    y.sum().backward()
+    assert (w.grad[~m] == 0).all()
