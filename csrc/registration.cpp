@@ -21,4 +21,15 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "_wide_conv2d_native_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor saved, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu, int pool, "
       "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // Block-sparse conv2d(input, weight * mask, bias) for AFCC masks; see csrc/cpu/afcc_conv2d.cpp.
+  // The block plan (channel orders, kept blocks in CSR) comes from shallowkern/ops/afcc_conv2d.py.
+  m.def(
+      "_afcc_conv2d_native(Tensor input, Tensor weight, Tensor mask, Tensor? bias, "
+      "Tensor out_perm, Tensor in_perm, Tensor row_ptr, Tensor col_idx, int block_out, "
+      "int block_in, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "_afcc_conv2d_native_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor mask, "
+      "Tensor out_perm, Tensor in_perm, Tensor row_ptr, Tensor col_idx, int block_out, "
+      "int block_in, int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }

@@ -1,7 +1,8 @@
 """nn.Module wrappers of the shallowkern ops."""
 
+from .afcc import AFCCConv2d, AFCCLinear
 from .fuse import fuse, unfuse
 from .spinal_linear import SpinalLinear
 from .wide_conv2d import WideConv2d
 
-__all__ = ["SpinalLinear", "WideConv2d", "fuse", "unfuse"]
+__all__ = ["AFCCConv2d", "AFCCLinear", "SpinalLinear", "WideConv2d", "fuse", "unfuse"]

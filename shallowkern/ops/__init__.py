@@ -6,7 +6,9 @@
 """
 
 from ._backend import Backend, Choice, OpDispatch, explain, last_backend, use_backend
+from .afcc_conv2d import afcc_conv2d, afcc_conv2d_reference
 from .wide_conv2d import wide_conv2d, wide_conv2d_reference
 
-__all__ = ["Backend", "Choice", "OpDispatch", "explain", "last_backend", "use_backend",
+__all__ = ["Backend", "Choice", "OpDispatch", "afcc_conv2d", "afcc_conv2d_reference", "explain",
+           "last_backend", "use_backend",
            "wide_conv2d", "wide_conv2d_reference"]
