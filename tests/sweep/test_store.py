@@ -1,10 +1,14 @@
-"""The JSONL store: atomic appends, a reader that survives corruption, SQLite index and CSV."""
+"""The JSONL store: atomic appends that refuse duplicates, diverged trials as strict JSON,
+validated reads (one line per bad record), SQLite index and CSV."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import threading
+import warnings
 
 import pytest
 
@@ -17,7 +21,17 @@ from shallowkern.sweep import (
     read_csv,
     read_records,
 )
-from shallowkern.sweep.store import INDEX_COLUMNS, flat_row
+from shallowkern.sweep.store import (
+    INDEX_COLUMNS,
+    RecordError,
+    completed,
+    decode_record,
+    diverged_ids,
+    encode_record,
+    flat_row,
+    load_results,
+    usable,
+)
 
 from ._helpers import fake_record
 
@@ -127,3 +141,203 @@ def test_sqlite_index_and_csv_round_trip(tmp_path):
 def test_index_of_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         index(tmp_path / "none.jsonl")
+
+
+# ------------------------------------------------------------- issue 9 items 3, 5 and 6
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity tokens, as jq, browsers and pandas' C parser do."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _diverged(cfg: TrialConfig) -> dict:
+    nan = float("nan")
+    return fake_record(cfg, nan, train_error=nan, val_error=float("-inf"),
+                       history=[{"epoch": 1, "train_loss": 2.3},
+                                {"epoch": 2, "train_loss": float("inf")}])
+
+
+def test_a_diverged_trial_is_stored_as_strict_json_and_round_trips(tmp_path):
+    """Issue 9 item 3: a NaN in the history hit allow_nan=False, so the trial was reported
+    failed and retried forever. It is now stored, marked diverged, and done."""
+    path = tmp_path / "r.jsonl"
+    cfg = TrialConfig("lenet", d1=8)
+    rec = _diverged(cfg)
+    assert append_record(path, rec)
+    line = _strict_json(path.read_text())
+    assert line["diverged"] is True and line["test_error"] is None
+    assert line["nonfinite"] == {"/history/1/train_loss": "inf", "/test_error": "nan",
+                                 "/train_error": "nan", "/val_error": "-inf"}
+    res = load_results(path)
+    assert not res.problems and res.counts()["diverged"] == 1 and res.ok == []
+    back = res.records[0]
+    assert math.isnan(back["test_error"]) and back["val_error"] == -math.inf
+    assert back["history"][1]["train_loss"] == math.inf
+    assert decode_record(encode_record(rec))["history"] == back["history"]
+    assert completed_ids(path) == {cfg.trial_id} == completed(res.records)
+    assert diverged_ids(path) == {cfg.trial_id}
+    assert usable(res.records) == []  # done, but never averaged
+    assert append_record(path, rec) is False  # done: not stored again
+
+
+def test_a_diverged_flag_without_non_finite_values_and_a_finite_record(tmp_path):
+    path = tmp_path / "r.jsonl"
+    a = fake_record(TrialConfig("lenet", d1=4), 0.9, diverged=True)  # chance-level, finite
+    b = fake_record(TrialConfig("lenet", d1=8), 0.3, diverged=False)
+    append_record(path, a)
+    append_record(path, b)
+    res = load_results(path)
+    assert [r["trial_id"] for r in res.diverged] == [a["trial_id"]]
+    assert usable(res.records) == [b]
+    assert "nonfinite" not in _strict_json(path.read_text().splitlines()[1])
+
+
+BAD_VALUES = [
+    ("null", None, "test_error is null"),
+    ("negative", -0.1, r"test_error is -0\.1, outside \[0, 1\]"),
+    ("above_one", 1.5, r"test_error is 1\.5, outside \[0, 1\]"),
+    ("nan", float("nan"), "test_error is nan but the record is not marked diverged"),
+    ("string", "0.1", "test_error is a str"),
+    ("bool", True, "test_error is a bool"),
+]
+
+
+@pytest.mark.parametrize("value, why", [v[1:] for v in BAD_VALUES], ids=[v[0] for v in BAD_VALUES])
+def test_bad_test_errors_are_one_line_naming_file_and_line_and_never_done(tmp_path, value, why):
+    """Issue 9 item 5: null, negative or > 1 errors were averaged into "± 0.00"; NaN or a
+    string crashed report. Each is now one warning line (file:line: trial: why), the record
+    is not done (the sweep runs it again) and never reaches an average."""
+    path = tmp_path / "r.jsonl"
+    good = _records(1)[0]
+    append_record(path, good)
+    bad = fake_record(TrialConfig("lenet", d1=8), 0.2)
+    bad["test_error"] = value
+    with open(path, "a") as f:
+        f.write(json.dumps(bad) + "\n")  # NaN as the non-standard token other tools write
+    with pytest.warns(RuntimeWarning) as caught:
+        recs = read_records(path)
+    assert recs == [good]
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert re.fullmatch(rf"{re.escape(str(path))}:2: invalid record: trial {bad['trial_id']}: "
+                        rf"{why}.*", msg), msg
+    assert "\n" not in msg
+    assert completed_ids(path) == {good["trial_id"]}
+    with pytest.raises(RecordError, match=rf"r\.jsonl:2: invalid record: .*{why}"):
+        load_results(path, strict=True)
+    other = tmp_path / "other.jsonl"
+    if isinstance(value, float) and math.isnan(value):  # from a trial: stored as diverged
+        assert append_record(other, bad) and load_results(other).diverged
+        return
+    with pytest.raises(RecordError, match=why):  # and the store never writes one
+        append_record(other, bad)
+    assert not other.exists()
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"trial_id": "abc"}', "trial abc: no test_error"),
+    ('{"test_error": 0.1}', "no trial_id"),
+    ('{"trial_id": "", "test_error": 0.1}', "trial_id must be a non-empty string"),
+    ('{"trial_id": 7, "test_error": 0.1}', "trial_id must be a non-empty string"),
+    ('"just a string"', "not a record"),
+    ('{"trial_id": "abc", "test_error": 0.1, "config": [1]}', "config must be an object"),
+    ('{"trial_id": "abc", "test_error": 0.1, "diverged": "yes"}', "diverged must be true or"),
+    ('{"trial_id": "abc", "test_error": null, "nonfinite": {"/x/y": "nan"}}',
+     "which the record does not have"),
+    ('{"trial_id": "abc", "test_error": null, "nonfinite": {"/test_error": "big"}}',
+     "must be 'nan', 'inf' or '-inf'"),
+])
+def test_malformed_records_are_skipped_with_their_line(tmp_path, line, why):
+    path = tmp_path / "r.jsonl"
+    path.write_text(line + "\n")
+    with pytest.warns(RuntimeWarning, match=rf":1: invalid record: .*{re.escape(why)}"):
+        assert read_records(path) == []
+    assert completed_ids(path) == set()
+
+
+def test_report_fit_and_sweep_agree_on_done(tmp_path):
+    """Issue 9 item 5: fit/plot dropped a record that sweep counted as done. One definition:
+    completed() of the validated records == completed_ids() used by the sweep."""
+    path = tmp_path / "r.jsonl"
+    recs = _records(2)
+    for r in recs:
+        append_record(path, r)
+    append_record(path, _diverged(TrialConfig("lenet", d1=64)))
+    with open(path, "a") as f:
+        f.write('{"trial_id": "zz", "test_error": -1}\n{"trial_id": "yy"}\n{"torn": \n')
+    with pytest.warns(RuntimeWarning):
+        res_records = read_records(path)
+    assert completed(res_records) == completed_ids(path)
+    assert len(usable(res_records)) == len(recs)
+    counts = load_results(path).counts()
+    assert counts == {"done": len(recs) + 1, "ok": len(recs), "diverged": 1, "invalid": 3,
+                      "duplicate": 0}
+
+
+def test_a_retried_diverged_trial_supersedes_its_diverged_record(tmp_path):
+    path = tmp_path / "r.jsonl"
+    cfg = TrialConfig("lenet", d1=8)
+    append_record(path, _diverged(cfg))
+    assert append_record(path, _diverged(cfg), supersede_diverged=True) is False  # again
+    fixed = fake_record(cfg, 0.25)
+    assert append_record(path, fixed) is False  # without the flag: done is done
+    assert append_record(path, fixed, supersede_diverged=True) is True
+    assert diverged_ids(path) == set() and completed_ids(path) == {cfg.trial_id}
+    res = load_results(path)
+    assert res.records == [fixed] and [p.kind for p in res.problems] == ["superseded"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # superseding is no fault of the file: no warning
+        assert read_records(path) == [fixed]
+    assert append_record(path, fixed, supersede_diverged=True) is False
+
+
+def test_completed_ids_follows_appends_by_others_and_a_replaced_file(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = _records(2)
+    append_record(path, recs[0])
+    assert completed_ids(path) == {recs[0]["trial_id"]}
+    with open(path, "a") as f:  # another process, another writer
+        f.write(json.dumps(recs[1]) + "\n" + json.dumps(recs[2])[:30])  # + a torn tail
+    assert completed_ids(path) == {recs[0]["trial_id"], recs[1]["trial_id"]}
+    path.unlink()
+    append_record(path, recs[3])  # a new file at the same path
+    assert completed_ids(path) == {recs[3]["trial_id"]}
+
+
+def test_concurrent_appends_of_the_same_trials_store_each_once(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = _records(10)
+    stored = []
+
+    def write():
+        stored.append(sum(append_record(path, r) for r in recs))
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(stored) == len(recs)
+    assert len(path.read_text().splitlines()) == len(recs)
+
+
+def test_index_and_csv_hold_a_diverged_record_without_nan(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_record(path, _diverged(TrialConfig("lenet", d1=8)))
+    db = index(path)
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT test_error, diverged, record FROM trials").fetchone()
+    finally:
+        con.close()
+    assert row[0] is None and row[1] == 1 and _strict_json(row[2])["diverged"] is True
+    rows = read_csv(export_csv(path))
+    assert rows[0]["diverged"] == 1 and rows[0]["test_error"] is None
+
+
+def test_a_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        load_results(tmp_path)
