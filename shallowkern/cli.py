@@ -449,10 +449,14 @@ def _check_subsets(configs: Sequence) -> None:
     from .sweep.config import train_images
 
     for c in configs:
-        if c.train_subset is None and "train_subset" not in c.overrides:
-            continue
         n = train_images(c.dataset)
         r = c.resolved_recipe()
+        if n is not None and r.val_size >= n:
+            raise CLIError(f"{c.dataset} has {n:,} training images, not more than the "
+                           f"{r.val_size:,} recipe {c.recipe!r} holds out for validation; lower "
+                           "it with --set val_size=N")
+        if c.train_subset is None and "train_subset" not in c.overrides:
+            continue  # the recipe's own subset is a cap, as documented
         if n is not None and r.train_subset is not None and r.train_subset > n - r.val_size:
             raise CLIError(f"--train-subset {r.train_subset} is larger than the {n - r.val_size:,} "
                            f"training images {c.dataset} has left after {r.val_size:,} for "

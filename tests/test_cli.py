@@ -250,3 +250,194 @@ def test_smoke_on_real_cifar10(capsys, tmp_path):
     (rec,) = read_records(res)
     assert rec["n_train"] == 300 and rec["n_test"] == 500 and 0 < rec["test_error"] < 1
     assert run_cli(capsys, "report", "--results", res)[0] == 0
+
+
+# ----------------------------------------------------------------------------- issue 9: one line
+
+
+def _one_line(capsys, *argv, code: int = 2) -> str:
+    """The command fails with ``code`` and exactly one line on stderr, nothing on stdout that
+    looks like a traceback."""
+    got, out, err = run_cli(capsys, *argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got == code, (got, out, err)
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert "Traceback" not in out + err
+    return lines[0]
+
+
+SYNTH = ("--family", "lenet", "--d1", 2, "--dataset", "synthetic", "--recipe", "quick",
+         "--set", "epochs=1", "--set", "val_size=100")
+
+
+def test_results_path_errors_are_one_line(capsys, tmp_path, results):
+    assert "is a directory" in _one_line(capsys, "sweep", *SYNTH, "--results", tmp_path)
+    assert "is a directory" in _one_line(capsys, "report", "--results", tmp_path)
+    assert "is a directory" in _one_line(capsys, "run", "--dataset", "synthetic",
+                                         "--results", tmp_path)
+    if Path("/dev/full").exists():  # writes fail with ENOSPC, reads never end
+        assert "not a regular file" in _one_line(capsys, "sweep", *SYNTH, "--results",
+                                                 "/dev/full")
+        assert "not a regular file" in _one_line(capsys, "report", "--results", "/dev/full")
+    if Path("/dev/null").exists():  # it exists: it holds no records
+        assert "holds no records" in _one_line(capsys, "fit", "--results", "/dev/null")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "is a file, not a folder" in _one_line(capsys, "sweep", *SYNTH, "--results",
+                                                  blocker / "r.jsonl")
+
+
+def test_output_path_errors_come_before_any_work(capsys, tmp_path, results):
+    assert "--out" in _one_line(capsys, "fit", "--results", results, "--out", tmp_path)
+    f = tmp_path / "plots_file"
+    f.write_text("")
+    assert "--out-dir" in _one_line(capsys, "plot", "--results", results, "--out-dir", f)
+    assert "is a file, not a folder" in _one_line(capsys, "run", "--dataset", "synthetic",
+                                                  "--results", tmp_path / "q.jsonl",
+                                                  "--out-dir", f)
+    assert not (tmp_path / "q.jsonl").exists()  # refused before the sweep
+
+
+def test_profile_errors_are_one_line(capsys):
+    assert "--device 'tpu'" in _one_line(capsys, "profile", "lenet:4", "--device", "tpu")
+    assert "--device" in _one_line(capsys, "profile", "lenet:4", "--device", "cpu:x")
+    assert "unknown parameter 'stride'" in _one_line(capsys, "profile", "lenet:4,stride=1.5")
+    assert "must be an integer, got 1.5" in _one_line(capsys, "profile", "lenet:d1=1.5")
+    assert "--batch" in _one_line(capsys, "profile", "lenet:4", "--batch", 0)
+
+
+def test_profile_refuses_what_will_not_fit_before_building_it(capsys, monkeypatch):
+    import shallowkern.cli as cli
+
+    def no_build(*a, **k):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr("shallowkern.sweep.build_model", no_build)
+    line = _one_line(capsys, "profile", "lenet:d1=100000")
+    assert "needs about" in line and "GiB" in line and "is free" in line and "--device meta" in line
+    # the estimate is the family's cost hook: weights alone are 4 bytes x 7e11 parameters
+    est = cli.estimate_profile_memory(cli.parse_model_spec("lenet:d1=100000"), 100)
+    assert est["bytes"] > 4 * 7e11
+    # on meta nothing is allocated, so it is allowed
+    monkeypatch.undo()
+    code, out, _ = run_cli(capsys, "profile", "lenet:d1=2000", "--device", "meta", "--json")
+    assert code == 0 and json.loads(out)["totals"]["flops"] > 0
+
+
+def test_validation_happens_before_the_sweep(capsys, tmp_path):
+    res = tmp_path / "r.jsonl"
+    for bad in ("1", "0", "x"):
+        assert "--n-boot" in _one_line(capsys, "run", "--dataset", "synthetic", "--n-boot", bad,
+                                       "--results", res)
+    assert "--level" in _one_line(capsys, "run", "--dataset", "synthetic", "--level", "1.5",
+                                  "--results", res)
+    assert "larger than the 1,100 training images" in _one_line(
+        capsys, "sweep", *SYNTH, "--train-subset", 5000, "--results", res)
+    assert "larger than" in _one_line(capsys, "sweep", *SYNTH, "--set", "train_subset=5000",
+                                      "--results", res)
+    assert "lower it with --set val_size" in _one_line(
+        capsys, "sweep", "--family", "lenet", "--d1", 2, "--dataset", "synthetic",
+        "--results", res)  # the lab recipe holds out 5,000 of 1,200 images
+    assert "unknown preset" in _one_line(capsys, "sweep", "--preset", "huge", "--results", res)
+    assert "unknown model family" in _one_line(capsys, "sweep", "--family", "resnet", "--d1", 2,
+                                               "--results", res)
+    assert not res.exists()
+
+
+def test_dry_run_needs_no_results_and_presets_are_listed(capsys):
+    code, out, _ = run_cli(capsys, "sweep", "--preset", "quick", "--dry-run")
+    assert code == 0 and "8 trials {'lenet': 8}" in out
+    assert "--results PATH is required" in _one_line(capsys, "sweep", "--preset", "quick")
+    code, out, _ = run_cli(capsys, "sweep", "--list-presets")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert set(rows) == {"quick", "paper"} and "84" in rows["paper"].split()
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == "shallowkern 0.1.0"
+
+
+def test_bench_says_how_to_get_pytest(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytest_benchmark" else real(name, *a))
+    line = _one_line(capsys, "bench", "--dir", tmp_path)
+    assert "pytest-benchmark" in line and "shallowkern[test]" in line
+
+
+def test_debug_env_shows_the_traceback(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHALLOWKERN_DEBUG", "1")
+    from shallowkern.reports import ReportError
+
+    with pytest.raises(ReportError, match="is a directory"):
+        main(["report", "--results", str(tmp_path)])
+
+
+def test_internal_errors_are_one_line_too(capsys, monkeypatch, results):
+    def boom(*a, **k):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr("shallowkern.reports.summary_rows", boom)
+    line = _one_line(capsys, "report", "--results", results, code=1)
+    assert "KeyError" in line and "SHALLOWKERN_DEBUG=1" in line
+
+
+def test_bad_records_are_never_averaged_and_diverged_ones_are_shown(capsys, tmp_path):
+    """Issue 9 failure 5: null / negative / > 1 / NaN / string / id-only records are not
+    averaged and give no traceback; a diverged trial is listed and counted, never averaged."""
+    path = tmp_path / "r.jsonl"
+    for s, err in ((0, 0.40), (1, 0.44)):
+        append_record(path, fake_record(TrialConfig("lenet", d1=8, seed=s), err))
+    for d1 in (4, 16):
+        append_record(path, fake_record(TrialConfig("lenet", d1=d1, seed=0), 0.9 * d1**-0.35))
+    diverged = fake_record(TrialConfig("lenet", d1=8, seed=2), 0.5)
+    diverged.update(test_error=None, val_error=None, train_error=None, diverged=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(diverged) + "\n")
+        for i, bad in enumerate((None, -0.1, 1.5, "0.3")):
+            rec = fake_record(TrialConfig("lenet", d1=8, seed=10 + i), 0.5)
+            rec["test_error"] = bad
+            f.write(json.dumps(rec) + "\n")
+        rec = fake_record(TrialConfig("lenet", d1=8, seed=20), 0.5)
+        f.write(json.dumps(rec).replace('"test_error": 0.5', '"test_error": NaN') + "\n")
+        f.write('{"trial_id": "only-an-id"}\n')
+    code, out, err = run_cli(capsys, "report", "--results", path, "--json")
+    assert code == 0 and "Traceback" not in err
+    rows = {r["model"]: r for r in json.loads(out) if r["family"] == "lenet"}
+    row = rows["d1=8 d2=22"]
+    assert row["test_error_mean"] == pytest.approx(0.42)  # the two valid seeds only
+    assert row["seeds"] == 2
+    code, out, err = run_cli(capsys, "report", "--results", path)
+    assert code == 0 and "diverged trial(s)" in out and diverged["trial_id"] in out
+    code, out, err = run_cli(capsys, "fit", "--results", path, "--n-boot", 20,
+                             "--out", tmp_path / "f.json")
+    assert code == 0, err
+    assert "4 trials, 3 widths" in out  # 2 + 1 + 1 valid records
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
+    """Issue 9 failure 6: SIGINT to the whole process group while the workers start."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shallowkern", "sweep", *map(str, SYNTH), "--d1", "3",
+         "--train-subset", "200", "--results", str(tmp_path / "r.jsonl"), "--workers", "2",
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()  # printed just before the workers are spawned
+        assert line.startswith("sweep: "), line
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert proc.returncode == 130, (out, err)
+    assert lines == ["shallowkern sweep: interrupted (finished trials are kept; rerun to resume)"]
