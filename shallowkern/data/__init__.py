@@ -8,7 +8,11 @@ Files are read from a dataset root (``root=`` or ``$SHALLOWKERN_DATA``) laid out
     <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     <root>/FashionMNIST/raw/...   (same names as MNIST)
 
-Nothing is downloaded unless ``download=True`` is passed and a file is missing.
+Nothing is downloaded unless ``download=True`` is passed and a file is missing. Every file read
+is verified against the known checksums of the official releases and of the rebuilt CIFAR-10
+copy of ``../shared/datasets`` (``verify.py``): a damaged, swapped or mixed file is a
+DataError naming it; a copy that matches no known release loads with one UnknownDataWarning
+per file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .device_loader import DeviceLoader, train_val_split
 from .host_loader import HostLoader
 from .download import download_dataset
 from .mnist import load_fashion_mnist, load_mnist
+from .verify import UnknownDataWarning
 
 __all__ = [
     "DATASETS",
@@ -30,6 +35,7 @@ __all__ = [
     "DatasetSpec",
     "DeviceLoader",
     "HostLoader",
+    "UnknownDataWarning",
     "download_dataset",
     "load_cifar10",
     "load_cifar100",

@@ -193,7 +193,9 @@ def load_cached(path: Path, parse: Callable[[bytes, Path], T]) -> T:
     arrays, since the result is shared by every caller.
     """
     st = path.stat()
-    return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, parse)
+    # abspath, not resolve(): a symlink keeps its own name, which the loaders check the
+    # content against (a CIFAR batch's label, the verified checksum's file name)
+    return _load_cached(os.path.abspath(path), st.st_mtime_ns, st.st_size, parse)
 
 
 @functools.lru_cache(maxsize=32)  # all four datasets together are 18 files

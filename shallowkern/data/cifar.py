@@ -12,6 +12,7 @@ import torch
 
 from ._common import DATASETS, DatasetSpec, file_error, load_cached, require_file
 from .download import ensure_downloaded
+from .verify import check_files
 
 __all__ = ["load_cifar10", "load_cifar100"]
 
@@ -40,11 +41,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _parse_batch(payload: bytes, path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Decode one pickled batch into (images uint8 (N, 3, 32, 32), {label key: int64 (N,)}).
+def expected_batch_label(spec: DatasetSpec, name: str) -> str:
+    """The ``batch_label`` a batch file of the official layout carries, from its name:
+    ``data_batch_k`` -> "training batch k of 5", ``test_batch`` / CIFAR-100 ``test`` ->
+    "testing batch 1 of 1", CIFAR-100 ``train`` -> "training batch 1 of 1"."""
+    if name in spec.test_files:
+        return f"testing batch {spec.test_files.index(name) + 1} of {len(spec.test_files)}"
+    return f"training batch {spec.train_files.index(name) + 1} of {len(spec.train_files)}"
+
+
+def _parse_batch(payload: bytes,
+                 path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], str | None]:
+    """Decode one pickled batch into (images uint8 (N, 3, 32, 32), {label key: int64 (N,)},
+    its ``batch_label`` or None).
 
     Every ``*labels`` entry present is returned, so one cached decode serves both CIFAR-100
-    label modes. Label ranges are checked by the caller, which knows the class count.
+    label modes. Label ranges and the batch label are checked by the caller, which knows the
+    class count and which file it asked for.
     """
     try:
         # encoding="bytes" keeps the Python-2 image buffers as bytes; keys then come back as
@@ -76,7 +89,10 @@ def _parse_batch(payload: bytes, path: Path) -> tuple[np.ndarray, dict[str, np.n
         labels[key].setflags(write=False)  # shared through the cache
     images = np.ascontiguousarray(data).reshape(-1, 3, 32, 32)  # rows are channel-major CHW
     images.setflags(write=False)
-    return images, labels
+    label = batch.get("batch_label")
+    if isinstance(label, bytes):
+        label = label.decode("latin1")
+    return images, labels, label if isinstance(label, str) else None
 
 
 def _load_batches(
@@ -84,10 +100,18 @@ def _load_batches(
     label_key: str, num_classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     folder = ensure_downloaded(spec, root, download)
+    names = spec.train_files if train else spec.test_files
+    paths = [require_file(folder, name) for name in names]
+    check_files(spec, folder, paths)  # known checksums (verify.py); cached per file
     xs, ys = [], []
-    for name in spec.train_files if train else spec.test_files:
-        path = require_file(folder, name)
-        images, labels = load_cached(path, _parse_batch)
+    for name, path in zip(names, paths):
+        images, labels, batch_label = load_cached(path, _parse_batch)
+        expected = expected_batch_label(spec, name)
+        if batch_label != expected:
+            # test_batch swapped with data_batch_1, or batches renumbered: each batch names
+            # itself, so a wrong file is caught even in an unknown (unverified) copy
+            raise file_error(path, f"batch_label is {batch_label!r}, expected {expected!r} for "
+                                   f"{name}: the file is misnamed or swapped with another batch")
         if label_key not in labels:
             raise file_error(path, f"no '{label_key}' entry (is this a {spec.name} file?)")
         y = labels[label_key]

@@ -11,6 +11,7 @@ import torch
 
 from ._common import DATASETS, DatasetSpec, file_error, load_cached, require_file
 from .download import ensure_downloaded
+from .verify import check_files
 
 __all__ = ["load_fashion_mnist", "load_mnist"]
 
@@ -62,6 +63,7 @@ def _load_idx_pair(
     images_name, labels_name = spec.train_files if train else spec.test_files
     images_path = require_file(folder, images_name)
     labels_path = require_file(folder, labels_name)
+    check_files(spec, folder, [images_path, labels_path])  # known checksums (verify.py)
     images = _read_idx(images_path, IMAGES_MAGIC, spec.shape[1:])
     labels = _read_idx(labels_path, LABELS_MAGIC, ())
     if len(labels) != len(images):

@@ -44,13 +44,14 @@ def cifar10_train(data_root: Path) -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 def cifar_batch_bytes(
-    n: int, *, label_keys: dict[str, int], seed: int = 0, bytes_keys: bool = False
+    n: int, *, label_keys: dict[str, int], seed: int = 0, bytes_keys: bool = False,
+    batch_label: str = "training batch 1 of 1",
 ) -> tuple[bytes, np.ndarray, dict[str, np.ndarray]]:
     """A pickled CIFAR-format batch of ``n`` random images: (blob, data (n, 3072), labels)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = {k: rng.integers(0, classes, n) for k, classes in label_keys.items()}
-    batch = {"batch_label": "synthetic", "data": images}
+    batch = {"batch_label": batch_label, "data": images}
     batch.update({k: v.tolist() for k, v in labels.items()})
     if bytes_keys:  # what Python-2 pickles (the official files) decode to
         batch = {k.encode(): v for k, v in batch.items()}
@@ -70,7 +71,8 @@ def write_cifar100(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = Fa
     written = {}
     for name, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         keys = {"fine_labels": 100, "coarse_labels": 20}
-        blob, images, labels = cifar_batch_bytes(n, label_keys=keys, seed=seed)
+        label = f"{'training' if name == 'train' else 'testing'} batch 1 of 1"
+        blob, images, labels = cifar_batch_bytes(n, label_keys=keys, seed=seed, batch_label=label)
         (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(blob) if gz else blob)
         written[name] = (images, labels)
     return written
@@ -82,7 +84,10 @@ def write_cifar10(root: Path, n: int = 4) -> dict[str, bytes]:
     folder.mkdir(parents=True)
     blobs = {}
     for seed, name in enumerate(DATASETS["cifar10"].train_files + DATASETS["cifar10"].test_files):
-        blobs[name] = cifar_batch_bytes(n, label_keys={"labels": 10}, seed=seed, bytes_keys=True)[0]
+        label = ("testing batch 1 of 1" if name == "test_batch"
+                 else f"training batch {name[-1]} of 5")
+        blobs[name] = cifar_batch_bytes(n, label_keys={"labels": 10}, seed=seed, bytes_keys=True,
+                                        batch_label=label)[0]
         (folder / name).write_bytes(blobs[name])
     return blobs
 
