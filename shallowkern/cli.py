@@ -307,20 +307,21 @@ def _profile_device(name: str):
     return dev
 
 
-def estimate_profile_memory(cfg, batch: int, input_shape=(3, 32, 32)) -> dict[str, int]:
+def estimate_profile_memory(cfg, batch: int, input_shape=None) -> dict[str, int]:
     """Bytes an fp32 inference profile of ``cfg`` at ``batch`` needs at least: the weights, the
     input, and each conv/linear output alive once plus its activation (the family's cost hook,
     so nothing is built)."""
-    acct = cfg.family_spec.account(cfg.params, tuple(input_shape))
+    input_shape = tuple(input_shape or cfg.family_spec.input_shape)
+    acct = cfg.family_spec.account(cfg.params, input_shape)
     pixels = int(input_shape[0] * input_shape[1] * input_shape[2])
     need = 4 * (acct["params"] + batch * (pixels + 2 * acct["activations"]))
     return {"bytes": need, **acct}
 
 
-def _check_fits(cfg, batch: int, dev, spec: str) -> None:
+def _check_fits(cfg, batch: int, dev, spec: str, input_shape) -> None:
     if dev.type == "meta":
         return
-    est = estimate_profile_memory(cfg, batch)
+    est = estimate_profile_memory(cfg, batch, input_shape)
     avail = _available_bytes(dev)
     if avail is not None and est["bytes"] > _MEMORY_FRACTION * avail:
         raise CLIError(
@@ -330,16 +331,30 @@ def _check_fits(cfg, batch: int, dev, spec: str) -> None:
             "smaller width or a smaller --batch")
 
 
-def _profile_table(cfg, batch: int, device, as_json: bool, latency: bool = True) -> str:
+def _input_shape(text: str | None, cfg) -> tuple[int, int, int]:
+    if text is None:
+        return tuple(cfg.family_spec.input_shape)
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or shape[1] != shape[2]:
+        raise CLIError(f"--input {text!r}: expected C,H,W with H = W, e.g. 3,32,32 or 1,28,28")
+    return shape  # type: ignore[return-value]
+
+
+def _profile_table(cfg, batch: int, device, as_json: bool, latency: bool = True,
+                   input_shape=None) -> str:
     import torch
 
     from .profile import profile
     from .sweep import build_model
 
+    c, h, w = input_shape or cfg.family_spec.input_shape
     torch.manual_seed(0)
     with torch.device(device):
-        model = build_model(cfg).eval()
-        x = torch.randn(batch, 3, 32, 32)
+        model = build_model(cfg, in_channels=c, input_size=h).eval()
+        x = torch.randn(batch, c, h, w)
     res = profile(model, x, latency=latency and device.type != "meta")
     return res.to_json(indent=2) if as_json else res.table()
 
@@ -348,8 +363,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = _out_file(args.out, "--out") if args.out else None
     dev = _profile_device(args.device)
     cfg = parse_model_spec(args.model)
-    _check_fits(cfg, args.batch, dev, args.model)
-    text = _profile_table(cfg, args.batch, dev, args.json, latency=not args.no_latency)
+    shape = _input_shape(args.input, cfg)
+    _check_fits(cfg, args.batch, dev, args.model, shape)
+    text = _profile_table(cfg, args.batch, dev, args.json, latency=not args.no_latency,
+                          input_shape=shape)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
@@ -690,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "vgg16:width=0.5,bn")
     p.add_argument("--batch", type=_positive_int(1), default=100, help="batch size (default 100)")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or meta (FLOPs only)")
+    p.add_argument("--input", metavar="C,H,W",
+                   help="image shape (default the family's, 3,32,32 for CIFAR models)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--no-latency", action="store_true", help="count only, do not time")
     p.add_argument("--out", metavar="PATH", help="write to a file instead of stdout")
@@ -817,6 +836,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = Path(args.results)
             args.out_dir = str(res.with_name(res.stem + "_out"))
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `shallowkern report ... | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit flush is silent
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise

@@ -46,6 +46,8 @@ What a :class:`Family` declares:
   accounting hook, per image (2 FLOPs per multiply-add). The default builds the model on the
   meta device (free at any width) and sums ``layer_report``; ``profile`` uses it to estimate
   memory before it builds anything.
+* ``input_shape``: the (C, H, W) a model is profiled and accounted at when no dataset says
+  otherwise (default CIFAR's 3x32x32; ``shallowkern profile --input`` overrides it).
 * ``id_padding``: only for the two families that predate the registry (fields every old trial
   id hashed); new families leave it empty.
 """
@@ -174,6 +176,7 @@ class Family:
     flags: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
     cost: Callable[[Mapping[str, Any], tuple[int, ...]], dict[str, int]] | None = None
     id_padding: Mapping[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, int, int] = (3, 32, 32)
 
     # -- parameters -------------------------------------------------------------------------
     @property
@@ -237,12 +240,13 @@ class Family:
         extra = self.model_info(model, params) if self.model_info else dict(params)
         return {"family": self.name, **extra}
 
-    def account(self, params: Mapping[str, Any],
-                input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10
-                ) -> dict[str, int]:
-        """Per image: ``params`` (trainable), ``macs`` (conv + linear multiply-adds) and
-        ``activations`` (elements written by conv and linear layers, before pooling)."""
+    def account(self, params: Mapping[str, Any], input_shape: tuple[int, ...] | None = None,
+                num_classes: int = 10) -> dict[str, int]:
+        """Per image of ``input_shape`` (default the family's): ``params`` (trainable), ``macs``
+        (conv + linear multiply-adds) and ``activations`` (elements written by conv and linear
+        layers, before pooling)."""
         params = self.resolve(params)
+        input_shape = tuple(input_shape or self.input_shape)
         if self.cost is not None:
             return dict(self.cost(params, input_shape))
         import torch

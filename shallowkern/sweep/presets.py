@@ -90,22 +90,34 @@ def get_preset(name: str, **kwargs: Any) -> list[TrialConfig]:
     return PRESETS[name](**kwargs)
 
 
-def estimate(configs: Sequence[TrialConfig], n_train_full: int = 50000) -> dict[str, Any]:
+def _image_shape(dataset: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    from ..data import DATASETS
+
+    spec = DATASETS.get(dataset)
+    return tuple(spec.shape) if spec is not None else default  # type: ignore[return-value]
+
+
+def estimate(configs: Sequence[TrialConfig], n_train_full: int | None = None) -> dict[str, Any]:
     """Size of a sweep without running it: trials, epochs, and training work in MAC units.
 
     ``train_macs`` ~ 3 x forward MACs x images x epochs (forward + two backward GEMMs), summed
-    over trials; divide by a measured MAC/s rate to get a time.
+    over trials, at each dataset's image shape and size (``n_train_full`` overrides the size);
+    divide by a measured MAC/s rate to get a time.
     """
+    from .config import train_images
+
     total_epochs = 0
     train_macs = 0.0
     per_family: dict[str, int] = {}
-    cache: dict[tuple, int] = {}
+    cache: dict[str, int] = {}
     for cfg in configs:
         r = cfg.resolved_recipe()
-        n = min(r.train_subset or n_train_full, n_train_full - r.val_size)
-        key = canonical_json({"family": cfg.family, **cfg.params})
+        full = n_train_full or train_images(cfg.dataset) or 50000
+        n = max(0, min(r.train_subset or full, full - r.val_size))
+        shape = _image_shape(cfg.dataset, cfg.family_spec.input_shape)
+        key = canonical_json({"family": cfg.family, "shape": shape, **cfg.params})
         if key not in cache:  # the family's accounting hook: no real model is built
-            cache[key] = cfg.family_spec.account(cfg.params)["macs"]
+            cache[key] = cfg.family_spec.account(cfg.params, shape)["macs"]
         total_epochs += r.epochs
         train_macs += 3.0 * cache[key] * n * r.epochs
         per_family[cfg.family] = per_family.get(cfg.family, 0) + 1
