@@ -78,6 +78,12 @@ Environment:
   SHALLOWKERN_BENCH_SECONDS          target measuring time per benchmark (default 1.0).
   SHALLOWKERN_BENCH_COMPILE_MODE     torch.compile mode of ``compiled`` (default:
                                      max-autotune-no-cudagraphs on CUDA, default on CPU).
+  SHALLOWKERN_BENCH_ROOFLINE=f.json  peaks measured by scripts/gpu_check/roofline.py, used
+                                     instead of the device table for % of roofline.
+  SHALLOWKERN_BENCH_SLICE=k          keep each grid's ``slice_cases`` (else its first k cases).
+  SHALLOWKERN_BENCH_DTYPES=bf16,fp32 keep only these dtypes.
+  SHALLOWKERN_BENCH_DUMP_CONFIGS=f   at the end, write the Triton configs autotuning chose
+                                     (shallowkern.triton._utils.dump_config_table).
 """
 
 from __future__ import annotations
@@ -96,6 +102,7 @@ import torch
 
 PASSES = ("fwd", "fwdbwd", "step")
 ROWS_ENV = "SHALLOWKERN_BENCH_ROWS"
+ROOFLINE_ENV = "SHALLOWKERN_BENCH_ROOFLINE"
 
 
 def device() -> torch.device:
@@ -141,6 +148,14 @@ def roofline_for(dev: torch.device, dtype: torch.dtype, tf32: bool):
     rate on Hopper (the datasheet ratio, applied to the bf16 rate of the table/measurement)."""
     from shallowkern.profile import roofline
 
+    measured = os.environ.get(ROOFLINE_ENV)
+    if measured and os.path.exists(measured):
+        with open(measured) as f:
+            m = json.load(f)
+        key = "tf32" if (tf32 and dtype == torch.float32) else str(dtype).removeprefix("torch.")
+        if key in m.get("flops_per_s", {}):
+            return roofline.Roofline(m["flops_per_s"][key], m["bytes_per_s"], m.get("device", "?"),
+                                     key, m.get("source", measured))
     roof, note = roofline.for_device(dev, dtype)
     if roof is None:
         raise RuntimeError(note)
@@ -274,6 +289,8 @@ class OpBench:
         seconds: measuring time per benchmark (default: SHALLOWKERN_BENCH_SECONDS or 1.0).
         smoke: case -> the case for the smoke run (default: batch capped at 4).
         items: case -> items per call (e.g. images of a training step), for ``items_per_s``.
+        slice_cases: names of the cases the GPU check's short slice runs (default: the first
+            SHALLOWKERN_BENCH_SLICE cases).
     """
 
     op: str
@@ -289,6 +306,7 @@ class OpBench:
     seconds: float | None = None
     smoke: Callable[[dict], dict] = _shrink
     items: Callable[[dict], float] | None = None
+    slice_cases: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         for p in self.passes:
@@ -300,7 +318,14 @@ class OpBench:
     def grid(self, dev: torch.device | None = None) -> list:
         """The pytest params: (case, dtype name, provider, pass), id "case-dtype-provider-pass"."""
         dev = dev or device()
-        cases, dtypes = _per_device(self.cases, dev), _per_device(self.dtypes, dev)
+        cases, dtypes = list(_per_device(self.cases, dev)), list(_per_device(self.dtypes, dev))
+        k = int(os.environ.get("SHALLOWKERN_BENCH_SLICE", "0") or 0)
+        if k > 0:
+            chosen = [c for c in cases if c["name"] in self.slice_cases]
+            cases = chosen or cases[:k]
+        only = [d for d in os.environ.get("SHALLOWKERN_BENCH_DTYPES", "").split(",") if d]
+        if only:
+            dtypes = [d for d in dtypes if d in only]
         names = [c["name"] for c in cases]
         if len(set(names)) != len(names):
             raise ValueError(f"OpBench({self.op!r}): case names must be unique, got {names}")

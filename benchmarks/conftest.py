@@ -32,3 +32,13 @@ def smoke(request) -> bool:
 @pytest.fixture(scope="session")
 def dev() -> torch.device:
     return device()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """SHALLOWKERN_BENCH_DUMP_CONFIGS=path: save the Triton configs autotuning chose (the fixed
+    table a reproducible run reads through SHALLOWKERN_TRITON_FIXED_CONFIGS)."""
+    path = os.environ.get("SHALLOWKERN_BENCH_DUMP_CONFIGS")
+    if path and "shallowkern.triton._utils" in __import__("sys").modules:
+        from shallowkern.triton._utils import dump_config_table
+
+        dump_config_table(path)

@@ -139,3 +139,29 @@ def test_make_pass_fwdbwd_gradients_and_skip():
 
 def test_smoke_shrinks_batch():
     assert common._shrink(dict(name="x", n=128, batch=512, c=3)) == dict(name="x", n=4, batch=4, c=3)
+
+
+def test_slice_and_dtype_filters(monkeypatch):
+    """The GPU check's short slice: SHALLOWKERN_BENCH_SLICE / _DTYPES narrow every grid."""
+    cases = [dict(name=f"c{i}") for i in range(4)]
+    kw = dict(op="x", cases=cases, providers={"a": None, "b": None}, flops=len, nbytes=len,
+              dtypes=("bf16", "fp32"), passes=("fwd",))
+    ids = lambda b: [p.id for p in b.grid(torch.device("cpu"))]  # noqa: E731
+    assert len(ids(common.OpBench(**kw))) == 4 * 2 * 2
+    monkeypatch.setenv("SHALLOWKERN_BENCH_SLICE", "2")
+    monkeypatch.setenv("SHALLOWKERN_BENCH_DTYPES", "fp32")
+    assert ids(common.OpBench(**kw)) == ["c0-fp32-a-fwd", "c0-fp32-b-fwd", "c1-fp32-a-fwd",
+                                         "c1-fp32-b-fwd"]
+    assert {i.split("-")[0] for i in ids(common.OpBench(**kw, slice_cases=("c3",)))} == {"c3"}
+
+
+def test_measured_roofline_file_is_used(monkeypatch, tmp_path):
+    f = tmp_path / "roof.json"
+    f.write_text(json.dumps(dict(device="H200", bytes_per_s=4.0e12, source="measured",
+                                 flops_per_s={"bfloat16": 700e12, "tf32": 350e12,
+                                              "float32": 50e12})))
+    monkeypatch.setenv("SHALLOWKERN_BENCH_ROOFLINE", str(f))
+    r = common.roofline_for(torch.device("cpu"), torch.bfloat16, False)
+    assert (r.flops_per_s, r.bytes_per_s, r.dtype) == (700e12, 4.0e12, "bfloat16")
+    assert common.roofline_for(torch.device("cpu"), torch.float32, True).flops_per_s == 350e12
+    assert common.roofline_for(torch.device("cpu"), torch.float32, False).flops_per_s == 50e12
