@@ -32,4 +32,39 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "Tensor out_perm, Tensor in_perm, Tensor row_ptr, Tensor col_idx, int block_out, "
       "int block_in, int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // Quadric neurons, form = "diagonal" | "full" | "lowrank"; see csrc/cpu/quadric_linear.cpp
+  // and shallowkern/ops/quadric_linear.py (full: weight_quad is the packed upper triangle).
+  m.def(
+      "_quadric_linear_native(Tensor input, Tensor weight_quad, Tensor? weight_quad2, "
+      "Tensor weight, Tensor? bias, str form) -> Tensor");
+  m.def(
+      "_quadric_linear_native_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
+      "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask) -> (Tensor grad_input, "
+      "Tensor grad_weight_quad, Tensor grad_weight_quad2, Tensor grad_weight, Tensor grad_bias)");
+}
+
+// SpinalNet head, the whole chain in one op (csrc/cpu/spinal_linear.cpp; math in
+// shallowkern/ops/spinal_linear.py). weight_x: L (W, F_s) matrices, weight_h: L-1 (W, W), bias:
+// L (W,) or none, out_weight (O, L*W). activation: relu | tanh | sigmoid | identity; backend: the
+// platform's choice (native | triton), carried from the forward to the backward. The public op
+// has a C++ autograd kernel; _forward also returns hidden = [h_0..h_{L-1}] (B, L*W), the one
+// activation the backward needs. SPINAL_SCHEMAS in the Python module repeats these strings (it
+// defines them when the extension is missing); a test keeps the two equal.
+TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
+  m.def(
+      "spinal_linear(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+      "Tensor out_weight, Tensor? out_bias, int splits, str activation, str backend) -> Tensor");
+  m.def(
+      "spinal_linear_forward(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+      "Tensor out_weight, Tensor? out_bias, int splits, str activation, str backend) "
+      "-> (Tensor out, Tensor hidden)");
+  m.def(
+      "spinal_linear_backward(Tensor grad_out, Tensor input, Tensor[] weight_x, Tensor[] weight_h, "
+      "Tensor hidden, Tensor out_weight, int splits, str activation, str backend) "
+      "-> (Tensor grad_input, Tensor[] grad_weight_x, Tensor[] grad_weight_h, Tensor[] grad_bias, "
+      "Tensor grad_out_weight, Tensor grad_out_bias)");
+  // Full-form forward on CUDA (csrc/cuda/quadric_linear.cu, impl in csrc/cuda/bindings.cu).
+  m.def(
+      "_quadric_linear_full_cuda(Tensor input, Tensor weight_quad, Tensor weight, Tensor? bias) "
+      "-> Tensor");
 }

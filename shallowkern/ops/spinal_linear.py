@@ -44,6 +44,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from .. import _ext
+from .. import flops as _flops
+from ._backend import Backend, Choice, OpDispatch
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 _ACT_FN: dict[str, Callable[[Tensor], Tensor]] = {
@@ -205,6 +210,239 @@ def fold_bn(weight_x: Sequence[Tensor], weight_h: Sequence[Tensor], bias: Sequen
     return wx, wh, bs
 
 
+# ---------------------------------------------------------------------------------------------
+# registered ops: schemas (C++ in csrc/registration.cpp; defined here when _C is missing)
+# ---------------------------------------------------------------------------------------------
+SCHEMAS = {
+    "spinal_linear": (
+        "spinal_linear(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+        "Tensor out_weight, Tensor? out_bias, int splits, str activation, str backend) -> Tensor"),
+    "spinal_linear_forward": (
+        "spinal_linear_forward(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+        "Tensor out_weight, Tensor? out_bias, int splits, str activation, str backend) "
+        "-> (Tensor out, Tensor hidden)"),
+    "spinal_linear_backward": (
+        "spinal_linear_backward(Tensor grad_out, Tensor input, Tensor[] weight_x, Tensor[] weight_h, "
+        "Tensor hidden, Tensor out_weight, int splits, str activation, str backend) "
+        "-> (Tensor grad_input, Tensor[] grad_weight_x, Tensor[] grad_weight_h, Tensor[] grad_bias, "
+        "Tensor grad_out_weight, Tensor grad_out_bias)"),
+}
+
+
+def spinal_linear_forward_reference(input, weight_x, weight_h, bias, out_weight, out_bias, splits,
+                                    activation) -> tuple[Tensor, Tensor]:
+    """(y, H): the output and the hidden buffer [h_0..h_{L-1}] (B, L*W) the backward needs."""
+    offs = split_offsets(input.shape[1], splits)
+    act = _ACT_FN[activation]
+    hs: list[Tensor] = []
+    for i, wx in enumerate(weight_x):
+        s = i % splits
+        z = F.linear(input[:, offs[s]:offs[s + 1]], wx, bias[i] if len(bias) else None)
+        if i > 0:
+            z = z + F.linear(hs[-1], weight_h[i - 1])
+        hs.append(act(z))
+    H = torch.cat(hs, 1)
+    return F.linear(H, out_weight, out_bias), H
+
+
+def act_grad_from_out(h: Tensor, activation: str) -> Tensor:
+    """act'(z) written with h = act(z)."""
+    if activation == "relu":
+        return (h > 0).to(h.dtype)
+    if activation == "tanh":
+        return 1 - h * h
+    if activation == "sigmoid":
+        return h * (1 - h)
+    return torch.ones_like(h)
+
+
+def spinal_linear_backward_reference(grad_out, input, weight_x, weight_h, hidden, out_weight,
+                                     splits, activation):
+    """The backward formulas of the module docstring in torch ops (oracle of the kernels)."""
+    L, W = len(weight_x), weight_x[0].shape[0]
+    offs = split_offsets(input.shape[1], splits)
+    gy = grad_out.to(input.dtype)
+    gwo, gbo = gy.t() @ hidden, gy.sum(0)
+    gH = gy @ out_weight
+    gx = torch.zeros_like(input)
+    gwx, gwh, gb = [None] * L, [None] * (L - 1), [None] * L
+    gz_next = None
+    for i in range(L - 1, -1, -1):
+        h = hidden[:, i * W:(i + 1) * W]
+        g = gH[:, i * W:(i + 1) * W]
+        if gz_next is not None:
+            g = g + gz_next @ weight_h[i]
+        gz = g * act_grad_from_out(h, activation)
+        s = i % splits
+        xs = input[:, offs[s]:offs[s + 1]]
+        gwx[i], gb[i] = gz.t() @ xs, gz.sum(0)
+        if i > 0:
+            gwh[i - 1] = gz.t() @ hidden[:, (i - 1) * W:i * W]
+        gx[:, offs[s]:offs[s + 1]] += gz @ weight_x[i]
+        gz_next = gz
+    return gx, gwx, gwh, gb, gwo, gbo
+
+
+def _has_kernel(name: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"shallowkern::{name}", key)
+
+
+def _define_python_ops() -> None:
+    """Whatever _C did not provide (schemas, CPU kernels, Meta, autograd), from Python.
+
+    Without the extension (or with one built before this op existed) the op keeps working: the
+    CPU kernels are the references, the backward recomputes H (no saved buffer).
+    """
+    lib = torch.library.Library("shallowkern", "FRAGMENT")  # noqa: TOR901
+    _LIBS.append(lib)
+    if not hasattr(torch.ops.shallowkern, "spinal_linear_backward"):
+        for schema in SCHEMAS.values():
+            lib.define(schema)
+    if not _has_kernel("spinal_linear", "CPU"):
+        lib.impl("spinal_linear", lambda *a: spinal_linear_forward_reference(*a[:8])[0], "CPU")
+        lib.impl("spinal_linear_forward", lambda *a: spinal_linear_forward_reference(*a[:8]), "CPU")
+        lib.impl("spinal_linear_backward", lambda *a: spinal_linear_backward_reference(*a[:8]), "CPU")
+    if _has_kernel("spinal_linear", "Autograd"):
+        return  # C++ Meta and autograd kernels are there
+
+    def fake_fwd(input, weight_x, weight_h, bias, out_weight, out_bias, splits, activation, backend):
+        check_args(input, weight_x, weight_h, bias, out_weight, out_bias, splits, activation)
+        B, LW = input.shape[0], len(weight_x) * weight_x[0].shape[0]
+        return input.new_empty(B, out_weight.shape[0]), input.new_empty(B, LW)
+
+    def fake_bwd(grad_out, input, weight_x, weight_h, hidden, out_weight, splits, activation, backend):
+        return (torch.empty_like(input), [torch.empty_like(w) for w in weight_x],
+                [torch.empty_like(w) for w in weight_h],
+                [input.new_empty(w.shape[0]) for w in weight_x], torch.empty_like(out_weight),
+                input.new_empty(out_weight.shape[0]))
+
+    torch.library.register_fake("shallowkern::spinal_linear", lambda *a: fake_fwd(*a)[0], lib=lib)
+    torch.library.register_fake("shallowkern::spinal_linear_forward", fake_fwd, lib=lib)
+    torch.library.register_fake("shallowkern::spinal_linear_backward", fake_bwd, lib=lib)
+
+    def setup_context(ctx, inputs, output):
+        ctx.args = inputs
+        ctx.save_for_backward(inputs[0], *inputs[1], *inputs[2], *inputs[3], inputs[4],
+                              *(() if inputs[5] is None else (inputs[5],)))
+        ctx.counts = (len(inputs[1]), len(inputs[3]), inputs[5] is not None)
+
+    def backward(ctx, grad):
+        L, nb, has_bo = ctx.counts
+        t = list(ctx.saved_tensors)
+        x, wx, wh, b = t[0], t[1:1 + L], t[1 + L:2 * L], t[2 * L:2 * L + nb]
+        wo = t[2 * L + nb]
+        bo = t[2 * L + nb + 1] if has_bo else None
+        splits, act, backend = ctx.args[6:9]
+        # the fallback saves no hidden buffer: recompute it (one forward) in the backward
+        _, H = torch.ops.shallowkern.spinal_linear_forward(x, wx, wh, b, wo, bo, splits, act, backend)
+        gx, gwx, gwh, gb, gwo, gbo = torch.ops.shallowkern.spinal_linear_backward(
+            grad, x, wx, wh, H, wo, splits, act, backend)
+        return gx, list(gwx), list(gwh), list(gb) if nb else None, gwo, gbo if has_bo else None, \
+            None, None, None
+
+    torch.library.register_autograd("shallowkern::spinal_linear", backward,
+                                    setup_context=setup_context, lib=lib)
+
+
+_LIBS: list = []
+# True when _C carries the C++ CPU kernel, Meta and autograd (csrc/cpu/spinal_linear.cpp)
+NATIVE_CPU = _ext.available() and hasattr(torch.ops.shallowkern, "spinal_linear_backward") and \
+    _has_kernel("spinal_linear", "CPU") and _has_kernel("spinal_linear", "Autograd")
+if not NATIVE_CPU:  # pragma: no cover - exercised by the no-extension CI job
+    _define_python_ops()
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA kernels (Triton; the CUDA C++ forward through shallowkern::_spinal_linear_cuda)
+# ---------------------------------------------------------------------------------------------
+def _cuda_forward(input, weight_x, weight_h, bias, out_weight, out_bias, splits, activation, backend,
+                  need_hidden: bool):
+    if backend == "native" and not need_hidden:
+        return torch.ops.shallowkern._spinal_linear_cuda(
+            input, list(weight_x), list(weight_h), list(bias), out_weight, out_bias, splits,
+            activation), None
+    if backend in ("triton", "native"):
+        from ..triton import spinal_linear as tk
+        return tk.spinal_forward(input, weight_x, weight_h, bias, out_weight, out_bias, splits,
+                                 activation, need_hidden=need_hidden)
+    y, H = spinal_linear_forward_reference(input, weight_x, weight_h, bias, out_weight, out_bias,
+                                           splits, activation)
+    return y, H
+
+
+def _cuda_backward(grad_out, input, weight_x, weight_h, hidden, out_weight, splits, activation,
+                   backend):
+    if backend in ("triton", "native"):
+        from ..triton import spinal_linear as tk
+        return tk.spinal_backward(grad_out, input, weight_x, weight_h, hidden, out_weight, splits,
+                                  activation)
+    return spinal_linear_backward_reference(grad_out, input, weight_x, weight_h, hidden, out_weight,
+                                            splits, activation)
+
+
+for _name, _fn in (
+    ("spinal_linear", lambda *a: _cuda_forward(*a, need_hidden=False)[0]),
+    ("spinal_linear_forward", lambda *a: _cuda_forward(*a, need_hidden=True)),
+    ("spinal_linear_backward", _cuda_backward),
+):
+    torch.library.register_kernel(f"shallowkern::{_name}", "cuda", _fn,
+                                  lib=_LIBS[0] if _LIBS else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch, FLOP formulas, functional
+# ---------------------------------------------------------------------------------------------
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CUDA_NATIVE_MAX_WIDTH = 1024  # csrc/cuda/spinal_linear.cu keeps one row's h_{i-1} in shared memory
+
+
+def _cuda_native_supports(input, weight_x, *rest) -> str | None:
+    if torch.is_grad_enabled() and (input.requires_grad or any(w.requires_grad for w in weight_x)):
+        return "the CUDA C++ kernel is forward-only (inference)"
+    if weight_x[0].shape[0] > CUDA_NATIVE_MAX_WIDTH:
+        return f"layer_width > {CUDA_NATIVE_MAX_WIDTH}"
+    return None
+
+
+DISPATCH = OpDispatch("spinal_linear", [
+    Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64), needs_ext=True,
+            supports=lambda *a: None if NATIVE_CPU else "shallowkern._C predates the spinal_linear kernel",
+            description="C++ CPU kernel (whole chain, MKL GEMMs into one hidden buffer)"),
+    Backend("triton", devices=("cuda",), dtypes=_CUDA_DTYPES, needs_triton=True,
+            description="Triton fused chain"),
+    Backend("native", devices=("cuda",), dtypes=_CUDA_DTYPES, needs_cuda_ext=True,
+            supports=_cuda_native_supports, description="CUDA C++ fused forward"),
+    Backend("reference", description="PyTorch composition (spinal_linear_reference)"),
+], key=lambda input, *rest: input)
+
+
+def _flop_args(input_shape, weight_x_shapes, weight_h_shapes, out_weight_shape, splits):
+    return (input_shape[0], input_shape[1], weight_x_shapes[0][0], len(weight_x_shapes), splits,
+            out_weight_shape[0])
+
+
+@register_flop_formula(torch.ops.shallowkern.spinal_linear)
+def _flops_inference(input_shape, weight_x, weight_h, bias, out_weight, out_bias, splits, *a, **kw):
+    return _flops.spinal_linear_flops(*_flop_args(input_shape, weight_x, weight_h, out_weight, splits))
+
+
+@register_flop_formula(torch.ops.shallowkern.spinal_linear_forward)
+def _flops_forward(input_shape, weight_x, weight_h, bias, out_weight, out_bias, splits, *a, **kw):
+    return _flops.spinal_linear_flops(*_flop_args(input_shape, weight_x, weight_h, out_weight, splits))
+
+
+@register_flop_formula(torch.ops.shallowkern.spinal_linear_backward)
+def _flops_backward(grad_shape, input_shape, weight_x, weight_h, hidden, out_weight, splits, *a, **kw):
+    return _flops.spinal_linear_backward_flops(
+        *_flop_args(input_shape, weight_x, weight_h, out_weight, splits))
+
+
+def flops(batch: int, in_features: int, layer_width: int, num_layers: int, splits: int,
+          out_features: int) -> int:
+    """Forward FLOPs (2 per multiply-add; bias/activation not counted, as torch's counter)."""
+    return _flops.spinal_linear_flops(batch, in_features, layer_width, num_layers, splits, out_features)
+
+
 def spinal_linear(
     input: Tensor, weight_x: Sequence[Tensor], weight_h: Sequence[Tensor],
     bias: Sequence[Tensor] | None, out_weight: Tensor, out_bias: Tensor | None = None, *,
@@ -215,21 +453,32 @@ def spinal_linear(
     Shapes: input (B, F); weight_x[i] (W, F_{i mod S}); weight_h[i] (W, W) (layer i + 1);
     bias: L vectors (W,) or None; out_weight (O, L*W); out_bias (O,) or None -> (B, O).
     BatchNorm is not part of the op: fold it first (``fold_bn``; the module does).
-    Support: CPU fp32/fp64 run the C++ kernel (other dtypes the reference); CUDA fp32/fp16/bf16
-    run Triton or the CUDA C++ forward. Differentiable in every tensor argument.
+    Support: CPU fp32/fp64 run the C++ kernel (other dtypes, or no _C: the reference); CUDA
+    fp32/fp16/bf16 run Triton (or the CUDA C++ forward when forced, inference only).
+    Differentiable in every tensor argument; ``shallowkern.last_backend("spinal_linear")`` says
+    which kernel ran. Bad arguments raise ValueError/TypeError naming the argument.
     """
-    check_args(input, weight_x, weight_h, bias, out_weight, out_bias, splits, activation)
-    return spinal_linear_reference(input, weight_x, weight_h, bias, out_weight, out_bias,
-                                   splits=splits, activation=activation)
+    b = list(bias) if bias else []
+    try:
+        choice = DISPATCH.select(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+        if choice.backend == "reference":
+            check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+            return spinal_linear_reference(input, weight_x, weight_h, b, out_weight, out_bias,
+                                           splits=splits, activation=activation)
+        # the C++ op validates everything itself: no Python checks on the fast path
+        return torch.ops.shallowkern.spinal_linear(input, weight_x, weight_h, b, out_weight,
+                                                   out_bias, splits, activation, choice.backend)
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
+        # say what is wrong in Python's words (the argument's name) when the inputs are at fault
+        check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+        raise
 
 
-def flops(batch: int, in_features: int, layer_width: int, num_layers: int, splits: int,
-          out_features: int) -> int:
-    """Forward FLOPs (2 per multiply-add; bias/activation not counted, as torch's counter)."""
-    sizes = split_sizes(in_features, splits)
-    macs = sum(sizes[i % splits] * layer_width for i in range(num_layers))
-    macs += (num_layers - 1) * layer_width * layer_width + num_layers * layer_width * out_features
-    return 2 * batch * macs
+def explain(input: Tensor, weight_x, weight_h, bias, out_weight, out_bias=None, *, splits: int = 2,
+            activation: str = "relu") -> Choice:
+    """Which backend ``spinal_linear`` would run for these arguments (nothing runs)."""
+    return DISPATCH.choose(input, weight_x, weight_h, list(bias or []), out_weight, out_bias,
+                           splits, activation)
 
 
 def init_bound(fan_in: int) -> float:
