@@ -88,7 +88,10 @@ def run_one(dataset: str, name: str, seed: int, epochs: int, out_dir: str) -> di
     train_s = time.perf_counter() - t0
     from shallowkern.ops._backend import last_backend
 
-    choice = last_backend("quadric_linear")
+    from shallowkern.nn.quadric_linear import QuadricLinear
+
+    has_quadric = any(isinstance(m, QuadricLinear) for m in model.modules())
+    choice = last_backend("quadric_linear") if has_quadric else None
     rec = {
         "dataset": dataset, "model": name, "seed": seed, "epochs": epochs,
         "params": param_count(model), "flops_fwd_per_sample": flops_fwd,

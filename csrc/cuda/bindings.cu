@@ -151,3 +151,66 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_native_cuda(
 TORCH_LIBRARY_IMPL(shallowkern, CUDA, m) {
   m.impl("_wide_conv2d_native", &shallowkern::wide_conv2d_native_cuda);
 }
+
+// ---- quadric_linear (full form forward; csrc/cuda/quadric_linear.cu) ----------------------------
+#include "quadric_linear.h"
+
+namespace shallowkern {
+namespace {
+
+at::Tensor quadric_linear_full_cuda(const at::Tensor& input, const at::Tensor& weight_quad,
+                                    const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  namespace skc = shallowkern::cuda;
+  const char* op = "_quadric_linear_full_cuda";
+  TORCH_CHECK(input.is_cuda() && input.dim() == 2, op, ": input must be a 2-D CUDA tensor, got ",
+              input.sizes(), " on ", input.device());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": input must be float32, float16 or bfloat16, got ", dtype);
+  const int64_t m = input.size(0), n = input.size(1), k = weight.size(0);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == n, op, ": weight must be (K, ", n, "), got ",
+              weight.sizes());
+  TORCH_CHECK(weight_quad.dim() == 2 && weight_quad.size(0) == k &&
+                  weight_quad.size(1) == n * (n + 1) / 2, op, ": weight_quad must be (", k, ", ",
+              n * (n + 1) / 2, "), got ", weight_quad.sizes());
+  const bool has_bias = bias.has_value() && bias->defined();
+  for (const at::Tensor* t : {&weight_quad, &weight}) {
+    TORCH_CHECK(t->scalar_type() == dtype && t->device() == input.device(), op,
+                ": weights must be ", dtype, " on ", input.device());
+  }
+  TORCH_CHECK(m <= std::numeric_limits<int>::max() && n * (n + 1) / 2 < (1LL << 31), op,
+              ": sizes out of the kernel's int range");
+  const c10::DeviceGuard guard(input.device());
+  const at::Tensor x = input.stride(1) == 1 ? input : input.contiguous();
+  const at::Tensor p = weight_quad.contiguous(), w = weight.contiguous();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor idx = at::triu_indices(n, n, 0, x.options().dtype(at::kLong)).to(at::kInt);
+  const at::Tensor ii = idx[0].contiguous(), jj = idx[1].contiguous();
+  at::Tensor y = at::empty({m, k}, x.options());
+  skc::QuadricFullArgs a;
+  a.dtype = dtype == at::kFloat  ? skc::QuadricDtype::kFloat32
+            : dtype == at::kHalf ? skc::QuadricDtype::kFloat16
+                                 : skc::QuadricDtype::kBFloat16;
+  a.x = x.const_data_ptr();
+  a.p = p.const_data_ptr();
+  a.w = w.const_data_ptr();
+  a.bias = has_bias ? b.const_data_ptr() : nullptr;
+  a.ii = ii.const_data_ptr<int>();
+  a.jj = jj.const_data_ptr<int>();
+  a.y = y.mutable_data_ptr();
+  a.m = static_cast<int>(m), a.n = static_cast<int>(n), a.k = static_cast<int>(k);
+  a.ldx = x.stride(0) < n ? n : x.stride(0);
+  const c10::Stream current =
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(input.device());
+  const cudaError_t err =
+      skc::quadric_full_forward(a, static_cast<cudaStream_t>(current.native_handle()));
+  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
+  return y;
+}
+
+}  // namespace
+}  // namespace shallowkern
+
+TORCH_LIBRARY_IMPL(shallowkern, CUDA, m) {
+  m.impl("_quadric_linear_full_cuda", &shallowkern::quadric_linear_full_cuda);
+}

@@ -20,13 +20,15 @@ Backward (gy = dL/dy, (B, K)):
     lowrank   ga = gy*hb, gb = gy*ha (per rank s), gx = ga Wa + gb Wb + gy W,
               gWa = ga^T x, gWb = gb^T x, gW = gy^T x;  gbias = sum_b gy always
 
-Layers (CONVENTIONS.md §2): the references below are the CPU fallback, the test oracle and the
-benchmark baseline. ``shallowkern::quadric_linear`` and ``quadric_linear_backward`` are custom
-ops with fakes, autograd and FLOP formulas; the functional picks the backend (``select``) once,
-passes it to the forward op as a string argument, and autograd passes the same string to the
-backward op, so forward and backward always run the same family of kernels. Backends: "native"
-(C++ CPU kernels, csrc/cpu/quadric_linear.cpp), "triton" (CUDA; shallowkern/triton/
-quadric_linear.py), "reference" (the aten compositions below).
+Layers (CONVENTIONS.md §2, docs/adding_an_op.md): the references below are the CPU fallback, the
+test oracle and the benchmark baseline. ``shallowkern::quadric_linear`` and
+``quadric_linear_backward`` are custom ops with fakes, autograd (double backward through the
+composite), autocast and FLOP formulas (shallowkern.flops). ``FORWARD`` / ``BACKWARD`` declare
+the backends: "native" (C++ CPU kernels, csrc/cpu/quadric_linear.cpp; on CUDA the full-form C++
+forward, csrc/cuda/quadric_linear.cu, when forced), "triton" (shallowkern/triton/
+quadric_linear.py), "reference". The forward's choice is saved on the autograd ctx and passed to
+the backward op, so both run the same road. ``shallowkern.ops.explain("quadric_linear", ...)``
+and ``last_backend("quadric_linear")`` say which.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .. import _ext
-from ._backend import Choice, forced, record
+from .. import flops as _flops
+from ._backend import Backend, OpDispatch
+from ._common import needs_composite, register_autocast
 
 FORMS = ("diagonal", "full", "lowrank")
 _NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
@@ -243,87 +246,117 @@ def quadric_linear_backward_reference(grad_out: Tensor, input: Tensor, weight_qu
 
 
 # ---------------------------------------------------------------------------------------------
-# backend choice
+# backend choice (declarative: shallowkern.ops._backend)
 # ---------------------------------------------------------------------------------------------
 def _triton():
-    try:
-        from ..triton import quadric_linear as tk
-    except ImportError:
-        return None
+    from ..triton import quadric_linear as tk
+
     return tk
 
 
-def select(input: Tensor, form: str) -> Choice:
-    """Which kernel family runs forward and backward for these inputs (no side effects)."""
-    want = forced()
-    if want == "reference":
-        return Choice("reference", "forced")
-    dev = input.device.type
-    if dev == "cpu":
-        if want == "triton" and _triton() is not None and input.dtype in _TRITON_DTYPES:
-            return Choice("triton", "forced (Triton interpreter on CPU)")
-        if not _ext.available():
-            return Choice("reference", f"shallowkern._C not loaded ({_ext.load_error})")
-        if not hasattr(torch.ops.shallowkern, "_quadric_linear_native"):
-            return Choice("reference", "shallowkern._C was built without quadric_linear")
-        if input.dtype not in _NATIVE_CPU_DTYPES:
-            return Choice("reference", f"C++ CPU kernel has no {input.dtype}")
-        return Choice("native", "C++ CPU kernel")
-    if dev != "cuda":
-        return Choice("reference", f"no kernel for device {dev}")
-    if input.dtype not in _TRITON_DTYPES:
-        return Choice("reference", f"no CUDA kernel for {input.dtype}")
-    if (want in (None, "native") and form == "full" and _ext.has_cuda_kernels()
-            and hasattr(torch.ops.shallowkern, "_quadric_linear_full_cuda") and want == "native"):
-        return Choice("native", "CUDA C++ full-form forward (forced; backward runs Triton)")
-    tk = _triton()
-    if tk is None:
-        return Choice("reference", "triton not importable")
-    return Choice("triton", "Triton fused kernels")
+def _has_kernel(name: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"shallowkern::{name}", key)
 
 
-def explain(input: Tensor, form: str = "diagonal") -> Choice:
-    """The backend a call with this input would use, and why."""
-    return select(input, form)
+def _native_cpu_supports(input, *args) -> str | None:
+    if not _has_kernel("_quadric_linear_native", "CPU"):
+        return "shallowkern._C was built without the quadric_linear CPU kernel"
+    return None
+
+
+def _cuda_full_supports(input, weight_quad, weight_quad2, weight, bias, form) -> str | None:
+    if form != "full":
+        return "the CUDA C++ kernel covers the full form only"
+    if not _has_kernel("_quadric_linear_full_cuda", "CUDA"):
+        return "shallowkern._C was built without _quadric_linear_full_cuda"
+    return None
+
+
+def _cuda_full_prefer(*args) -> str | None:
+    # exact-FMA kernel; the Triton kernel runs the same packed math on tensor cores
+    return "the Triton tensor-core kernel is preferred (force 'native' for the CUDA C++ one)"
+
+
+def _triton_prefer(input, *args) -> str | None:
+    if input.device.type == "cpu":
+        return "Triton on CPU runs only in the interpreter (tests force it with use_backend)"
+    return None
+
+
+FORWARD = OpDispatch("quadric_linear", [
+    Backend("native", devices=("cpu",), dtypes=_NATIVE_CPU_DTYPES, needs_ext=True,
+            supports=_native_cpu_supports, description="C++ CPU kernel (MKL GEMMs + fused "
+            "operand packing)"),
+    Backend("native", devices=("cuda",), dtypes=_TRITON_DTYPES, needs_cuda_ext=True,
+            supports=_cuda_full_supports, prefer=_cuda_full_prefer,
+            description="CUDA C++ full-form forward (exact FMA)"),
+    Backend("triton", devices=("cuda", "cpu"), dtypes=_TRITON_DTYPES, needs_triton=True,
+            prefer=_triton_prefer, description="Triton fused kernels"),
+    Backend("reference", description="aten composition"),
+])
+
+BACKWARD = OpDispatch("quadric_linear_backward", [
+    Backend("native", devices=("cpu",), dtypes=_NATIVE_CPU_DTYPES, needs_ext=True,
+            supports=_native_cpu_supports, description="C++ CPU kernel"),
+    Backend("triton", devices=("cuda", "cpu"), dtypes=_TRITON_DTYPES, needs_triton=True,
+            prefer=_triton_prefer, description="Triton fused kernels"),
+    Backend("reference", description="aten composition"),
+], key=lambda grad_out, input, *rest: input)
 
 
 # ---------------------------------------------------------------------------------------------
 # registered ops
 # ---------------------------------------------------------------------------------------------
+def _check_op_args(input, weight_quad, weight_quad2, weight, bias, form) -> None:
+    check_args(input, weight_quad, weight, bias, form, weight_quad2)
+    if input.dim() != 2:
+        raise ValueError(f"quadric_linear: the registered op takes a 2-D (B, in_features) input, "
+                         f"got {tuple(input.shape)} (the functional flattens leading dimensions)")
+
+
 @torch.library.custom_op("shallowkern::quadric_linear", mutates_args=())
 def quadric_linear_op(input: Tensor, weight_quad: Tensor, weight_quad2: Tensor | None,
-                      weight: Tensor, bias: Tensor | None, form: str, backend: str) -> Tensor:
-    """Quadric layer forward on (B, n) input -> (B, K); ``backend`` as chosen by ``select``."""
-    record("quadric_linear", Choice(backend, "chosen by the functional"))
-    if backend == "native":
+                      weight: Tensor, bias: Tensor | None, form: str) -> Tensor:
+    """Quadric layer forward on (B, n) input -> (B, K); the kernel is chosen by ``FORWARD``."""
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
+    choice = FORWARD.select(input, weight_quad, weight_quad2, weight, bias, form)
+    if choice.backend == "native":
         if input.device.type == "cuda":
-            return torch.ops.shallowkern._quadric_linear_full_cuda(
-                input.contiguous(), weight_quad.contiguous(), weight.contiguous(), bias)
+            return torch.ops.shallowkern._quadric_linear_full_cuda(input, weight_quad, weight, bias)
         return torch.ops.shallowkern._quadric_linear_native(
             input, weight_quad, weight_quad2, weight, bias, form)
-    if backend == "triton":
+    if choice.backend == "triton":
         return _triton().forward(input, weight_quad, weight_quad2, weight, bias, form)
     return quadric_linear_reference(input, weight_quad, weight_quad2, weight, bias, form)
 
 
 @quadric_linear_op.register_fake
-def _quadric_linear_fake(input, weight_quad, weight_quad2, weight, bias, form, backend):
+def _quadric_linear_fake(input, weight_quad, weight_quad2, weight, bias, form):
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
     return input.new_empty(input.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("shallowkern::quadric_linear_backward", mutates_args=())
 def quadric_linear_backward_op(grad_out: Tensor, input: Tensor, weight_quad: Tensor,
                                weight_quad2: Tensor | None, weight: Tensor, form: str,
-                               backend: str, output_mask: list[bool]
+                               output_mask: list[bool], backend: str = ""
                                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients w.r.t. (input, weight_quad, weight_quad2, weight, bias); output_mask has 4
-    entries (input, quadratic weights, weight, bias); off or unused ones come back empty."""
-    backend = "triton" if backend == "native" and input.device.type == "cuda" else backend
-    record("quadric_linear_backward", Choice(backend, "the forward's backend"))
-    if backend == "native":
+    """Gradients w.r.t. (input, weight_quad, weight_quad2, weight, bias). ``output_mask``: 4
+    flags (input, the quadratic weights, weight, bias); off or unused gradients come back empty.
+    ``backend``: the forward's choice (autograd passes it), honoured where eligible."""
+    _check_op_args(input, weight_quad, weight_quad2, weight, None, form)
+    if grad_out.shape != (input.shape[0], weight.shape[0]) or grad_out.dtype != input.dtype:
+        raise ValueError(f"quadric_linear_backward: grad_out must be {input.dtype} of shape "
+                         f"({input.shape[0]}, {weight.shape[0]}), got {grad_out.dtype} "
+                         f"{tuple(grad_out.shape)}")
+    if len(output_mask) != 4:
+        raise ValueError(f"quadric_linear_backward: output_mask needs 4 flags, got {output_mask}")
+    choice = BACKWARD.select(grad_out, input, weight_quad, weight_quad2, weight, form,
+                             backend=backend or None)
+    if choice.backend == "native":
         return torch.ops.shallowkern._quadric_linear_native_backward(
             grad_out, input, weight_quad, weight_quad2, weight, form, output_mask)
-    if backend == "triton":
+    if choice.backend == "triton":
         return _triton().backward(grad_out, input, weight_quad, weight_quad2, weight, form,
                                   output_mask)
     return quadric_linear_backward_reference(grad_out, input, weight_quad, weight_quad2, weight,
@@ -332,7 +365,7 @@ def quadric_linear_backward_op(grad_out: Tensor, input: Tensor, weight_quad: Ten
 
 @quadric_linear_backward_op.register_fake
 def _quadric_linear_backward_fake(grad_out, input, weight_quad, weight_quad2, weight, form,
-                                  backend, output_mask):
+                                  output_mask, backend=""):
     e = lambda: input.new_empty(0)  # noqa: E731
     lr = form == "lowrank"
     return (input.new_empty(input.shape) if output_mask[0] else e(),
@@ -343,110 +376,101 @@ def _quadric_linear_backward_fake(grad_out, input, weight_quad, weight_quad2, we
 
 
 def _setup_context(ctx, inputs, output):
-    input, weight_quad, weight_quad2, weight, bias, form, backend = inputs
-    ctx.save_for_backward(input, weight_quad, weight_quad2, weight)
-    ctx.form, ctx.backend, ctx.has_bias = form, backend, bias is not None
+    input, weight_quad, weight_quad2, weight, bias, form = inputs
+    ctx.save_for_backward(input, weight_quad, weight_quad2, weight, bias)
+    ctx.form, ctx.has_bias = form, bias is not None
+    # the forward's choice, carried to the backward (autograd may run it on another thread)
+    ctx.backend = FORWARD.choose(input, weight_quad, weight_quad2, weight, bias, form).backend
 
 
 def _backward(ctx, grad_out):
-    input, weight_quad, weight_quad2, weight = ctx.saved_tensors
+    input, weight_quad, weight_quad2, weight, bias = ctx.saved_tensors
     ng = ctx.needs_input_grad
     mask = [ng[0], ng[1] or ng[2], ng[3], ctx.has_bias and ng[4]]
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward): the reference composition, differentiable again
+        leaves = (input, weight_quad, weight_quad2, weight, bias)
+        with torch.enable_grad():
+            y = quadric_linear_composite(*leaves, ctx.form)
+        want = [i for i in range(5) if ng[i] and leaves[i] is not None]
+        grads = torch.autograd.grad(y, [leaves[i] for i in want], grad_out, create_graph=True)
+        out = [None] * 5
+        for i, g in zip(want, grads):
+            out[i] = g
+        return (*out, None)
     gx, gq, gq2, gw, gb = quadric_linear_backward_op(
-        grad_out.contiguous(), input, weight_quad, weight_quad2, weight, ctx.form, ctx.backend,
-        mask)
+        grad_out.contiguous(), input, weight_quad, weight_quad2, weight, ctx.form, mask,
+        ctx.backend)
     return (gx if mask[0] else None, gq if ng[1] else None,
             gq2 if ng[2] and ctx.form == "lowrank" else None, gw if mask[2] else None,
-            gb if mask[3] else None, None, None)
+            gb if mask[3] else None, None)
 
 
 quadric_linear_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---------------------------------------------------------------------------------------------
-# FLOP formulas (2 FLOPs per multiply-add, as torch.utils.flop_counter). "needed" is what the
-# layer mathematically requires (the packed triangle for the full form); "dense" is what the
-# usual composition runs (nn.Bilinear: n^2 per output); "executed" is what our kernels run.
-# ---------------------------------------------------------------------------------------------
-def quadric_flops(batch: int, n: int, k: int, form: str, rank: int = 1, kind: str = "needed",
-                  backward: bool = False, output_mask=(True, True, True, True)) -> int:
-    """FLOPs of one quadric_linear call; ``kind`` in {"needed", "dense", "executed"}.
-
-    forward: diagonal 2B(2n)K; full 2B(T+n)K needed/executed, 2B(n^2+n)K dense; lowrank
-    2B(2r+1)nK + 2BrK (epilogue products). backward: one GEMM per requested gradient of the same
-    size; the full form's input gradient runs the packed G = gy P (2BTK) plus 4BT contraction.
-    """
-    if kind not in ("needed", "dense", "executed"):
-        raise ValueError(f"quadric_flops: kind must be needed/dense/executed, got {kind!r}")
-    t = packed_size(n)
-    if form == "diagonal":
-        quad = n
-    elif form == "full":
-        quad = n * n if kind == "dense" else t
-    else:
-        quad = 2 * rank * n
-    gemm = 2 * batch * (quad + n) * k
-    if not backward:
-        return gemm + (2 * batch * rank * k if form == "lowrank" else 0)
-    total = 0
-    if output_mask[0]:
-        total += gemm + (4 * batch * t if form == "full" and kind == "executed" else 0)
-    if output_mask[1]:
-        total += 2 * batch * quad * k
-    if output_mask[2]:
-        total += 2 * batch * n * k
-    if form == "lowrank" and kind == "executed" and (output_mask[0] or output_mask[1]):
-        total += 2 * batch * rank * n * k * 2  # recomputing ha, hb
-    return total
-
-
-def _form_rank(weight_quad_shape, weight_shape, n):
-    k = weight_shape[0]
-    if weight_quad_shape[1] == packed_size(n) and packed_size(n) != n:
-        return "full", 1
-    if weight_quad_shape[0] != k:
-        return "lowrank", weight_quad_shape[0] // max(k, 1)
-    return "diagonal", 1
+register_autocast("shallowkern::quadric_linear")
 
 
 @register_flop_formula(torch.ops.shallowkern.quadric_linear)
 def _quadric_linear_flops(input_shape, weight_quad_shape, weight_quad2_shape, weight_shape,
-                          bias_shape, form, backend, out_shape=None, **kwargs) -> int:
-    return quadric_flops(input_shape[0], input_shape[1], weight_shape[0], form,
-                         weight_quad_shape[0] // max(weight_shape[0], 1) if form == "lowrank" else 1)
+                          bias_shape, form, out_shape=None, **kwargs) -> int:
+    k = weight_shape[0]
+    return _flops.quadric_linear_flops(input_shape[0], input_shape[1], k, form,
+                                       weight_quad_shape[0] // max(k, 1) if form == "lowrank" else 1)
 
 
 @register_flop_formula(torch.ops.shallowkern.quadric_linear_backward)
 def _quadric_linear_backward_flops(grad_shape, input_shape, weight_quad_shape, weight_quad2_shape,
-                                   weight_shape, form, backend, output_mask, out_shape=None,
+                                   weight_shape, form, output_mask, *args, out_shape=None,
                                    **kwargs) -> int:
-    r = weight_quad_shape[0] // max(weight_shape[0], 1) if form == "lowrank" else 1
-    return quadric_flops(input_shape[0], input_shape[1], weight_shape[0], form, r,
-                         backward=True, output_mask=output_mask)
+    k = weight_shape[0]
+    return _flops.quadric_linear_backward_flops(
+        input_shape[0], input_shape[1], k, form,
+        weight_quad_shape[0] // max(k, 1) if form == "lowrank" else 1, output_mask)
 
 
 # ---------------------------------------------------------------------------------------------
 # functional
 # ---------------------------------------------------------------------------------------------
+def quadric_linear_composite(input: Tensor, weight_quad: Tensor, weight_quad2: Tensor | None,
+                             weight: Tensor, bias: Tensor | None, form: str) -> Tensor:
+    """The same function in differentiable aten ops (any leading dims): what function
+    transforms and double backward run. The full form goes through the packed outer product
+    (B x n(n+1)/2 memory: fine for transforms, not a fast path)."""
+    y = torch.nn.functional.linear(input, weight, bias)
+    if form == "diagonal":
+        return y + torch.nn.functional.linear(input * input, weight_quad)
+    if form == "lowrank":
+        k = weight.shape[0]
+        r = weight_quad.shape[0] // max(k, 1)
+        prod = torch.nn.functional.linear(input, weight_quad) * torch.nn.functional.linear(
+            input, weight_quad2)
+        return y + prod.unflatten(-1, (r, k)).sum(-2)
+    i, j = triu_indices(input.shape[-1], input.device)
+    return y + torch.nn.functional.linear(input[..., i] * input[..., j], weight_quad)
+
+
 def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Tensor | None = None,
                    *, form: str = "diagonal", weight_quad2: Tensor | None = None) -> Tensor:
     """Quadratic neurons (see the module docstring for the math and the packed layout).
 
     Args:
-        input: (*, n) float32/float64 (CPU: C++ kernels; float16/bfloat16: reference),
-            float32/float16/bfloat16 on CUDA (Triton); any strides.
+        input: (*, n); CPU: float32/float64 (C++ kernels), float16/bfloat16 (reference);
+            CUDA: float32/float16/bfloat16 (Triton); any strides.
         weight_quad: diagonal (K, n); full (K, n(n+1)/2) packed upper triangle; lowrank
             (r*K, n), row s*K + k is factor s of output k.
         weight: (K, n) linear weights. bias: (K,) or None.
         form: "diagonal" | "full" | "lowrank". weight_quad2: lowrank only, (r*K, n).
     Returns:
-        (*, K) in the input's dtype.
+        (*, K) in the input's dtype. Under ``torch.autocast`` the inputs are cast to the
+        region's dtype first; under ``torch.func`` transforms and forward-mode AD the aten
+        composition runs (exact derivatives).
     """
     check_args(input, weight_quad, weight, bias, form, weight_quad2)
+    if needs_composite(input, weight_quad, weight_quad2, weight, bias):
+        return quadric_linear_composite(input, weight_quad, weight_quad2, weight, bias, form)
     lead = input.shape[:-1]
     x = input.reshape(-1, input.shape[-1])
-    choice = record("quadric_linear", select(x, form))
-    y = quadric_linear_op(x, weight_quad, weight_quad2, weight, bias, form, choice.backend)
+    y = quadric_linear_op(x, weight_quad, weight_quad2, weight, bias, form)
     return y.view(*lead, weight.shape[0])
 
 

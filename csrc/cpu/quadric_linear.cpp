@@ -1,0 +1,355 @@
+// C++ CPU kernels of shallowkern::_quadric_linear_native (forward) and
+// shallowkern::_quadric_linear_native_backward, float32 and float64, for the three forms of
+// shallowkern/ops/quadric_linear.py (x: (B, n), K outputs, T = n(n+1)/2, r = rank):
+//
+//   diagonal  y = (x*x) Wq^T + x W^T + b
+//   full      y_k = sum_{i<=j} P[k, t(i,j)] x_i x_j + W_k x + b_k      (P: packed triangle)
+//   lowrank   y_k = sum_s (Wa x)_{sK+k} (Wb x)_{sK+k} + W_k x + b_k
+//
+// Backward (gy = dL/dy):
+//   diagonal  [gq | gl] = gy [Wq | W];  gx = gl + 2 x*gq;  [gWq | gW] = gy^T [x*x | x]
+//   full      gP[:, t] = gy^T Z[:, t] with Z[b, t(i,j)] = x_i x_j;  G = gy P;
+//             gx_i += sum_{j>=i} G[t(i,j)] x_j,  gx_j += G[t(i,j)] x_i;  gW = gy^T x
+//   lowrank   H = x [Wa; Wb]^T;  D = [gy*Hb | gy*Ha | gy];  gx = D [Wa; Wb; W];  [gWa; gWb; gW] = D^T x
+//   gbias = sum_b gy (all forms)
+//
+// Design. Everything that is O(B K n) or more is one MKL GEMM through ATen (multi-threaded by
+// ATen's pool); the kernels here only build GEMM operands and epilogues, in parallel over rows.
+// * diagonal: the operand [x*x | x] is built while packing (the square is never a tensor of its
+//   own) and the two weights sit side by side, so the forward is ONE GEMM with a reduction of 2n
+//   (bias folded in by addmm's beta), and the backward one GEMM per gradient.
+// * full: B x K x n is never built. The triangle is cut into chunks of whole rows (~kChunkCols
+//   packed columns) and the batch into blocks of kRowBlock rows; per (chunk, block) the outer
+//   products Z (block x chunk) are formed in a thread-local-sized buffer and multiplied by the
+//   packed weight's columns (addmm_ accumulating into y): only the symmetric half is computed,
+//   n(n+1)/2 multiply-adds per output instead of nn.Bilinear's n^2, and extra memory is
+//   O(kRowBlock * kChunkCols) = O(B (n + K)) for B >= kRowBlock. The backward reuses the blocks:
+//   gP[:, chunk] += gy_blk^T Z, G = gy_blk P[:, chunk], then a fused contraction into gx.
+// * lowrank: the three weights are stacked so x is read once by one GEMM, then an elementwise
+//   epilogue multiplies the factors and sums over the rank.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace shallowkern {
+namespace {
+
+constexpr int64_t kChunkCols = 4096;  // packed columns per chunk of the triangle (whole rows)
+constexpr int64_t kRowBlock = 512;    // batch rows per block in the full form
+
+const char* kOp = "_quadric_linear_native";
+
+struct RowChunk {
+  int64_t i0, i1, t0, t1;  // triangle rows [i0, i1) = packed columns [t0, t1)
+};
+
+std::vector<RowChunk> row_chunks(int64_t n) {
+  std::vector<RowChunk> out;
+  int64_t i0 = 0, t0 = 0;
+  while (i0 < n) {
+    int64_t i1 = i0, t1 = t0;
+    while (i1 < n && (t1 - t0 < kChunkCols || i1 == i0)) {
+      t1 += n - i1;
+      ++i1;
+    }
+    out.push_back({i0, i1, t0, t1});
+    i0 = i1, t0 = t1;
+  }
+  return out;
+}
+
+void check_common(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w,
+                  const std::optional<at::Tensor>& bias, const std::string& form) {
+  TORCH_CHECK(form == "diagonal" || form == "full" || form == "lowrank", kOp,
+              ": form must be 'diagonal', 'full' or 'lowrank', got '", form, "'");
+  TORCH_CHECK(x.dim() == 2, kOp, ": input must be 2-D (B, n), got ", x.sizes());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == x.size(1), kOp, ": weight must be (K, ", x.size(1),
+              "), got ", w.sizes());
+  TORCH_CHECK(x.device().is_cpu(), kOp, ": input must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
+              ": input must be float32 or float64, got ", x.scalar_type());
+  for (const at::Tensor* t : {&wq, &w}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), kOp,
+                ": weights must be ", x.scalar_type(), " on ", x.device());
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.size(0), kOp, ": bias must be (",
+                w.size(0), ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), kOp, ": bias dtype must be ",
+                x.scalar_type());
+  }
+  const int64_t n = x.size(1), k = w.size(0);
+  if (form == "diagonal") {
+    TORCH_CHECK(wq.sizes() == w.sizes(), kOp, ": diagonal weight_quad must be (", k, ", ", n,
+                "), got ", wq.sizes());
+  } else if (form == "full") {
+    TORCH_CHECK(wq.dim() == 2 && wq.size(0) == k && wq.size(1) == n * (n + 1) / 2, kOp,
+                ": full weight_quad must be (", k, ", ", n * (n + 1) / 2, "), got ", wq.sizes());
+  } else {
+    TORCH_CHECK(k > 0 && wq.dim() == 2 && wq.size(1) == n && wq.size(0) % k == 0 &&
+                    wq.size(0) > 0, kOp, ": lowrank weight_quad must be (rank*", k, ", ", n,
+                "), got ", wq.sizes());
+  }
+}
+
+at::Tensor linear_start(const at::Tensor& x, const at::Tensor& w,
+                        const std::optional<at::Tensor>& bias) {
+  return (bias.has_value() && bias->defined()) ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+// [x*x | x] (B, 2n), the diagonal form's GEMM operand.
+at::Tensor square_concat(const at::Tensor& x) {
+  const int64_t b = x.size(0), n = x.size(1);
+  at::Tensor out = at::empty({b, 2 * n}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_square_concat", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = xp + r * n;
+        scalar_t* o = op + r * 2 * n;
+        for (int64_t j = 0; j < n; ++j) o[j] = xr[j] * xr[j];
+        std::copy(xr, xr + n, o + n);
+      }
+    });
+  });
+  return out;
+}
+
+// Z[r, t] = x[r, i] x[r, j] for the chunk's packed columns, rows [r0, r0 + rows).
+template <typename scalar_t>
+void outer_rows(const scalar_t* xp, int64_t n, int64_t r0, int64_t rows, const RowChunk& c,
+                scalar_t* z) {
+  const int64_t cols = c.t1 - c.t0;
+  at::parallel_for(0, rows, 8, [&](int64_t a, int64_t e) {
+    for (int64_t r = a; r < e; ++r) {
+      const scalar_t* xr = xp + (r0 + r) * n;
+      scalar_t* zr = z + r * cols;
+      for (int64_t i = c.i0; i < c.i1; ++i) {
+        const scalar_t xi = xr[i];
+        for (int64_t j = i; j < n; ++j) *zr++ = xi * xr[j];
+      }
+    }
+  });
+}
+
+// gx[r, i] += sum_{j>=i} G[r, t(i,j)] x_j ; gx[r, j] += G[r, t(i,j)] x_i (chunk's rows).
+template <typename scalar_t>
+void contract_rows(const scalar_t* xp, const scalar_t* g, int64_t n, int64_t r0, int64_t rows,
+                   const RowChunk& c, scalar_t* gx) {
+  const int64_t cols = c.t1 - c.t0;
+  at::parallel_for(0, rows, 8, [&](int64_t a, int64_t e) {
+    for (int64_t r = a; r < e; ++r) {
+      const scalar_t* xr = xp + (r0 + r) * n;
+      const scalar_t* gr = g + r * cols;
+      scalar_t* out = gx + (r0 + r) * n;
+      for (int64_t i = c.i0; i < c.i1; ++i) {
+        const scalar_t xi = xr[i];
+        scalar_t acc = 0;
+        for (int64_t j = i; j < n; ++j) {
+          acc += gr[j - i] * xr[j];
+          out[j] += gr[j - i] * xi;
+        }
+        out[i] += acc;
+        gr += n - i;
+      }
+    }
+  });
+}
+
+at::Tensor full_forward(const at::Tensor& x, const at::Tensor& p, at::Tensor y) {
+  const int64_t b = x.size(0), n = x.size(1);
+  if (b == 0) return y;
+  const auto chunks = row_chunks(n);
+  const int64_t blk = std::min(b, kRowBlock);
+  at::Tensor zbuf = at::empty({blk * std::min(p.size(1), std::max(kChunkCols, n) + n)},
+                              x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_full_forward", [&] {
+    for (const RowChunk& c : chunks) {
+      const int64_t cols = c.t1 - c.t0;
+      at::Tensor pc = p.narrow(1, c.t0, cols).t();  // (cols, K), leading dimension T
+      for (int64_t r0 = 0; r0 < b; r0 += blk) {
+        const int64_t rows = std::min(blk, b - r0);
+        at::Tensor z = zbuf.narrow(0, 0, rows * cols).view({rows, cols});
+        outer_rows<scalar_t>(x.const_data_ptr<scalar_t>(), n, r0, rows, c, z.data_ptr<scalar_t>());
+        at::Tensor yb = y.narrow(0, r0, rows);
+        yb.addmm_(z, pc);
+      }
+    }
+  });
+  return y;
+}
+
+at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight_quad,
+                               const std::optional<at::Tensor>& weight_quad2,
+                               const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               c10::string_view form_sv) {
+  const std::string form(form_sv);
+  check_common(input, weight_quad, weight, bias, form);
+  const at::Tensor x = input.contiguous();
+  const int64_t n = x.size(1), k = weight.size(0);
+  if (form == "diagonal") {
+    at::Tensor wcat = at::cat({weight_quad, weight}, 1);  // (K, 2n)
+    at::Tensor xcat = square_concat(x);
+    return (bias.has_value() && bias->defined()) ? at::addmm(*bias, xcat, wcat.t())
+                                                 : at::mm(xcat, wcat.t());
+  }
+  if (form == "full") {
+    return full_forward(x, weight_quad.contiguous(), linear_start(x, weight, bias));
+  }
+  TORCH_CHECK(weight_quad2.has_value() && weight_quad2->sizes() == weight_quad.sizes(), kOp,
+              ": lowrank needs weight_quad2 of weight_quad's shape ", weight_quad.sizes());
+  const int64_t rk = weight_quad.size(0), r = rk / k, b = x.size(0);
+  at::Tensor h = at::mm(x, at::cat({*weight_quad2, weight_quad, weight}, 0).t());  // [hb|ha|hl]
+  at::Tensor y = at::empty({b, k}, x.options());
+  const bool has_bias = bias.has_value() && bias->defined();
+  at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_forward", [&] {
+    const scalar_t* hp = h.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const int64_t ld = 2 * rk + k;
+    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        const scalar_t* hb = hp + row * ld;
+        const scalar_t* ha = hb + rk;
+        const scalar_t* hl = ha + rk;
+        scalar_t* yr = yp + row * k;
+        for (int64_t j = 0; j < k; ++j) yr[j] = hl[j] + (bp ? bp[j] : scalar_t(0));
+        for (int64_t s = 0; s < r; ++s)
+          for (int64_t j = 0; j < k; ++j) yr[j] += ha[s * k + j] * hb[s * k + j];
+      }
+    });
+  });
+  (void)n;
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight_quad,
+    const std::optional<at::Tensor>& weight_quad2, const at::Tensor& weight,
+    c10::string_view form_sv, std::array<bool, 4> mask) {
+  const std::string form(form_sv);
+  check_common(input, weight_quad, weight, std::nullopt, form);
+  const at::Tensor x = input.contiguous(), gy = grad_out.contiguous();
+  const int64_t b = x.size(0), n = x.size(1), k = weight.size(0);
+  TORCH_CHECK(gy.dim() == 2 && gy.size(0) == b && gy.size(1) == k, kOp,
+              "_backward: grad_out must be (", b, ", ", k, "), got ", gy.sizes());
+  at::Tensor gx, gq, gq2, gw, gb;
+  if (form == "diagonal") {
+    if (mask[0]) {
+      at::Tensor d = at::mm(gy, at::cat({weight_quad, weight}, 1));  // (B, 2n): [gq | gl]
+      gx = at::empty_like(x);
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_diag_gx", [&] {
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        const scalar_t* dp = d.const_data_ptr<scalar_t>();
+        scalar_t* gp = gx.data_ptr<scalar_t>();
+        at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t j = 0; j < n; ++j)
+              gp[r * n + j] = dp[r * 2 * n + n + j] + 2 * xp[r * n + j] * dp[r * 2 * n + j];
+        });
+      });
+    }
+    if (mask[1] || mask[2]) {
+      at::Tensor gcat = at::mm(gy.t(), square_concat(x));  // (K, 2n): [gWq | gW]
+      if (mask[1]) gq = gcat.narrow(1, 0, n).contiguous();
+      if (mask[2]) gw = gcat.narrow(1, n, n).contiguous();
+    }
+  } else if (form == "full") {
+    const at::Tensor p = weight_quad.contiguous();
+    if (mask[0]) gx = at::mm(gy, weight);
+    if (mask[1]) gq = at::empty_like(p);
+    if (mask[2]) gw = at::mm(gy.t(), x);
+    if ((mask[0] || mask[1]) && b == 0 && mask[1]) gq.zero_();
+    if ((mask[0] || mask[1]) && b > 0) {
+      const auto chunks = row_chunks(n);
+      const int64_t blk = std::min(b, kRowBlock);
+      const int64_t maxc = std::min(p.size(1), std::max(kChunkCols, n) + n);
+      at::Tensor zbuf = at::empty({blk * maxc}, x.options());
+      at::Tensor gbuf = at::empty({blk * maxc}, x.options());
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_full_backward", [&] {
+        for (const RowChunk& c : chunks) {
+          const int64_t cols = c.t1 - c.t0;
+          at::Tensor pc = p.narrow(1, c.t0, cols);  // (K, cols)
+          at::Tensor gqc = mask[1] ? gq.narrow(1, c.t0, cols) : at::Tensor();
+          for (int64_t r0 = 0; r0 < b; r0 += blk) {
+            const int64_t rows = std::min(blk, b - r0);
+            at::Tensor gyb = gy.narrow(0, r0, rows);
+            if (mask[1]) {
+              at::Tensor z = zbuf.narrow(0, 0, rows * cols).view({rows, cols});
+              outer_rows<scalar_t>(x.const_data_ptr<scalar_t>(), n, r0, rows, c,
+                                   z.data_ptr<scalar_t>());
+              if (r0 == 0) {
+                at::mm_out(gqc, gyb.t(), z);
+              } else {
+                gqc.addmm_(gyb.t(), z);
+              }
+            }
+            if (mask[0]) {
+              at::Tensor g = gbuf.narrow(0, 0, rows * cols).view({rows, cols});
+              at::mm_out(g, gyb, pc);
+              contract_rows<scalar_t>(x.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+                                      n, r0, rows, c, gx.data_ptr<scalar_t>());
+            }
+          }
+        }
+      });
+    }
+  } else {
+    TORCH_CHECK(weight_quad2.has_value() && weight_quad2->sizes() == weight_quad.sizes(), kOp,
+                "_backward: lowrank needs weight_quad2 of weight_quad's shape");
+    const int64_t rk = weight_quad.size(0), r = rk / k;
+    at::Tensor wcat = at::cat({weight_quad, *weight_quad2, weight}, 0);  // (2rK + K, n)
+    at::Tensor h = at::mm(x, wcat.narrow(0, 0, 2 * rk).t());            // [ha | hb]
+    at::Tensor d = at::empty({b, 2 * rk + k}, x.options());             // [gy*hb | gy*ha | gy]
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_dh", [&] {
+      const scalar_t* hp = h.const_data_ptr<scalar_t>();
+      const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+      scalar_t* dp = d.data_ptr<scalar_t>();
+      at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t row = r0; row < r1; ++row) {
+          const scalar_t* ha = hp + row * 2 * rk;
+          const scalar_t* hb = ha + rk;
+          const scalar_t* g = gp + row * k;
+          scalar_t* da = dp + row * (2 * rk + k);
+          scalar_t* db = da + rk;
+          for (int64_t s = 0; s < r; ++s)
+            for (int64_t j = 0; j < k; ++j) {
+              da[s * k + j] = g[j] * hb[s * k + j];
+              db[s * k + j] = g[j] * ha[s * k + j];
+            }
+          std::copy(g, g + k, db + rk);
+        }
+      });
+    });
+    if (mask[0]) gx = at::mm(d, wcat);
+    if (mask[1] || mask[2]) {
+      at::Tensor gcat = at::mm(d.t(), x);  // (2rK + K, n)
+      if (mask[1]) {
+        gq = gcat.narrow(0, 0, rk).contiguous();
+        gq2 = gcat.narrow(0, rk, rk).contiguous();
+      }
+      if (mask[2]) gw = gcat.narrow(0, 2 * rk, k).contiguous();
+    }
+  }
+  if (mask[3]) gb = gy.sum(0);
+  auto or_empty = [&](at::Tensor t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(gx), or_empty(gq), or_empty(gq2), or_empty(gw), or_empty(gb)};
+}
+
+}  // namespace
+}  // namespace shallowkern
+
+TORCH_LIBRARY_IMPL(shallowkern, CPU, m) {
+  m.impl("_quadric_linear_native", &shallowkern::quadric_forward_cpu);
+  m.impl("_quadric_linear_native_backward", &shallowkern::quadric_backward_cpu);
+}
