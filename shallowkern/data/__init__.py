@@ -24,8 +24,8 @@ import torch
 from ._common import DATASETS, DataError, DatasetSpec, canonical_name, resolve_root
 from .cifar import load_cifar10, load_cifar100
 from .device_loader import DeviceLoader, train_val_split
-from .host_loader import HostLoader
 from .download import download_dataset
+from .host_loader import HostLoader
 from .mnist import load_fashion_mnist, load_mnist
 from .verify import UnknownDataWarning
 

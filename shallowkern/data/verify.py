@@ -191,7 +191,7 @@ class Identity:
 
 def logical_name(path: Path) -> str:
     """The dataset file name a path stands for (``data_batch_1.gz`` -> ``data_batch_1``)."""
-    return path.name[:-3] if path.name.endswith(".gz") else path.name
+    return path.name.removesuffix(".gz")
 
 
 def identify(path: Path) -> Identity:

@@ -32,7 +32,6 @@ released; the directory and its ``driver.lock`` stay). They need a local file sy
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import signal
@@ -214,7 +213,7 @@ def _run_one(cfg: dict[str, Any], results: Path, trial_fn: TrialFn, root: str | 
                 # ignores leases wrote it), or retried and diverged again: nothing new to store
                 return ("diverged" if supersede and diverged else "skipped"), ""
             return ("diverged" if diverged else "done"), ""
-        except Exception:
+        except Exception:  # noqa: BLE001 - any bug in a trial fails that trial only
             return "error", traceback.format_exc()
     finally:
         _release(results, tid, fd)

@@ -30,11 +30,11 @@ when a training loss went non-finite). A diverged trial is done: the sweep does 
 unless asked (``run_sweep(..., retry_diverged=True)``), and reports count it apart.
 
 Validity. A record is a JSON object with a non-empty string ``trial_id`` and a ``test_error``
-that is a finite number in [0, 1] (``train_error`` / ``val_error``, when present and not null,
-likewise); a diverged record may have null or non-finite errors. Anything else -- null,
-negative, above 1, NaN, a string, an id-only object -- is not done: it is skipped with its file
-and line number, never averaged, and the sweep runs that trial again (the new, valid record is
-then the one kept).
+that is a finite number in [0, 1] (``train_error`` / ``val_error`` likewise, or null: an empty
+validation split has no error); a diverged record may have null or non-finite errors.
+Anything else -- null, negative, above 1, NaN, a string, an id-only object -- is not done: it
+is skipped with its file and line number, never averaged, and the sweep runs that trial again
+(the new, valid record is then the one kept).
 
 Why JSONL with one ``os.write`` per record: a record is appended by a single ``write(2)`` of the
 complete line on a descriptor opened with ``O_APPEND``, under ``flock``, and then ``fsync``-ed.
@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["INDEX_COLUMNS", "Problem", "RecordError", "Results", "append_record", "completed",
-           "completed_ids", "decode_record", "diverged_ids", "encode_record", "export_csv", "flat_row", "index",
+           "completed_ids", "decode_record", "diverged_ids", "encode_record", "export_csv",
+           "flat_row", "index",
            "is_diverged", "load_results", "read_csv", "read_records", "usable",
            "validate_record"]
 
@@ -95,7 +96,7 @@ def _is_divergence(pointer: str) -> bool:
     """Whether a non-finite value at ``pointer`` means the training diverged."""
     parts = pointer[1:].split("/")
     leaf = parts[-1]
-    return parts[0] == "history" or leaf.endswith("_error") or leaf.endswith("loss")
+    return parts[0] == "history" or leaf.endswith(("_error", "loss"))
 
 
 def encode_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +132,8 @@ def decode_record(record: dict[str, Any]) -> dict[str, Any]:
     if nonfinite is None:
         return record
     if not isinstance(nonfinite, dict):
-        raise ValueError(f"'nonfinite' must be an object, got {type(nonfinite).__name__}")
+        raise ValueError(  # noqa: TRY004 - a malformed file, not a programming error
+            f"'nonfinite' must be an object, got {type(nonfinite).__name__}")
     out = json.loads(json.dumps(record))  # deep copy of plain JSON data
     for ptr, text in nonfinite.items():
         if text not in _NONFINITE_TEXT:
@@ -183,14 +185,17 @@ def validate_record(record: Any) -> str | None:
         return f"not a record (a JSON {type(record).__name__}, expected an object)"
     tid = record.get("trial_id")
     if not isinstance(tid, str) or not tid:
-        return "no trial_id" if tid is None else f"trial_id must be a non-empty string, got {tid!r:.40}"
+        if tid is None:
+            return "no trial_id"
+        return f"trial_id must be a non-empty string, got {tid!r:.40}"
     div = record.get("diverged", False)
     if not isinstance(div, bool):
         return f"trial {tid}: diverged must be true or false, got {div!r:.40}"
     if "test_error" not in record:
         return f"trial {tid}: no test_error (an id without a result)"
     for name in _ERROR_FIELDS:
-        if name in record:
+        # train/val errors may be null (no validation split); test_error is the result
+        if name in record and (name == "test_error" or record[name] is not None):
             why = _rate_problem(name, record[name], div)
             if why:
                 return f"trial {tid}: {why}"
@@ -416,7 +421,8 @@ def append_record(path: PathLike, record: dict[str, Any], *, validate: bool = Tr
     and False is returned; otherwise the line is written with one ``write(2)`` and ``fsync``-ed
     and True is returned. With ``supersede_diverged``, a trial whose stored records are all
     diverged counts as not done (a retried diverged trial; the reader then keeps the new
-    record; a retried trial that diverged again is not stored twice). An invalid record (``validate_record``) raises RecordError and is not written
+    record; a retried trial that diverged again is not stored twice). An invalid record
+    (``validate_record``) raises RecordError and is not written
     (``validate=False`` writes it anyway, without the done check: for tests of the readers).
     """
     rec = encode_record(record)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from shallowkern import data
-from shallowkern.data import DataError, UnknownDataWarning, load_dataset
-from shallowkern.data import verify
+from shallowkern.data import DataError, UnknownDataWarning, load_dataset, verify
 from shallowkern.data.verify import KNOWN, OFFICIAL, REBUILT, KnownFile, identify
 
 from .test_loaders import REPO, write_cifar10, write_mnist
@@ -83,7 +82,7 @@ def test_every_shared_file_is_known_by_its_own_name(shared: Path) -> None:
 def test_the_shared_copy_loads_without_a_warning(shared: Path) -> None:
     ctx = _no_unknown_warning()
     try:
-        x, y = load_dataset("cifar10", shared, train=False)
+        x, _ = load_dataset("cifar10", shared, train=False)
         assert x.shape == (10000, 3, 32, 32)
         load_dataset("fashion_mnist", shared, train=False)
     finally:

@@ -174,3 +174,48 @@ def test_two_drivers_on_one_file_split_the_trials(tmp_path):
     assert set(by) == set(pids), f"one driver ran everything: {by}"
     ran = [tuple(map(int, (tmp_path / f"summary{i}").read_text().split())) for i in range(2)]
     assert sum(r[0] for r in ran) == n and all(r[3] == 0 for r in ran)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out
+
+
+def test_ctrl_c_while_workers_start_prints_no_worker_traceback(tmp_path):
+    """Issue 9 item 6: Ctrl-C during worker start-up printed 30-60 lines (every worker's
+    KeyboardInterrupt inside its imports). Workers now start with SIGINT ignored; only the
+    driver sees it (the CLI turns that into one line), and it stops its workers."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sweep._fault_helpers", str(tmp_path / "r.jsonl"), "50",
+         "2"], cwd=repo, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_children(proc.pid)) >= 2, "the driver never started its workers"
+        time.sleep(0.3)  # the workers are importing torch now
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "KeyboardInterrupt" in err  # the driver's, for the CLI to print as one line
+    assert err.count("Traceback") == 1 and "spawn_main" not in err, err
+    deadline = time.monotonic() + 20
+    while _live_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _live_members(proc.pid), "workers outlived the interrupted driver"

@@ -341,3 +341,11 @@ def test_index_and_csv_hold_a_diverged_record_without_nan(tmp_path):
 def test_a_directory_is_a_clear_error(tmp_path):
     with pytest.raises(IsADirectoryError):
         load_results(tmp_path)
+
+
+def test_null_train_and_val_errors_are_valid(tmp_path):
+    """run_trial stores val_error null when there is no validation split: still a result."""
+    path = tmp_path / "r.jsonl"
+    rec = fake_record(TrialConfig("lenet", d1=4), 0.3, val_error=None, train_error=None)
+    assert append_record(path, rec) and read_records(path) == [rec]
+    assert usable([rec]) == [rec]
