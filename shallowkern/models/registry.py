@@ -256,7 +256,7 @@ class Family:
         with torch.device("meta"):
             model = self.build(params, in_channels=input_shape[0], input_size=input_shape[-1],
                                num_classes=num_classes)
-        rows = layer_report(model, input_shape)
+        rows = layer_report(model.eval(), input_shape)  # eval: BatchNorm1d takes one image
         acts = sum((r["map"][0] * r["map"][1] if r["map"] else 1) * r["depth"] for r in rows)
         return {"params": int(sum(p.numel() for p in model.parameters())),
                 "macs": int(sum(r["macs"] for r in rows)), "activations": int(acts)}
