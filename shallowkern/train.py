@@ -164,6 +164,7 @@ def train_and_evaluate(
     seed: int,
     progress: Callable[[int, dict[str, float]], None] | None = None,
     pipeline: str = "device",
+    cudnn: str = "deterministic",
 ) -> dict[str, Any]:
     """Train ``model`` with ``recipe`` and return its errors at the selected epoch.
 
@@ -176,19 +177,28 @@ def train_and_evaluate(
         pipeline: ``"device"`` (DeviceLoader: images resident on the device, augmented there
             a batch at a time) or ``"host"`` (HostLoader: the conventional per-image host-side
             pipeline of a plain PyTorch script; the baseline of ``impl="plain"`` trials).
+        cudnn: on CUDA, ``"deterministic"`` (``cudnn.deterministic=True, benchmark=False``:
+            reproducible sweeps) or ``"benchmark"`` (``benchmark=True``: cuDNN times its
+            algorithms, as a speed-tuned plain-PyTorch script runs). The same setting applies to
+            whatever runs the convolutions, so a shallowkern-vs-plain comparison is fair only
+            with the same value on both sides (it matters most to the plain side, where every
+            convolution is cuDNN's); ``"keep"`` leaves the global flags alone.
 
     Returns a dict with ``train_error`` (clean, un-augmented error of the selected weights on
     the training set), ``val_error``, ``test_error``, ``best_epoch`` (1-based), ``epochs``,
     ``selection``, ``history`` (per epoch: lr, train loss, running train error under
     augmentation, val error), ``diverged`` (a non-finite loss was seen), ``n_train``/``n_val``/
-    ``n_test``, ``train_time`` and ``wall_time`` (s) and ``images_per_s`` (training throughput).
+    ``n_test``, ``train_time`` and ``wall_time`` (s) and ``images_per_s`` (training throughput),
+    and the ``pipeline`` and ``cudnn`` settings it ran with.
     """
+    if cudnn not in ("deterministic", "benchmark", "keep"):
+        raise ValueError(f"cudnn must be 'deterministic', 'benchmark' or 'keep', got {cudnn!r}")
     t0 = time.perf_counter()
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and cudnn != "keep":
         # Autotuned algorithm choice differs run to run; determinism matters more for a sweep.
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = cudnn == "benchmark"
+        torch.backends.cudnn.deterministic = cudnn == "deterministic"
     model.to(device)
     x_tr, y_tr = data.train
     if y_tr.numel() == 0:
@@ -262,6 +272,8 @@ def train_and_evaluate(
         "n_test": int(data.test[1].numel()),
         "train_time": train_time,
         "images_per_s": recipe.epochs * y_tr.numel() / train_time if train_time > 0 else None,
+        "pipeline": pipeline,
+        "cudnn": cudnn,
     }
     for key in ("val_error",):  # nan is not JSON; an empty split has no error
         if isinstance(result[key], float) and math.isnan(result[key]):
