@@ -168,7 +168,8 @@ class TrialConfig:
     def label(self) -> str:
         """Short human-readable name, e.g. ``lenet d1=16 k=2.8 seed=0``."""
         shape = self.family_spec.describe(self.params)
-        return f"{self.family} {shape} seed={self.seed}" + (" plain" if self.impl == "plain" else "")
+        plain = " plain" if self.impl == "plain" else ""
+        return f"{self.family} {shape} seed={self.seed}{plain}"
 
 
 def trial_id(config: TrialConfig | Mapping[str, Any]) -> str:

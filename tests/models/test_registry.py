@@ -151,8 +151,9 @@ def test_a_new_family_is_added_in_one_place(tiny_family, capsys):
     # The CLI knows it without an edit: profile, sweep grid (dry run), and its errors.
     assert main(["profile", "tiny_mlp:16,depth=2", "--device", "meta", "--json"]) == 0
     assert '"flops"' in capsys.readouterr().out
-    assert main(["sweep", "--family", "tiny_mlp", "--grid", "hidden=4,8", "--grid", "act=relu,tanh",
-                 "--seeds", "0", "1", "--dataset", "synthetic", "--recipe", "quick", "--dry-run"]) == 0
+    assert main(["sweep", "--family", "tiny_mlp", "--grid", "hidden=4,8", "--grid",
+                 "act=relu,tanh", "--seeds", "0", "1", "--dataset", "synthetic", "--recipe",
+                 "quick", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "8 trials {'tiny_mlp': 8}" in out and "act=tanh" in out
     assert main(["sweep", "--family", "tiny_mlp", "--d1", "4", "--dry-run"]) == 2
