@@ -26,6 +26,16 @@ from torch import Tensor, nn
 from ..ops.quadric_linear import FORMS, init_parameters, packed_size, quadric_linear
 
 
+def quadric_linear_module_forward(input: Tensor, weight_quad: Tensor, weight: Tensor,
+                                  bias: Tensor | None, form: str,
+                                  weight_quad2: Tensor | None) -> Tensor:
+    """QuadricLinear.forward as one function: fx.symbolic_trace records it as one node."""
+    return quadric_linear(input, weight_quad, weight, bias, form=form, weight_quad2=weight_quad2)
+
+
+torch.fx.wrap("quadric_linear_module_forward")
+
+
 def quadric_param_count(in_features: int, out_features: int, form: str = "diagonal",
                         rank: int = 1, bias: bool = True) -> int:
     """Parameters of QuadricLinear(in_features, out_features, bias, form=form, rank=rank)."""
@@ -74,8 +84,8 @@ class QuadricLinear(nn.Module):
         init_parameters(self.weight_quad, self.weight, self.bias, self.form, self.weight_quad2)
 
     def forward(self, input: Tensor) -> Tensor:
-        return quadric_linear(input, self.weight_quad, self.weight, self.bias, form=self.form,
-                              weight_quad2=self.weight_quad2)
+        return quadric_linear_module_forward(input, self.weight_quad, self.weight, self.bias,
+                                             self.form, self.weight_quad2)
 
     def extra_repr(self) -> str:
         s = (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -41,7 +41,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import flops as _flops
 from ._backend import Backend, OpDispatch
-from ._common import needs_composite, register_autocast
+from ._common import autocast_dtype, cast_for_autocast, needs_composite, register_autocast
 
 FORMS = ("diagonal", "full", "lowrank")
 _NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
@@ -465,6 +465,9 @@ def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Ten
         region's dtype first; under ``torch.func`` transforms and forward-mode AD the aten
         composition runs (exact derivatives).
     """
+    if isinstance(input, Tensor) and autocast_dtype(input.device.type) is not None:
+        input, weight_quad, weight_quad2, weight, bias = cast_for_autocast(
+            input.device.type, input, weight_quad, weight_quad2, weight, bias)
     check_args(input, weight_quad, weight, bias, form, weight_quad2)
     if needs_composite(input, weight_quad, weight_quad2, weight, bias):
         return quadric_linear_composite(input, weight_quad, weight_quad2, weight, bias, form)
