@@ -36,15 +36,17 @@ def require(package: str, backend: str) -> Any:
             f"--backend local") from None
 
 
-def _collect(summary, results: Path, cfg: TrialConfig, get_record, bar) -> None:
+def _collect(summary, results: Path, cfg: TrialConfig, get_record, bar,
+             supersede: bool = False) -> None:
     """Append a finished job's record in the driver and book it. The store refuses a trial
     that is already done (e.g. stored meanwhile by an orphaned local worker): that trial is
     booked as done elsewhere, never stored twice."""
     try:
         rec = get_record()
-        if append_record(results, rec):
-            summary.completed.append(cfg.trial_id)
-            if is_diverged(encode_record(rec)):
+        diverged = is_diverged(encode_record(rec))
+        if append_record(results, rec, supersede_diverged=supersede) or (supersede and diverged):
+            summary.completed.append(cfg.trial_id)  # (or retried, and diverged again)
+            if diverged:
                 summary.diverged.append(cfg.trial_id)
         else:
             summary.done_elsewhere.append(cfg.trial_id)
@@ -56,12 +58,13 @@ def _collect(summary, results: Path, cfg: TrialConfig, get_record, bar) -> None:
 
 def run_submitit(pending: list[TrialConfig], results: Path, trial_fn, root: str | None, summary,
                  *, progress: bool = True, folder: str | None = None,
-                 **parameters: Any) -> None:
+                 supersede_diverged: bool = False, **parameters: Any) -> None:
     """One Slurm job per trial through ``submitit.AutoExecutor``.
 
     ``folder`` holds submitit's logs (default ``<results>.submitit/``); ``parameters`` go to
     ``executor.update_parameters`` (e.g. ``slurm_partition``, ``gpus_per_node=1``,
-    ``timeout_min``). Blocks until every job has finished.
+    ``timeout_min``). Blocks until every job has finished. ``supersede_diverged``: the jobs
+    retry diverged trials (``run_sweep(retry_diverged=True)``).
     """
     submitit = require("submitit", "submitit")
     from .scheduler import _Progress
@@ -72,12 +75,12 @@ def run_submitit(pending: list[TrialConfig], results: Path, trial_fn, root: str 
     jobs = [(cfg, executor.submit(trial_fn, cfg.to_dict(), root)) for cfg in pending]
     bar = _Progress(len(jobs), progress)
     for cfg, job in jobs:  # job.result() blocks; records are appended in submission order
-        _collect(summary, results, cfg, job.result, bar)
+        _collect(summary, results, cfg, job.result, bar, supersede_diverged)
 
 
 def run_ray(pending: list[TrialConfig], results: Path, trial_fn, root: str | None, summary,
             *, progress: bool = True, num_gpus: float | None = None, num_cpus: float = 1,
-            address: str | None = None) -> None:
+            address: str | None = None, supersede_diverged: bool = False) -> None:
     """One Ray task per trial; ``num_gpus`` per task defaults to 1 if the cluster has GPUs.
 
     Connects to ``address`` (or starts a local Ray) unless Ray is already initialised.
@@ -96,4 +99,5 @@ def run_ray(pending: list[TrialConfig], results: Path, trial_fn, root: str | Non
     while waiting:
         done, waiting = ray.wait(waiting, num_returns=1)
         for ref in done:
-            _collect(summary, results, refs[ref], lambda ref=ref: ray.get(ref), bar)
+            _collect(summary, results, refs[ref], lambda ref=ref: ray.get(ref), bar,
+                     supersede_diverged)

@@ -170,6 +170,20 @@ def _release(results: Path, tid: str, fd: int) -> None:
     os.close(fd)
 
 
+def _clear_stale_leases(results: Path) -> None:
+    """Remove lease files left by processes that died holding them (the kernel dropped their
+    locks; the files stay). Only files whose lock we can take are removed."""
+    d = lease_dir(results)
+    try:
+        names = [n for n in os.listdir(d) if n.endswith(".lease")]
+    except FileNotFoundError:
+        return
+    for name in names:
+        fd = _try_lease(results, name.removesuffix(".lease"))
+        if fd is not None:
+            _release(results, name.removesuffix(".lease"), fd)
+
+
 def _driver_lock(results: Path, exclusive: bool) -> int:
     """Shared (local backend) or exclusive (cluster backends) lock of the results file, held
     by the driver for the whole sweep; a conflict is SweepBusy with one line."""
@@ -311,7 +325,8 @@ def run_sweep(
 
                 run = backends.run_submitit if backend == "submitit" else backends.run_ray
                 run(pending, results, trial_fn, root, summary, progress=progress,
-                    **dict(backend_options or {}))
+                    supersede_diverged=retry_diverged, **dict(backend_options or {}))
+        _clear_stale_leases(results)
     finally:
         os.close(lock)
     summary.wall_time = time.perf_counter() - t0

@@ -109,3 +109,26 @@ def test_ray_runs_the_trial_function_as_a_remote_task(tmp_path, monkeypatch):
                         progress=False)
     assert wrapped == [(fast_trial, {"num_gpus": 0, "num_cpus": 1})] and calls
     assert summary.ok and len(read_records(tmp_path / "r.jsonl")) == 3
+
+
+def test_a_cluster_backend_stores_diverged_trials_and_retries_them_when_asked(tmp_path,
+                                                                             monkeypatch):
+    from shallowkern.sweep.store import load_results
+
+    from ._fault_helpers import diverging_trial
+
+    grid = lenet_grid((4, 8), (2.8,), (0,), dataset="synthetic", recipe="quick")
+    monkeypatch.setitem(sys.modules, "submitit", _fake_submitit([], {}))
+    results = tmp_path / "r.jsonl"
+    first = run_sweep(grid, results, backend="submitit", trial_fn=diverging_trial,
+                      progress=False)
+    assert first.ok and len(first.diverged) == 1 and len(load_results(results).diverged) == 1
+    again = run_sweep(grid, results, backend="submitit", trial_fn=diverging_trial,
+                      progress=False)
+    assert again.skipped == 2 and again.skipped_diverged == 1
+    (tmp_path / "healed").touch()
+    healed = run_sweep(grid, results, backend="submitit", trial_fn=diverging_trial,
+                       data_root=str(tmp_path), progress=False, retry_diverged=True)
+    assert healed.completed == [grid[1].trial_id] and not healed.diverged
+    res = load_results(results)
+    assert not res.diverged and len(res.records) == 2

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from shallowkern.sweep import run_sweep
+from shallowkern.sweep.scheduler import lease_dir
 from shallowkern.sweep.store import load_results
 
 from . import _fault_helpers as fh
@@ -130,6 +131,8 @@ def test_random_sigkills_then_resume_store_every_trial_exactly_once(tmp_path):
     final = run_sweep(fh.grid(N_TRIALS), results, workers=0, trial_fn=fh.sleepy_trial,
                       progress=False)
     assert final.ok, final.describe()
+    # leases left by killed holders are cleared at the end of a sweep
+    assert sorted(os.listdir(lease_dir(results))) == ["driver.lock"]
 
     res = load_results(results)
     ids = Counter(r["trial_id"] for r in res.records + res.duplicates)
