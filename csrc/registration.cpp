@@ -63,6 +63,11 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "Tensor hidden, Tensor out_weight, int splits, str activation, str backend) "
       "-> (Tensor grad_input, Tensor[] grad_weight_x, Tensor[] grad_weight_h, Tensor[] grad_bias, "
       "Tensor grad_out_weight, Tensor grad_out_bias)");
+  // CUDA C++ fused forward (inference, BatchNorm folded): csrc/cuda/spinal_linear.cu, impl in
+  // csrc/cuda/bindings.cu (CUDA builds only).
+  m.def(
+      "_spinal_linear_cuda(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+      "Tensor out_weight, Tensor? out_bias, int splits, str activation) -> Tensor");
   // Full-form forward on CUDA (csrc/cuda/quadric_linear.cu, impl in csrc/cuda/bindings.cu).
   m.def(
       "_quadric_linear_full_cuda(Tensor input, Tensor weight_quad, Tensor weight, Tensor? bias) "

@@ -214,3 +214,90 @@ at::Tensor quadric_linear_full_cuda(const at::Tensor& input, const at::Tensor& w
 TORCH_LIBRARY_IMPL(shallowkern, CUDA, m) {
   m.impl("_quadric_linear_full_cuda", &shallowkern::quadric_linear_full_cuda);
 }
+
+// ---- spinal_linear (fused forward, inference; csrc/cuda/spinal_linear.cu) ---------------------
+// shallowkern::_spinal_linear_cuda: input (B, F) fp32/fp16/bf16; weight_x L (W, F_s), weight_h
+// L-1 (W, W), bias L (W,) or none, out_weight (O, L*W), out_bias (O,) or None; BatchNorm folded
+// by the caller. Returns y (B, O). Shapes are validated by the public op's checks as well.
+#include "spinal_linear.h"
+
+namespace shallowkern {
+namespace {
+
+at::Tensor spinal_linear_cuda(const at::Tensor& input, at::TensorList weight_x,
+                              at::TensorList weight_h, at::TensorList bias,
+                              const at::Tensor& out_weight,
+                              const std::optional<at::Tensor>& out_bias, int64_t splits,
+                              c10::string_view activation) {
+  namespace skc = shallowkern::cuda;
+  const char* op = "_spinal_linear_cuda";
+  TORCH_CHECK(input.is_cuda() && input.dim() == 2, op, ": input must be a 2-D CUDA tensor, got ",
+              input.sizes(), " on ", input.device());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": input must be float32, float16 or bfloat16, got ", dtype);
+  const int64_t B = input.size(0), F = input.size(1), L = static_cast<int64_t>(weight_x.size());
+  TORCH_CHECK(L >= 1 && L <= skc::kSpinalMaxLayers, op, ": 1..", skc::kSpinalMaxLayers,
+              " layers supported, got ", L);
+  TORCH_CHECK(splits >= 1 && splits <= F, op, ": splits must be in [1, ", F, "], got ", splits);
+  TORCH_CHECK(static_cast<int64_t>(weight_h.size()) == L - 1, op, ": weight_h must hold ", L - 1,
+              " matrices");
+  TORCH_CHECK(bias.empty() || static_cast<int64_t>(bias.size()) == L, op, ": bias must hold ", L,
+              " vectors or none");
+  const int64_t W = weight_x[0].size(0), O = out_weight.size(0);
+  TORCH_CHECK(out_weight.dim() == 2 && out_weight.size(1) == L * W, op,
+              ": out_weight must be (O, ", L * W, "), got ", out_weight.sizes());
+  TORCH_CHECK(B * std::max<int64_t>(F, O) < (1LL << 31), op, ": sizes out of the kernel's int range");
+  const c10::DeviceGuard guard(input.device());
+  const at::Tensor x = input.stride(1) == 1 ? input : input.contiguous();
+  std::vector<at::Tensor> keep;
+  auto prep = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == dtype && t.device() == input.device(), op, ": ", name,
+                " must be ", dtype, " on ", input.device());
+    keep.push_back(t.contiguous());
+    return keep.back().const_data_ptr();
+  };
+  skc::SpinalArgs a{};
+  a.dtype = dtype == at::kFloat  ? skc::SpinalDtype::kFloat32
+            : dtype == at::kHalf ? skc::SpinalDtype::kFloat16
+                                 : skc::SpinalDtype::kBFloat16;
+  a.act = activation == "relu"      ? skc::SpinalAct::kRelu
+          : activation == "tanh"    ? skc::SpinalAct::kTanh
+          : activation == "sigmoid" ? skc::SpinalAct::kSigmoid
+                                    : skc::SpinalAct::kIdentity;
+  TORCH_CHECK(activation == "relu" || activation == "tanh" || activation == "sigmoid" ||
+                  activation == "identity", op, ": unknown activation ", activation);
+  const int64_t q = F / splits, r = F % splits;
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t s = i % splits, ks = q + (s < r ? 1 : 0), off = s * q + std::min(s, r);
+    TORCH_CHECK(weight_x[i].dim() == 2 && weight_x[i].size(0) == W && weight_x[i].size(1) == ks,
+                op, ": weight_x[", i, "] must be (", W, ", ", ks, "), got ", weight_x[i].sizes());
+    a.wx[i] = prep(weight_x[i], "weight_x");
+    a.wh[i] = i > 0 ? prep(weight_h[i - 1], "weight_h") : nullptr;
+    a.bias[i] = bias.empty() ? nullptr : prep(bias[i], "bias");
+    a.off[i] = static_cast<int>(off);
+    a.ks[i] = static_cast<int>(ks);
+  }
+  a.wo = prep(out_weight, "out_weight");
+  a.bo = out_bias.has_value() && out_bias->defined() ? prep(*out_bias, "out_bias") : nullptr;
+  at::Tensor y = at::empty({B, O}, x.options());
+  a.x = x.const_data_ptr();
+  a.y = y.mutable_data_ptr();
+  a.batch = static_cast<int>(B), a.ldx = static_cast<int>(x.stride(0) < F ? F : x.stride(0));
+  a.layers = static_cast<int>(L), a.width = static_cast<int>(W), a.out = static_cast<int>(O);
+  const c10::Stream current =
+      c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(input.device());
+  const cudaError_t err =
+      skc::spinal_linear_forward(a, static_cast<cudaStream_t>(current.native_handle()));
+  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed (", cudaGetErrorString(err),
+              "); layer_width and out_features need ", skc::spinal_smem_bytes(a.width, a.out),
+              " bytes of shared memory");
+  return y;
+}
+
+}  // namespace
+}  // namespace shallowkern
+
+TORCH_LIBRARY_IMPL(shallowkern, CUDA, m) {
+  m.impl("_spinal_linear_cuda", &shallowkern::spinal_linear_cuda);
+}
