@@ -157,7 +157,8 @@ def _try_lease(results: Path, tid: str) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
-            os.write(fd, f"{os.getpid()}\n".encode())  # for a human looking at the folder
+            os.ftruncate(fd, 0)  # a stale file of a dead holder may be reused
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # for a human looking at the folder
             return fd
         os.close(fd)
 
