@@ -196,3 +196,139 @@ def test_quadric_conv2d_matches_two_convolutions(backend):
     assert_close(gx, rx, torch.float64, 54)
     with pytest.raises(ValueError, match=r"input must be \(N, 3, H, W\)"):
         m(torch.randn(2, 4, 8, 8, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels: interpreter numerics (fp32/fp16; bf16 is broken in the interpreter) and the
+# sm_90 compile check (subprocess without TRITON_INTERPRET; `python tests/ops/
+# test_quadric_linear.py --compile-check` runs it alone and prints shared memory / registers)
+# ---------------------------------------------------------------------------------------------
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+
+
+needs_triton = pytest.mark.skipif(not _interpreting(), reason="no CUDA and TRITON_INTERPRET unset")
+
+
+@needs_triton
+@pytest.mark.parametrize("form", ql.FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m,n,k", [(70, 20, 66), (3, 1, 1), (0, 5, 4)])
+def test_triton_kernels_forward_backward(form, dtype, m, n, k):
+    """Shapes larger than one 64x64 tile and odd tails; every gradient of the kernels."""
+    from shallowkern.triton import quadric_linear as tk
+
+    torch.manual_seed(0)
+    r = 2 if form == "lowrank" else 1
+    x = torch.randn(m, n)
+    quad = {"diagonal": (k, n), "full": (k, ql.packed_size(n)), "lowrank": (r * k, n)}[form]
+    wq = torch.randn(quad) / n ** 0.5
+    wq2 = torch.randn(quad) / n ** 0.5 if form == "lowrank" else None
+    w, b, gy = torch.randn(k, n) / n ** 0.5, torch.randn(k), torch.randn(m, k)
+    to = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    y = tk.forward(to(x), to(wq), to(wq2), to(w), to(b), form)
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    ref = ql.quadric_linear_reference(d(x), d(wq), d(wq2), d(w), d(b), form)
+    red = {"diagonal": 2 * n, "full": ql.packed_size(n) + n, "lowrank": 5 * n}[form]
+    # fp16: the operands are rounded to fp16 first, so compare with the reference on them
+    if dtype == torch.float16:
+        ref = ql.quadric_linear_reference(*(d(to(t)) for t in (x, wq, wq2, w, b)), form)
+    assert_close(y, ref, dtype, red, msg=f"{form} forward")
+    got = tk.backward(to(gy), to(x), to(wq), to(wq2), to(w), form, [True] * 4)
+    want = ql.quadric_linear_backward_reference(d(to(gy)), d(to(x)), d(to(wq)), d(to(wq2)),
+                                                d(to(w)), form, [True] * 4)
+    for name, a, e in zip(("gx", "gq", "gq2", "gw", "gb"), got, want):
+        assert a.shape == e.shape, name
+        assert_close(a, e, dtype, max(red, k, m) * 4, msg=f"{form} {name}")
+
+
+@needs_triton
+def test_triton_backend_through_the_op_strided_input():
+    """The op with the Triton backend forced (interpreter here) on a transposed input."""
+    m, params = make(9, 70, "full", dtype=torch.float32)
+    x = torch.randn(9, 6).t().requires_grad_()  # (6, 9), strides (1, 6)
+    with shallowkern.use_backend("triton"):
+        y = m(x)
+        y.sum().backward()
+    assert shallowkern.last_backend("quadric_linear_backward").backend == "triton"
+    assert_close(y, independent(x.detach(), params, "full"), torch.float32, 60)
+
+
+def _nvidia_backend() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def compile_check() -> list[dict]:
+    """Compile every kernel for sm_90 (fp32/fp16/bf16); one row per kernel and dtype."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from shallowkern.triton import quadric_linear as tk
+
+    ptrs = {
+        "_diag_fwd": ("x_ptr", "wq_ptr", "w_ptr", "b_ptr", "y_ptr"),
+        "_diag_grad_x": ("g_ptr", "wq_ptr", "w_ptr", "x_ptr", "gx_ptr"),
+        "_mm_kernel": ("a_ptr", "b_ptr", "c_ptr"),
+        "_full_fwd": ("x_ptr", "p_ptr", "ii_ptr", "jj_ptr", "w_ptr", "b_ptr", "y_ptr"),
+        "_full_grad_p": ("g_ptr", "x_ptr", "ii_ptr", "jj_ptr", "gp_ptr"),
+        "_full_grad_x": ("g_ptr", "x_ptr", "p_ptr", "w_ptr", "gx_ptr"),
+        "_lowrank_fwd": ("x_ptr", "wa_ptr", "wb_ptr", "w_ptr", "b_ptr", "y_ptr", "g_ptr",
+                         "da_ptr", "db_ptr"),
+    }
+    consts = {
+        "_diag_fwd": dict(HAS_BIAS=True, BLOCK_M=tk.BM, BLOCK_N=tk.BN, BLOCK_K=tk.BK),
+        "_diag_grad_x": dict(BLOCK_M=tk.BM, BLOCK_N=tk.BN, BLOCK_K=tk.BK),
+        "_mm_kernel": dict(SQUARE_B=True, ACCUMULATE=True, BLOCK_M=tk.BM, BLOCK_N=tk.BN,
+                           BLOCK_K=tk.BK),
+        "_full_fwd": dict(HAS_BIAS=True, BLOCK_M=tk.BM, BLOCK_N=tk.BN, BLOCK_T=tk.BK),
+        "_full_grad_p": dict(BLOCK_N=tk.BN, BLOCK_T=tk.BN, BLOCK_M=tk.BK),
+        "_full_grad_x": dict(BLOCK_M=tk.BM, BLOCK_N=tk.BK, BLOCK_J=tk.BK),
+        "_lowrank_fwd": dict(HAS_BIAS=True, GRAD=False, BLOCK_M=tk.BM, BLOCK_N=tk.BN,
+                             BLOCK_K=tk.BK),
+    }
+    rows = []
+    for dt in ("fp32", "fp16", "bf16"):
+        for name, ps in ptrs.items():
+            fn = getattr(tk, name)
+            const = {**consts[name], "PREC": "tf32" if dt == "fp32" else "ieee"}
+            types = {a: ("*i32" if a in ("ii_ptr", "jj_ptr") else
+                         "*fp32" if a == "gp_ptr" else f"*{dt}") for a in ps}
+            sig = {a: "constexpr" if a in const else types.get(a, "i32") for a in fn.arg_names}
+            kern = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=tk.NUM_WARPS))
+            rows.append(dict(kernel=name, dtype=dt, shared=kern.metadata.shared,
+                             wgmma="warp_group_dot" in kern.asm["ttgir"]))
+    return rows
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="triton has no NVIDIA backend here")
+def test_triton_kernels_compile_for_sm90():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, __file__, "--compile-check"], env=env,
+                         capture_output=True, text=True, timeout=900,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr[-4000:]
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(rows) == 21
+    assert all(r["shared"] <= 232448 for r in rows), rows  # sm_90 opt-in limit (227 KB)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if "--compile-check" in sys.argv:
+        print(json.dumps(compile_check()))
