@@ -441,8 +441,6 @@ def _grid_configs(args: argparse.Namespace) -> list:
             short = f"--{fam.width_param}" if fam.width_param in ("d1", "width") else ""
             raise CLIError(f"--family {fam.name} needs {short + ' or ' if short else ''}--grid "
                            f"{fam.width_param}=V1,V2 (one or more widths)")
-        if fam.name == "lenet" and "d2" in grid and "k" in grid:
-            raise CLIError("give --d2 or --k, not both")
         keys = [p for p in fam.param_names if p in grid]
         common = dict(dataset=args.dataset or "cifar10", recipe=args.recipe,
                       overrides=overrides, train_subset=args.train_subset)

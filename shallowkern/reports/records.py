@@ -154,8 +154,9 @@ def series_label(rec: dict[str, Any], split: bool) -> str:
             v = group_value(rec) if p == fam.fit_group else value(rec, p)
             if p == fam.fit_group and not split:
                 continue
-            if v is True:
-                parts.append("bn" if p == "batch_norm" else p)
+            if v is True:  # a flag's short word where the family has one (vgg16's "bn")
+                parts.append(min((w for w, (t, fv) in fam.flags.items() if t == p and fv is True),
+                                 key=len, default=p))
             elif v not in (None, False):
                 parts.append(f"{p}={v:g}" if isinstance(v, float) else f"{p}={v}")
     return " ".join(parts) + (" (plain)" if impl_of(rec) == "plain" else "")
