@@ -67,8 +67,8 @@ def _spinal_fwd_kernel(
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for i in tl.static_range(L):
-        off: tl.constexpr = OFFS[i % S]
-        k_s: tl.constexpr = KS[i % S]
+        off = OFFS[i % S]
+        k_s = KS[i % S]
         for n0 in tl.range(0, W, BLOCK_N):
             cols = n0 + rn
             cmask = cols < W
@@ -128,8 +128,7 @@ def _spinal_bwd_rows_kernel(
     rmask = rows < B
     rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
-    for j in tl.static_range(L):
-        i: tl.constexpr = L - 1 - j
+    for i in tl.static_range(L - 1, -1, -1):
         for n0 in tl.range(0, W, BLOCK_N):
             cols = n0 + rn
             cmask = cols < W
@@ -158,8 +157,8 @@ def _spinal_bwd_rows_kernel(
                      mask=rmask[:, None] & cmask[None, :])
         tl.debug_barrier()  # gz_i is read back for layer i - 1 and for gx
     for s in tl.static_range(S):
-        off: tl.constexpr = OFFS[s]
-        k_s: tl.constexpr = KS[s]
+        off = OFFS[s]
+        k_s = KS[s]
         for c0 in tl.range(0, k_s, BLOCK_N):
             cols = c0 + rn
             cmask = cols < k_s

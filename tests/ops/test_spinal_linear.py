@@ -269,3 +269,249 @@ def test_flops_formula():
 def test_public_export():
     assert shallowkern.SpinalLinear is SpinalLinear
     assert list(itertools.islice(sl.ACTIVATIONS, 1)) == ["relu"]
+
+
+# ---------------------------------------------------------------------------------------------
+# registered ops: C++ CPU kernel, autograd, opcheck, compile; Triton kernels in the interpreter
+# ---------------------------------------------------------------------------------------------
+requires_native = pytest.mark.skipif(not sl.NATIVE_CPU, reason="shallowkern._C without the "
+                                     "spinal_linear CPU kernel (not built or built before it)")
+
+OP_CONFIGS = [  # (B, F, W, L, S, O, activation, bias, out_bias)
+    (5, 11, 4, 4, 2, 3, "relu", True, True),
+    (17, 7, 20, 5, 3, 10, "tanh", False, False),
+    (1, 40, 1, 1, 1, 2, "sigmoid", True, True),
+    (0, 9, 6, 3, 2, 4, "relu", True, True),
+    (130, 13, 8, 6, 4, 5, "identity", True, False),  # > 64 rows: the row-block parallel path
+    (3, 5, 3, 2, 4, 2, "relu", True, True),  # more splits than layers: splits 2, 3 unused
+]
+
+
+def op_args(B, F, W, L, S, O, act, bias, out_bias, dtype=torch.float64, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: (torch.randn(*s, generator=g, dtype=torch.float64) * 0.5).to(dtype).to(device)
+    sizes = sl.split_sizes(F, S)
+    return (r(B, F), [r(W, sizes[i % S]) for i in range(L)], [r(W, W) for _ in range(L - 1)],
+            [r(W) for _ in range(L)] if bias else [], r(O, L * W), r(O) if out_bias else None, S, act)
+
+
+def _flat(xs):
+    out = []
+    for e in xs:
+        out += list(e) if isinstance(e, (list, tuple)) else [e]
+    return out
+
+
+@requires_native
+@pytest.mark.parametrize("cfg", OP_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_forward_backward_vs_reference(cfg, dtype):
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=dtype)
+    y, H = torch.ops.shallowkern.spinal_linear_forward(x, wx, wh, b, wo, bo, S, act, "native")
+    yr, Hr = sl.spinal_linear_forward_reference(*(t.double() if isinstance(t, torch.Tensor) else
+                                                  [u.double() for u in t] if isinstance(t, list) else t
+                                                  for t in (x, wx, wh, b, wo, bo, S, act)))
+    F_, W = cfg[1], cfg[2]
+    assert_close(y, yr, dtype=dtype, reduction=F_ + len(wx) * W)
+    assert_close(H, Hr, dtype=dtype, reduction=F_ + W)
+    gy = torch.randn(y.shape, dtype=dtype)
+    got = torch.ops.shallowkern.spinal_linear_backward(gy, x, wx, wh, H, wo, S, act, "native")
+    ref = sl.spinal_linear_backward_reference(gy.double(), x.double(), [w.double() for w in wx],
+                                              [w.double() for w in wh], Hr, wo.double(), S, act)
+    for i, (a, r) in enumerate(zip(_flat(got), _flat(ref))):
+        assert_close(a, r, dtype=dtype, reduction=max(cfg[0], 1) * (F_ + len(wx) * W), msg=f"grad {i}")
+
+
+@requires_native
+def test_native_public_op_autograd_matches_reference():
+    m = make(F_=11, S=3, L=5, act="tanh")
+    x = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    assert shallowkern.last_backend("spinal_linear").backend == "native"
+    ref = eager_cat(m, x)
+    assert_close(y, ref)
+    params = [x, *m.parameters()]
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+        assert_close(a, b)
+
+
+@requires_native
+def test_native_gradcheck_through_op():
+    x, wx, wh, b, wo, bo, S, act = op_args(3, 9, 4, 3, 2, 3, "sigmoid", True, True)
+    ts = [t.requires_grad_() for t in [x, *wx, *wh, *b, wo, bo]]
+    L = len(wx)
+
+    def f(*t):
+        return torch.ops.shallowkern.spinal_linear(t[0], list(t[1:1 + L]), list(t[1 + L:2 * L]),
+                                                   list(t[2 * L:3 * L]), t[3 * L], t[3 * L + 1], S,
+                                                   act, "native")
+
+    assert torch.autograd.gradcheck(f, ts)
+
+
+@requires_native
+def test_native_noncontiguous_input_and_views():
+    x, wx, wh, b, wo, bo, S, act = op_args(6, 10, 4, 4, 2, 3, "relu", True, True)
+    big = torch.randn(6, 25, dtype=torch.float64)
+    xv = big[:, 3:13]  # row stride 25
+    y = torch.ops.shallowkern.spinal_linear(xv, wx, wh, b, wo, bo, S, act, "native")
+    yr = sl.spinal_linear_forward_reference(xv, wx, wh, b, wo, bo, S, act)[0]
+    assert_close(y, yr)
+    xt = torch.randn(10, 6, dtype=torch.float64).t()  # column-major
+    assert_close(torch.ops.shallowkern.spinal_linear(xt, wx, wh, b, wo, bo, S, act, "native"),
+                 sl.spinal_linear_forward_reference(xt, wx, wh, b, wo, bo, S, act)[0])
+
+
+@requires_native
+def test_schemas_match_python_copy():
+    for name, schema in sl.SCHEMAS.items():
+        assert str(getattr(torch.ops.shallowkern, name).default._schema) == "shallowkern::" + schema
+
+
+@requires_native
+@pytest.mark.parametrize("cfg", [OP_CONFIGS[0], OP_CONFIGS[3]], ids=["b5", "b0"])
+def test_opcheck(cfg):
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=torch.float32)
+    for t in [x, *wx, *wh, *b, wo] + ([bo] if bo is not None else []):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.shallowkern.spinal_linear.default,
+                          (x, wx, wh, b, wo, bo, S, act, "native"))
+    with torch.no_grad():
+        args = (x, wx, wh, b, wo, bo, S, act, "native")
+        torch.library.opcheck(torch.ops.shallowkern.spinal_linear_forward.default, args)
+        y, H = torch.ops.shallowkern.spinal_linear_forward(*args)
+        torch.library.opcheck(torch.ops.shallowkern.spinal_linear_backward.default,
+                              (torch.randn_like(y), x, wx, wh, H, wo, S, act, "native"))
+
+
+def test_compile_fullgraph_module():
+    m = make(F_=10, dtype=torch.float32, bn=True)
+    x = torch.randn(4, 10)
+    with torch.no_grad():
+        want = m(x)
+    torch._dynamo.reset()
+    got = torch.compile(m, fullgraph=True)(x)
+    assert_close(got, want.double(), dtype=torch.float32, reduction=10)
+    m.train()
+    m.norms = None  # fused training path
+    xg = x.clone().requires_grad_()
+    torch.compile(m, fullgraph=True)(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
+def test_flop_counter_counts_the_op():
+    from torch.utils.flop_counter import FlopCounterMode
+    m = make(F_=10, W=4, L=4, O=3, dtype=torch.float32)
+    x = torch.randn(2, 10, requires_grad=True)
+    with FlopCounterMode(display=False) as fc:
+        m(x).sum().backward()
+    fwd = sl.flops(2, 10, 4, 4, 2, 3)
+    assert fc.get_total_flops() == 3 * fwd  # forward + backward (2x), whichever backend ran
+
+
+def test_forced_reference_backend_and_explain():
+    m = make(F_=10, dtype=torch.float32)
+    x = torch.randn(3, 10)
+    with shallowkern.use_backend("reference"):
+        y = m(x)
+    assert shallowkern.last_backend("spinal_linear").backend == "reference"
+    assert_close(y, eager_cat(m.double(), x.double()), dtype=torch.float32, reduction=10)
+    m.float()
+    ch = sl.explain(x, list(m.weight_x), list(m.weight_h), list(m.bias), m.out_weight, m.out_bias)
+    assert ch.backend == ("native" if sl.NATIVE_CPU else "reference")
+    h = m.half()
+    assert sl.explain(x.half(), list(h.weight_x), list(h.weight_h), list(h.bias), h.out_weight,
+                      h.out_bias).backend == "reference"  # no fp16 CPU kernel
+
+
+@requires_native
+def test_native_errors_name_the_argument():
+    x, wx, wh, b, wo, bo, S, act = op_args(2, 10, 4, 4, 2, 3, "relu", True, True)
+    with pytest.raises(RuntimeError, match=r"weight_x\[1\] must have shape"):
+        torch.ops.shallowkern.spinal_linear(x, [wx[0], wx[1][:, :3], *wx[2:]], wh, b, wo, bo, S,
+                                            act, "native")
+    with pytest.raises(RuntimeError, match="activation"):
+        torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo, bo, S, "gelu", "native")
+    with pytest.raises(RuntimeError, match="out_weight"):
+        torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo[:, :5], bo, S, act, "native")
+
+
+# -- Triton (interpreter on CPU; tiny shapes) --------------------------------------------------
+def _triton_or_skip():
+    from shallowkern.testing import triton_interpreted
+    if not torch.cuda.is_available() and not triton_interpreted():
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
+    from shallowkern.triton import spinal_linear as tk
+    return tk, ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("cfg", [OP_CONFIGS[0], OP_CONFIGS[1], OP_CONFIGS[2], OP_CONFIGS[3],
+                                 OP_CONFIGS[5]], ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_forward_backward(cfg, dtype):
+    tk, dev = _triton_or_skip()
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=dtype, device=dev)
+    y, H = tk.spinal_forward(x, wx, wh, b, wo, bo, S, act)
+    d = lambda t: t.double().cpu() if t is not None else None
+    yr, Hr = sl.spinal_linear_forward_reference(d(x), [d(w) for w in wx], [d(w) for w in wh],
+                                                [d(t) for t in b], d(wo), d(bo), S, act)
+    tol = dtype if dtype != torch.float32 or dev == "cpu" else "tf32"
+    F_, W = cfg[1], cfg[2]
+    assert_close(y, yr, dtype=tol, reduction=F_ + len(wx) * W)
+    assert_close(H, Hr, dtype=tol, reduction=F_ + W)
+    gy = torch.randn(y.shape, dtype=torch.float64)
+    got = tk.spinal_backward(gy.to(dtype).to(dev), x, wx, wh, H, wo, S, act)
+    ref = sl.spinal_linear_backward_reference(gy, d(x), [d(w) for w in wx], [d(w) for w in wh],
+                                              d(H), d(wo), S, act)
+    red = max(cfg[0], 1) * (F_ + len(wx) * W)
+    for i, (a, r) in enumerate(zip(_flat(got), _flat(ref))):
+        assert_close(a, r, dtype=tol, reduction=red, msg=f"grad {i}")
+
+
+COMPILE_CHECK = r'''
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shallowkern.triton import spinal_linear as tk
+tgt = GPUTarget("cuda", 90, 32)
+rows = []
+def comp(fn, sig, const, warps=4):
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=tgt,
+                       options=dict(num_warps=warps, num_stages=2))
+    rows.append(dict(kernel=fn.__name__, shared=k.metadata.shared))
+L, S, W, O = 4, 2, 128, 10
+P = "*fp16"
+fwd = {"X": P, "WX": (P,) * L, "WH": (P,) * (L - 1), "BIAS": (P,) * L, "WO": P, "BO": P, "H": P,
+       "Y": P, "B": "i32", "stride_x": "i32"}
+c = dict(OFFS=(0, 256), KS=(256, 256), L=L, S=S, W=W, O=O, HAS_BIAS=True, HAS_BO=True, ACT=0,
+         BLOCK_B=32, BLOCK_N=64, BLOCK_K=64)
+comp(tk._spinal_fwd_kernel, {**fwd, **{k: "constexpr" for k in c}}, c)
+bwd = {"GY": P, "X": P, "WX": (P,) * L, "WH": (P,) * (L - 1), "WO": P, "H": P, "GZ": P, "GX": P,
+       "B": "i32", "stride_x": "i32"}
+c = dict(OFFS=(0, 256), KS=(256, 256), L=L, S=S, W=W, O=O, ACT=1, BLOCK_B=32, BLOCK_N=64, BLOCK_K=16)
+comp(tk._spinal_bwd_rows_kernel, {**bwd, **{k: "constexpr" for k in c}}, c)
+n = 2 * L
+c = dict(LDA=(512,) * n, LDB=(512,) * n, MS=(128,) * n, NS=(128,) * n, TILES_N=(4,) * n,
+         START=tuple(16 * i for i in range(n + 1)), NMAT=n, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32)
+sig = {"A_PTRS": (P,) * n, "B_PTRS": (P,) * n, "C_PTRS": ("*fp32",) * n, "BATCH": "i32",
+       **{k: "constexpr" for k in c}}
+comp(tk._spinal_bwd_weights_kernel, sig, c)
+print(json.dumps(rows))
+'''
+
+
+def test_triton_compiles_for_sm90():
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", COMPILE_CHECK], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [row["kernel"] for row in rows] == ["_spinal_fwd_kernel", "_spinal_bwd_rows_kernel",
+                                               "_spinal_bwd_weights_kernel"]
+    assert all(row["shared"] <= 227 * 1024 for row in rows)
