@@ -52,7 +52,8 @@ implementation needs, e.g. after a max-pool only a quarter of the backward GEMM 
 gradient; default = flops). ``extra_info`` records flops, bytes, TFLOP/s, GB/s, the roofline
 peaks (``shallowkern.profile.roofline``: the device table or a measurement), the time floor
 ``max(min_flops / peak, bytes / bandwidth)``, its bound and ``pct_of_roofline = 100 * floor / t``,
-plus the device, torch/triton versions, the case's shape and the provider/pass.
+plus the device, torch/triton versions, the case's shape, the provider/pass, and ``routed``: the
+backend shallowkern's dispatch ran in this row (``last_backend(op)``; None for other providers).
 
 Timing. CPU: pytest-benchmark's own timer (``time.perf_counter``) in pedantic mode, one call per
 round, after ``warmup`` rounds; the number of rounds is sized from the warm-up calls to about
@@ -266,6 +267,22 @@ def _write_row(row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _forget_route(op: str) -> None:
+    """Clear ``last_backend(op)`` so that a row records only a route its own provider took."""
+    from shallowkern.ops import _backend
+
+    _backend._last.pop(op, None)
+
+
+def _route(op: str) -> dict:
+    """The backend shallowkern's dispatch chose in this row (None for non-shallowkern providers)."""
+    from shallowkern.ops import last_backend
+
+    choice = last_backend(op)
+    return dict(routed=choice.backend if choice else None,
+                route_reason=choice.reason if choice else None)
+
+
 # ---------------------------------------------------------------------------------------------
 # the grid
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +384,7 @@ class OpBench:
         if smoke:
             case = self.smoke(case)
         torch.manual_seed(0)
+        _forget_route(self.op)
         fn, inputs = self.providers[provider](case, dev, dtype)
         inputs = tuple(inputs)
         run = make_pass(fn, inputs, pass_)
@@ -406,7 +424,7 @@ class OpBench:
         benchmark.pedantic(timed, rounds=rounds, iterations=iterations, warmup_rounds=1)
         t = benchmark.stats.stats.median
 
-        info.update(self._work(case, dev, dtype, tf32, pass_, t))
+        info.update(self._work(case, dev, dtype, tf32, pass_, t), **_route(self.op))
         info.update(device_info(dev), rounds=rounds, iterations=iterations,
                     input_copies=len(rot), median_s=t, min_s=benchmark.stats.stats.min,
                     compile_mode=compile_mode(dev) if provider == "compiled" else None)

@@ -86,8 +86,8 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
         out += [f"**{op}**", "",
                 "| case | dtype | pass | " + " | ".join(f"{p} ms" for p in providers) + " | "
                 + " | ".join(f"vs {p}" for p in others)
-                + (" | items/s" if items else " | TFLOP/s") + " | % roofline |",
-                "|" + "---|" * (3 + len(providers) + len(others) + 2)]
+                + (" | items/s" if items else " | TFLOP/s") + " | % roofline | route |",
+                "|" + "---|" * (3 + len(providers) + len(others) + 3)]
         for r in rows:
             t = r["times"]
             mine = t.get(subject)
@@ -98,7 +98,8 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
             pct = f"{e['pct_of_roofline']:.1f}" if e.get("pct_of_roofline") is not None else "–"
             out.append(f"| {r['case']} | {r['dtype']} | {r['pass_']} | "
                        + " | ".join(_ms(t.get(p)) for p in providers) + " | "
-                       + " | ".join(_x(v) for v in sp) + f" | {rate} | {pct} |")
+                       + " | ".join(_x(v) for v in sp) + f" | {rate} | {pct} | "
+                       + f"{e.get('routed') or '–'} |")
         out.append("")
     for b in benches:
         if b.get("name", "").startswith("test_lenet_width_law"):

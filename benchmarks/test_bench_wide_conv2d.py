@@ -6,6 +6,10 @@ Providers, each its own benchmark on the same seeded inputs (benchmarks/common.p
   eager        F.conv2d -> torch.relu -> F.max_pool2d  (cuDNN with cudnn.benchmark=True on GPU)
   compiled     torch.compile(eager) (SHALLOWKERN_BENCH_COMPILE_MODE; max-autotune on GPU)
   vendor       F.conv2d alone (the bar for the compute-bound conv2: cuDNN without epilogue)
+  sk_triton, sk_native  (CUDA only) shallowkern with its backend forced by use_backend: the
+               Triton kernels / the CUDA direct kernel, whatever the automatic route would pick.
+               With eager (cuDNN) beside them in fp32 with TF32 off, these rows are the data for
+               routing fp32-without-TF32 to the faster of Triton and cuDNN (benchmarks/NOTES.md).
 Passes: fwd, fwdbwd (gradients of w, b, and of x except for conv1, whose input is the image).
 Work: dense FLOPs (what eager's backward runs) for TFLOP/s; the roofline floor counts the least
 work: after a 2x2 max-pool only one conv output per window carries a gradient, so each
@@ -14,12 +18,14 @@ backward GEMM has a quarter of the dense work.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmarks import shapes
 from benchmarks.common import OpBench, compiled
 from shallowkern.flops import conv2d_flops
+from shallowkern.ops import use_backend
 from shallowkern.ops.wide_conv2d import wide_conv2d
 
 
@@ -33,6 +39,18 @@ def _inputs(case, dev, dtype):
 
 def fused(x, w, b):
     return wide_conv2d(x, w, b, activation="relu", pool=2)
+
+
+def forced(backend: str):
+    def build(case, dev, dtype):
+        if dev.type != "cuda":
+            pytest.skip(f"{backend} forced: a CUDA benchmark (on CPU shallowkern is the C++ kernel)")
+
+        def fn(x, w, b):
+            with use_backend(backend):
+                return fused(x, w, b)
+        return fn, _inputs(case, dev, dtype)
+    return build
 
 
 def eager(x, w, b):
@@ -84,6 +102,8 @@ BENCH = OpBench(
         "eager": lambda case, dev, dtype: (eager, _inputs(case, dev, dtype)),
         "compiled": lambda case, dev, dtype: (compiled(eager, dev), _inputs(case, dev, dtype)),
         "vendor": lambda case, dev, dtype: (vendor, _inputs(case, dev, dtype)),
+        "sk_triton": forced("triton"),
+        "sk_native": forced("native"),
     },
     flops=flops, min_flops=min_flops, nbytes=nbytes,
 )

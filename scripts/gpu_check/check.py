@@ -75,7 +75,6 @@ class Stage:
 
 
 PY = "{py}"
-SLICE_FILES = "benchmarks/test_bench_*.py"
 
 # Env shared by all stages: no autotuning (one heuristic config per shape: reproducible and no
 # tuning time), results-as-they-go for benchmarks, the measured roofline for % of roofline.
@@ -91,11 +90,11 @@ def _pytest(args: str) -> str:
     return f"{PY} -m pytest -p no:cacheprovider -q -rs {args}"
 
 
-def _bench_cmd(extra: str, files: str = "") -> str:
-    # every benchmark file except the ones a plan runs separately; --benchmark-json at the end
-    # only adds the histogram data: the rows file has every row already
-    files = files or (f"$(ls {SLICE_FILES} | grep -v -e lenet_training -e laws)")
-    return _pytest(f"{files} --benchmark-json={{work}}/bench.json {extra}")
+def _bench_cmd(only: str = "", exclude: str = "lenet_training,laws") -> str:
+    # each benchmark file gets an equal share of the stage's time (bench_slice.py); rows reach
+    # OUT/rows.jsonl one by one, --benchmark-json at the end of each file adds the histograms
+    return (f"{PY} {HERE}/bench_slice.py --deadline {{deadline}} --json-dir {{work}}/bench "
+            f"--only '{only}' --exclude '{exclude}'")
 
 
 def first_plan() -> list[Stage]:
@@ -122,11 +121,12 @@ def first_plan() -> list[Stage]:
               "--log {work}/memcheck.log", cap=55, min_s=20,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
               doc="compute-sanitizer memcheck over tiny calls of every CUDA and Triton kernel"),
-        Stage("bench", _bench_cmd(""), cap=100, min_s=30,
-              env={"SHALLOWKERN_BENCH_SLICE": "2", "SHALLOWKERN_BENCH_DTYPES": "bf16,fp32_tf32",
+        Stage("bench", _bench_cmd(), cap=100, min_s=30,
+              env={"SHALLOWKERN_BENCH_SLICE": "2", "SHALLOWKERN_BENCH_DTYPES": "bf16,fp32",
                    "SHALLOWKERN_BENCH_SECONDS": "0.25",
                    "SHALLOWKERN_BENCH_COMPILE_MODE": "default"},
-              doc="2 cases per family, bf16 and fp32+TF32, vs eager, compile, vendor; fwd, fwd+bwd"),
+              doc="2 cases per family, bf16 and fp32 (TF32 off: the Triton-vs-cuDNN route), "
+                  "vs eager, compile, vendor; fwd, fwd+bwd"),
         Stage("racecheck", f"{PY} {HERE}/sanitize_calls.py --sanitize racecheck "
               "--log {work}/racecheck.log --cuda-only", cap=40, optional=True,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, doc="shared-memory races, CUDA kernels"),
@@ -146,13 +146,13 @@ def followup_plan() -> list[Stage]:
         Stage("build", f"{PY} setup.py build_ext --inplace", cap=100, min_s=30,
               env={"SHALLOWKERN_CUDA_ARCH": "90a", "MAX_JOBS": "16"},
               doc="a no-op when the first call's build is still there"),
-        Stage("bench_tuned", _bench_cmd(""), cap=140, min_s=30,
+        Stage("bench_tuned", _bench_cmd(), cap=140, min_s=30,
               env={"SHALLOWKERN_TRITON_AUTOTUNE": "1", "SHALLOWKERN_BENCH_SLICE": "4",
                    "SHALLOWKERN_BENCH_DTYPES": "bf16,fp16,fp32_tf32,fp32",
                    "SHALLOWKERN_BENCH_SECONDS": "0.25",
                    "SHALLOWKERN_BENCH_DUMP_CONFIGS": "{work}/triton_configs.json"},
               doc="4 cases per family, all dtypes, autotuned; the chosen configs are saved"),
-        Stage("training", _bench_cmd("", "benchmarks/test_bench_lenet_training.py"), cap=60,
+        Stage("training", _bench_cmd(only="lenet_training", exclude=""), cap=60,
               min_s=20, env={"SHALLOWKERN_BENCH_SECONDS": "0.5"},
               doc="LeNet training step, shallowkern vs plain PyTorch, same data placement"),
         Stage("speedup", f"{PY} -m shallowkern sweep {speed} && "

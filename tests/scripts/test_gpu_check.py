@@ -217,7 +217,7 @@ def test_ops_check_logic_on_cpu(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check" / "ops_check.py"),
                         str(tmp_path / "ops.json"), "--rows", str(rows), "--device", "cpu",
                         "--ops", "wide_conv2d", "--checks", "numerics",
-                        "--deadline", str(time.time() + 10)],
+                        "--deadline", str(time.time() + 20)],
                        capture_output=True, text=True, timeout=180, cwd=ROOT,
                        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -231,3 +231,18 @@ def test_ops_check_logic_on_cpu(tmp_path):
     assert {"fwd_err", "torch_fwd_err", "grad_errs", "routed", "reason"} <= set(num[0])
     assert any(r["layout"] == "channels_last" for r in num)
     assert "checks over 1 ops" in doc["summary"]
+
+
+def test_bench_slice_files_and_shares(tmp_path):
+    import bench_slice
+
+    files = [p.stem for p in bench_slice.bench_files([], ["lenet_training", "laws"])]
+    assert files[0] == "test_bench_wide_conv2d"
+    assert "test_bench_lenet_training" not in files and "test_bench_laws" not in files
+    assert [p.stem for p in bench_slice.bench_files(["lenet_training"], [])] == [
+        "test_bench_lenet_training"]
+    # no time left: every file is skipped (not started), and the slice says so
+    assert bench_slice.main(["--deadline", str(time.time() + 1), "--json-dir",
+                             str(tmp_path)]) == 1
+    plan = {s.name: s for s in gc.first_plan()}
+    assert "bench_slice.py --deadline {deadline}" in plan["bench"].argv
