@@ -165,3 +165,27 @@ def test_measured_roofline_file_is_used(monkeypatch, tmp_path):
     assert (r.flops_per_s, r.bytes_per_s, r.dtype) == (700e12, 4.0e12, "bfloat16")
     assert common.roofline_for(torch.device("cpu"), torch.float32, True).flops_per_s == 350e12
     assert common.roofline_for(torch.device("cpu"), torch.float32, False).flops_per_s == 50e12
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU timing path")
+def test_without_pytest_benchmark_rows_are_still_written(tmp_path):
+    """The GPU machine has no pytest-benchmark: the stand-in fixture keeps the rows coming."""
+    block = tmp_path / "block" / "pytest_benchmark"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    f = tmp_path / "test_bench_toy.py"
+    f.write_text(BENCH_FILE)
+    rows = tmp_path / "rows.jsonl"
+    env = dict(os.environ, PYTHONPATH=f"{block.parent}{os.pathsep}{ROOT}",
+               SHALLOWKERN_BENCH_ROWS=str(rows), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", str(f), "-q", "-p", "no:cacheprovider",
+                        "-p", "benchmarks.conftest", "--rootdir", str(tmp_path)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "8 passed" in r.stdout
+    got = [json.loads(x) for x in rows.read_text().splitlines()]
+    assert len(got) == 8 and all(g["stats"]["median"] > 0 for g in got)
+    assert {g["group"] for g in got} == {f"toy_mm {c} fp32 {p}" for c in ("n16", "n32")
+                                         for p in ("fwd", "fwdbwd")}
+    text = summarize.summarize(summarize.load(rows))
+    assert "| n32 | fp32 | fwdbwd |" in text
