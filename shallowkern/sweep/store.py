@@ -6,8 +6,9 @@ API for the sweep and for ``report`` / ``fit`` / ``plot`` (use these, never re-p
   valid record of each trial id, file order); ``.ok`` are those that may be averaged (done and
   not diverged); ``.diverged`` are done but diverged (shown, counted, never averaged);
   ``.problems`` lists every skipped line (invalid record, corrupted JSON, later duplicate) as
-  one line ``<file>:<line>: <why>``. ``strict=True`` raises ``RecordError`` on the first
-  invalid line instead.
+  one line ``<file>:<line>: <why>`` (``Problem.kind`` "invalid" or "duplicate"; "superseded"
+  marks no fault: a diverged record replaced by its retried trial). ``strict=True`` raises
+  ``RecordError`` on the first invalid line instead.
 * ``read_records(path)`` = ``load_results(path).records``, each problem emitted as one
   ``RuntimeWarning`` (what the CLI prints).
 * ``completed(records)`` / ``completed_ids(path)``: the one definition of "done" that the
