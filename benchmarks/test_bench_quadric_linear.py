@@ -1,0 +1,204 @@
+"""quadric_linear (diagonal, full, lowrank) vs the compositions PyTorch users write.
+
+Providers, each its own benchmark on the same seeded inputs (benchmarks/common.py):
+  shallowkern  shallowkern.ops.quadric_linear.quadric_linear (C++ on CPU, Triton on CUDA)
+  bilinear     full form only: nn.Bilinear(x, x) + nn.Linear as functionals (F.bilinear on the
+               unpacked A, n^2 multiply-adds per output) -- the vendor op
+  eager        the best plain composition: full = matmul + multiply-reduce
+               ((x @ A.view(n, K n)).view(B, K, n) * x).sum(-1) + linear (builds B x K x n);
+               diagonal = F.linear(x*x, Wq) + F.linear(x, W, b) (two GEMMs); lowrank = the
+               three GEMMs + product
+  einsum       full form only: einsum("bi,kij,bj->bk") + linear
+  compiled     torch.compile(eager)
+Passes: fwd, fwdbwd (gradients of x and every weight). Work: ``flops`` = dense FLOPs (what the
+composition / nn.Bilinear runs), ``min_flops`` = what the layer needs (full: the packed
+symmetric half), from shallowkern.flops. ``test_peak_memory`` records each provider's peak
+extra memory at one case per form (CPU: the profiler's allocator events; CUDA: the caching
+allocator's peak) in the benchmark's extra_info.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import OpBench, compiled, device
+from shallowkern.flops import quadric_linear_backward_flops, quadric_linear_flops
+from shallowkern.ops.quadric_linear import pack_symmetric, quadric_linear
+
+_GPU = [dict(name=f"{form}_n{n}_b{b}", form=form, n=n, batch=b)
+        for form in ("full", "diagonal", "lowrank") for n in (64, 256, 1024)
+        for b in (32, 512, 4096)]
+# CPU: the same grid minus what 2 cores cannot run in a benchmark session (the full form's
+# compositions at n = 1024 or B = 4096 need 0.5-17 GB for B x K x n and minutes per call).
+_CPU = [c for c in _GPU if c["form"] != "full" or (c["n"] <= 256 and c["batch"] <= 512)
+        or (c["n"] == 64)]
+RANK = 1
+
+
+def _params(case, dev, dtype):
+    n, b, form = case["n"], case["batch"], case["form"]
+    k = n
+    x = torch.randn(b, n, device=dev, dtype=dtype, requires_grad=True)
+    s = n ** -0.5
+    w = (torch.randn(k, n, device=dev, dtype=dtype) * s).requires_grad_()
+    bias = (torch.randn(k, device=dev, dtype=dtype) * 0.1).requires_grad_()
+    if form == "full":
+        a = torch.randn(k, n, n, device=dev, dtype=dtype) * s / n ** 0.5
+        return x, a, w, bias
+    wq = (torch.randn(RANK * k if form == "lowrank" else k, n, device=dev, dtype=dtype) * s)
+    wq2 = torch.randn_like(wq) * s if form == "lowrank" else None
+    return x, wq.requires_grad_(), w, bias, wq2.requires_grad_() if wq2 is not None else None
+
+
+def _sk(case, dev, dtype):
+    form = case["form"]
+    if form == "full":
+        x, a, w, b = _params(case, dev, dtype)
+        p = pack_symmetric(a).detach().requires_grad_()
+        return (lambda x, p, w, b: quadric_linear(x, p, w, b, form="full")), (x, p, w, b)
+    x, wq, w, b, wq2 = _params(case, dev, dtype)
+    if form == "lowrank":
+        return (lambda x, wq, w, b, wq2: quadric_linear(x, wq, w, b, form="lowrank",
+                                                          weight_quad2=wq2)), (x, wq, w, b, wq2)
+    return (lambda x, wq, w, b: quadric_linear(x, wq, w, b)), (x, wq, w, b)
+
+
+def _full_inputs(case, dev, dtype):
+    x, a, w, b = _params(case, dev, dtype)
+    return x, a.requires_grad_(), w, b
+
+
+def bilinear(x, a, w, b):
+    return F.bilinear(x, x, a, None) + F.linear(x, w, b)
+
+
+def full_matmul(x, a, w, b):
+    bsz, n = x.shape
+    k = a.shape[0]
+    t = (x @ a.permute(1, 0, 2).reshape(n, k * n)).view(bsz, k, n)
+    return (t * x[:, None, :]).sum(-1) + F.linear(x, w, b)
+
+
+def full_einsum(x, a, w, b):
+    return torch.einsum("bi,kij,bj->bk", x, a, x) + F.linear(x, w, b)
+
+
+def diag_eager(x, wq, w, b):
+    return F.linear(x * x, wq) + F.linear(x, w, b)
+
+
+def lowrank_eager(x, wq, w, b, wq2):
+    k = w.shape[0]
+    return (F.linear(x, wq) * F.linear(x, wq2)).view(x.shape[0], -1, k).sum(1) + F.linear(x, w, b)
+
+
+def _eager_fn(form):
+    return {"full": full_matmul, "diagonal": diag_eager, "lowrank": lowrank_eager}[form]
+
+
+def _eager_inputs(case, dev, dtype):
+    if case["form"] == "full":
+        return _full_inputs(case, dev, dtype)
+    x, wq, w, b, wq2 = _params(case, dev, dtype)
+    return (x, wq, w, b, wq2) if case["form"] == "lowrank" else (x, wq, w, b)
+
+
+def _full_only(fn):
+    def build(case, dev, dtype):
+        if case["form"] != "full":
+            pytest.skip("nn.Bilinear / einsum: full form only")
+        return fn, _full_inputs(case, dev, dtype)
+    return build
+
+
+PROVIDERS = {
+    "shallowkern": _sk,
+    "bilinear": _full_only(bilinear),
+    "eager": lambda case, dev, dtype: (_eager_fn(case["form"]), _eager_inputs(case, dev, dtype)),
+    "einsum": _full_only(full_einsum),
+    "compiled": lambda case, dev, dtype: (compiled(_eager_fn(case["form"]), dev),
+                                          _eager_inputs(case, dev, dtype)),
+}
+
+
+def _count(case, pass_, kind):
+    args = (case["batch"], case["n"], case["n"], case["form"], RANK)
+    f = quadric_linear_flops(*args, kind=kind)
+    return f if pass_ == "fwd" else f + quadric_linear_backward_flops(*args, kind=kind)
+
+
+def nbytes(case, dtype, pass_):
+    n, b, form = case["n"], case["batch"], case["form"]
+    quad = {"diagonal": n * n, "full": n * n * (n + 1) // 2, "lowrank": 2 * RANK * n * n}[form]
+    elems = b * n + quad + n * n + n + b * n  # x, weights, bias, y
+    return elems * torch.finfo(dtype).bits // 8 * (1 if pass_ == "fwd" else 3)
+
+
+BENCH = OpBench(
+    op="quadric_linear",
+    cases={"cuda": _GPU, "cpu": _CPU},
+    providers=PROVIDERS,
+    flops=lambda case, pass_: _count(case, pass_, "dense"),
+    min_flops=lambda case, pass_: _count(case, pass_, "effective"),
+    nbytes=nbytes,
+    baseline="eager",
+    slice_cases=("full_n256_b512", "diagonal_n256_b512", "lowrank_n256_b512"),
+)
+test_quadric_linear = BENCH.test()
+
+
+# ---------------------------------------------------------------------------------------------
+# peak memory
+# ---------------------------------------------------------------------------------------------
+def peak_extra_bytes(fn, inputs, backward: bool) -> int:
+    """Peak bytes allocated while fn runs (and its backward), beyond the inputs."""
+    dev = inputs[0].device
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(*inputs)
+        if backward:
+            out.sum().backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn(*inputs)
+        if backward:
+            out.sum().backward()
+        del out
+    cur = peak = 0
+    events = sorted((e for e in prof.events() if e.name == "[memory]"),
+                    key=lambda e: e.time_range.start)
+    for e in events:
+        cur += e.cpu_memory_usage
+        peak = max(peak, cur)
+    return peak
+
+
+_MEM_CASES = ["full_n256_b512", "diagonal_n256_b512", "lowrank_n256_b512"]
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("case_name", _MEM_CASES)
+@pytest.mark.parametrize("pass_", ["fwd", "fwdbwd"])
+def test_peak_memory(benchmark, case_name, provider, pass_):
+    case = next(c for c in _GPU if c["name"] == case_name)
+    if benchmark.disabled:  # smoke run: a small batch
+        case = dict(case, batch=4)
+    dev = device()
+    torch.manual_seed(0)
+    fn, inputs = PROVIDERS[provider](case, dev, torch.float32)
+    fn(*inputs)  # warm-up (compilation)
+    ctx = torch.no_grad() if pass_ == "fwd" else torch.enable_grad()
+    with ctx:
+        peak = peak_extra_bytes(fn, inputs, pass_ == "fwdbwd")
+    benchmark.group = f"quadric_linear peak memory {case_name} {pass_}"
+    benchmark.extra_info.update(op="quadric_linear", case=case_name, provider=provider,
+                                pass_=pass_, peak_extra_bytes=peak,
+                                io_bytes=sum(t.numel() * t.element_size() for t in inputs))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
