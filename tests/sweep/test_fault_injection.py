@@ -116,6 +116,7 @@ def test_random_sigkills_then_resume_store_every_trial_exactly_once(tmp_path):
             _kill(state[1], group=True)
     n_kills = sum(kills.values())
     assert n_kills >= MIN_KILLS, f"only {n_kills} kills in {KILL_PHASE_S} s: {dict(kills)}"
+    assert kills["driver+worker"] >= 1 and kills["group"] >= 5, dict(kills)
 
     # Workers die with their driver: no group of a driver killed alone keeps a live process.
     deadline = time.monotonic() + 20
