@@ -74,3 +74,59 @@ def quadric_mnist_models(in_features: int = 784, classes: int = 10) -> dict[str,
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep-registry family: quadric_mlp (e.g. `shallowkern profile quadric_mlp:16` = diro5t's
+# 784-16-10; `quadric_mlp:0,form=full,project=27` = the full-form model of the comparison)
+# ---------------------------------------------------------------------------------------------
+def _mlp_from_params(p, in_features: int, num_classes: int) -> QuadricMLP:
+    widths = [in_features] + ([p["hidden"]] if p["hidden"] > 0 else []) + [num_classes]
+    return QuadricMLP(widths, p["form"], p["rank"] if p["form"] == "lowrank" else None,
+                      project=p["project"] or None)
+
+
+def _build(p, *, in_channels, input_size, num_classes):
+    return _mlp_from_params(p, in_channels * input_size * input_size, num_classes)
+
+
+def _cost(p, input_shape) -> dict:
+    """Parameters and multiply-adds per image (effective: the full form's packed half)."""
+    from ..flops import quadric_linear_flops
+    from ..nn.quadric_linear import quadric_param_count
+
+    c, h, w = input_shape[-3:]
+    dims = [c * h * w]
+    params = macs = acts = 0
+    if p["project"]:
+        params += dims[0] * p["project"] + p["project"]
+        macs += dims[0] * p["project"]
+        dims = [p["project"]]
+        acts += p["project"]
+    dims += ([p["hidden"]] if p["hidden"] > 0 else []) + [10]  # cost() has no class count: MNIST
+    r = p["rank"] if p["form"] == "lowrank" else 1
+    for a, b in zip(dims[:-1], dims[1:]):
+        params += quadric_param_count(a, b, p["form"], r)
+        macs += quadric_linear_flops(1, a, b, p["form"], r) // 2
+        acts += b
+    return {"params": params, "macs": macs, "activations": acts}
+
+
+def _register() -> None:
+    from .registry import Family, Param, register_family
+
+    register_family(Family(
+        name="quadric_mlp",
+        description="MLP of QuadricLinear layers with ReLU between (diro5t's quadric MNIST "
+                    "model; forms diagonal/full/lowrank)",
+        params=(Param("hidden", int, default=16, minimum=0, help="hidden quadric neurons "
+                      "(0: no hidden layer)"),
+                Param("form", str, default="diagonal", choices=("diagonal", "full", "lowrank"),
+                      help="quadric form"),
+                Param("rank", int, default=1, minimum=1, help="rank of the lowrank form"),
+                Param("project", int, default=0, minimum=0,
+                      help="a plain Linear to this width first (0: none)")),
+        build=_build, width_param="hidden", cost=_cost, input_shape=(1, 28, 28)), replace=True)
+
+
+_register()
