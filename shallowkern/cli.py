@@ -521,11 +521,31 @@ def _list_presets() -> int:
     return 0
 
 
+def _list_families() -> int:
+    from .models.registry import families, get_family
+    from .reports import render_table
+
+    def spec(p) -> str:
+        default = "required" if p.required else ("-" if p.default is None else p.default)
+        return f"{p.name}={default}"
+
+    rows = []
+    for name in families():
+        fam = get_family(name)
+        rows.append([name, fam.width_param, " ".join(spec(p) for p in fam.params),
+                     fam.description])
+    print(render_table(["family", "width", "parameters (defaults)", "description"], rows,
+                       left=4))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import estimate
 
     if args.list_presets:
         return _list_presets()
+    if args.list_families:
+        return _list_families()
     configs = _grid_configs(args)
     if args.dry_run:
         est = estimate(configs)
@@ -719,7 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-presets", action="store_true",
                    help="list the presets with their size and a one-line description")
     p.add_argument("--family", help="explicit grid: a registered model family (lenet, vgg16, "
-                                    "...)")
+                                    "...; --list-families shows them)")
+    p.add_argument("--list-families", action="store_true",
+                   help="list the model families with their parameters and defaults")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                    help="explicit grid: values of one family parameter, e.g. --grid d1=4,8,16; "
                         "repeatable (every combination runs)")

@@ -351,6 +351,10 @@ def test_dry_run_needs_no_results_and_presets_are_listed(capsys):
     code, out, _ = run_cli(capsys, "sweep", "--list-presets")
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert set(rows) == {"quick", "paper"} and "84" in rows["paper"].split()
+    code, out, _ = run_cli(capsys, "sweep", "--list-families")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert code == 0 and {"lenet", "vgg16"} <= set(rows)
+    assert "d1=required d2=- k=-" in rows["lenet"] and "width=1.0" in rows["vgg16"]
 
 
 def test_version(capsys):
@@ -416,6 +420,12 @@ def test_bad_records_are_never_averaged_and_diverged_ones_are_shown(capsys, tmp_
                              "--out", tmp_path / "f.json")
     assert code == 0, err
     assert "4 trials, 3 widths" in out  # 2 + 1 + 1 valid records
+    # reports and the sweep agree on which trials are done (the diverged one is)
+    from shallowkern.reports import load_records
+    from shallowkern.sweep import completed_ids
+
+    assert {r["trial_id"] for r in load_records(path).records} == completed_ids(path)
+    assert diverged["trial_id"] in completed_ids(path)
 
 
 @pytest.mark.slow
