@@ -118,7 +118,7 @@ def first_plan() -> list[Stage]:
               doc="every spec'd op on CUDA: routing, fwd+grad vs fp64 (fp32, TF32, fp16, bf16, "
                   "channels_last), torch.compile fullgraph, bitwise repeat"),
         Stage("memcheck", f"{PY} {HERE}/sanitize_calls.py --sanitize memcheck "
-              "--log {work}/memcheck.log", cap=55, min_s=20,
+              "--log {work}/memcheck_sanitizer.log", cap=55, min_s=20,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
               doc="compute-sanitizer memcheck over tiny calls of every CUDA and Triton kernel"),
         Stage("bench", _bench_cmd(), cap=100, min_s=30,
@@ -128,7 +128,7 @@ def first_plan() -> list[Stage]:
               doc="2 cases per family, bf16 and fp32 (TF32 off: the Triton-vs-cuDNN route), "
                   "vs eager, compile, vendor; fwd, fwd+bwd"),
         Stage("racecheck", f"{PY} {HERE}/sanitize_calls.py --sanitize racecheck "
-              "--log {work}/racecheck.log --cuda-only", cap=40, optional=True,
+              "--log {work}/racecheck_sanitizer.log --cuda-only", cap=40, optional=True,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, doc="shared-memory races, CUDA kernels"),
         Stage("ncu", f"{PY} {HERE}/sanitize_calls.py --ncu {{work}}/ncu", cap=40, optional=True,
               doc="one ncu profile (basic set) per shallowkern kernel"),
@@ -160,7 +160,7 @@ def followup_plan() -> list[Stage]:
               f"{PY} -m shallowkern report --results {{work}}/speedup.jsonl", cap=90, min_s=30,
               needs=("build",), doc="issue 4's sweep speedup, fused vs --impl plain"),
         Stage("racecheck", f"{PY} {HERE}/sanitize_calls.py --sanitize racecheck "
-              "--log {work}/racecheck.log --cuda-only", cap=40, optional=True,
+              "--log {work}/racecheck_sanitizer.log --cuda-only", cap=40, optional=True,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}),
         Stage("ncu", f"{PY} {HERE}/sanitize_calls.py --ncu {{work}}/ncu", cap=40, optional=True),
     ]
@@ -315,11 +315,11 @@ class Check:
         os.replace(tmp, self.out / "results.json")
 
     def _record(self, r: Result) -> None:
+        self._collect(r)  # first: it adds the stage's key numbers to its note
         self.results.append(r)
         self._line(f"[t={r.started_at:4.0f}s] {r.name:<13} {r.status:<8} "
                    f"rc={'-' if r.rc is None else r.rc:<3} {r.seconds:5.0f}s/{r.limit:.0f}s"
                    f"{'  ' + r.note if r.note else ''}")
-        self._collect(r)
         self._write_results()
 
     def status_of(self, name: str) -> str | None:
@@ -461,10 +461,13 @@ class Check:
                 ops = json.loads((w / "ops.json").read_text())
                 self.doc["ops_check"] = ops
                 r.note = ops.get("summary", r.note)
-            elif r.name in ("memcheck", "racecheck") and (w / f"{r.name}.log").exists():
-                found = sanitizer_errors((w / f"{r.name}.log").read_text(errors="replace"))
+            elif r.name in ("memcheck", "racecheck") and (w / f"{r.name}_sanitizer.log").exists():
+                found = sanitizer_errors((w / f"{r.name}_sanitizer.log").read_text(
+                    errors="replace"))
                 self.doc.setdefault("sanitizer", {})[r.name] = found
-                r.note = (f"{found['errors']} errors" + (f"; {r.note}" if r.note else ""))
+                said = (f"{found['errors']} errors" if found["summary_found"]
+                        else "no ERROR SUMMARY in the sanitizer log")
+                r.note = said + (f"; {r.note}" if r.note else "")
             elif r.name.startswith("bench") or r.name == "training":
                 rows = [x for x in read_rows(self.out / "rows.jsonl")
                         if x.get("extra_info", {}).get("provider")]

@@ -246,3 +246,29 @@ def test_bench_slice_files_and_shares(tmp_path):
                              str(tmp_path)]) == 1
     plan = {s.name: s for s in gc.first_plan()}
     assert "bench_slice.py --deadline {deadline}" in plan["bench"].argv
+
+
+def test_stage_notes_carry_the_key_numbers(tmp_path):
+    """A finished stage's line in summary.txt shows what its artifacts say (test counts,
+    sanitizer errors, op-check summary, benchmark rows)."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "junit_cuda.xml").write_text('<testsuite tests="3" failures="1" errors="0" '
+                                         'skipped="0"><testcase classname="t" name="x">'
+                                         '<failure/></testcase></testsuite>')
+    (work / "memcheck_sanitizer.log").write_text("========= ERROR SUMMARY: 2 errors\n")
+    (work / "ops.json").write_text(json.dumps(dict(summary="7 checks over 1 ops, 0 failed",
+                                                   rows=[])))
+    plan = [gc.Stage(n, "true", cap=5, min_s=0) for n in ("cuda_tests", "memcheck", "ops_check",
+                                                          "bench")]
+    out = tmp_path / "o"
+    chk = gc.Check(out, plan, budget=60, dry_run=True, work=work)
+    (out / "rows.jsonl").write_text(json.dumps(dict(extra_info=dict(provider="eager"))) + "\n")
+    chk.run()
+    text = (out / "summary.txt").read_text()
+    assert "2 passed, 1 failed, 0 errors, 0 skipped" in text
+    assert "2 errors" in text and "7 checks over 1 ops, 0 failed" in text
+    assert "1 benchmark rows so far" in text
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["tests"]["cuda_tests"]["failing"] == ["t::x"]
+    assert doc["sanitizer"]["memcheck"]["errors"] == 2 and doc["bench_rows"] == 1
