@@ -408,6 +408,7 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
     ctx->save_for_backward(saved);
     ctx->saved_data["L"] = static_cast<int64_t>(wx.size());
     ctx->saved_data["nbias"] = static_cast<int64_t>(bias.size());
+    ctx->saved_data["has_bo"] = bo.has_value() && bo->defined();
     ctx->saved_data["splits"] = splits;
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["backend"] = backend;
@@ -435,7 +436,7 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
     out.insert(out.end(), gwh.begin(), gwh.end());
     if (nbias > 0) out.insert(out.end(), gb.begin(), gb.end());
     out.push_back(gwo);
-    out.push_back(gbo);  // dropped by autograd when out_bias is None
+    out.push_back(ctx->saved_data["has_bo"].toBool() ? gbo : Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());
