@@ -12,27 +12,42 @@ group (written by ``benchmarks/conftest.py`` at the end of the session), and
 A per-op benchmark file supplies only cases, providers and the work counts::
 
     import torch
+    import torch.nn.functional as F
     from benchmarks.common import OpBench, compiled
-    from shallowkern.ops.wide_conv2d import wide_conv2d, wide_conv2d_reference
+    from shallowkern.flops import conv2d_flops
+    from shallowkern.ops.wide_conv2d import wide_conv2d
 
-    def inputs(case, dev, dtype):                    # the same seeded tensors for every provider
+    def inputs(case, dev, dtype):                 # seeded: every provider gets the same tensors
         x = torch.randn(case["n"], case["c"], 14, 14, device=dev, dtype=dtype, requires_grad=True)
         w = torch.randn(case["k"], case["c"], 5, 5, device=dev, dtype=dtype, requires_grad=True)
         return x, w
 
+    def fused(x, w):
+        return wide_conv2d(x, w, activation="relu")
+
     def eager(x, w):
-        return torch.relu(torch.nn.functional.conv2d(x, w))
+        return torch.relu(F.conv2d(x, w))
+
+    def flops(case, pass_):                       # 2 FLOPs per multiply-add; fwd+bwd: 3x
+        f = conv2d_flops((case["n"], case["c"], 14, 14), (case["k"], case["c"], 5, 5),
+                         (1, 1), (0, 0), (1, 1))
+        return f if pass_ == "fwd" else 3 * f
+
+    def nbytes(case, dtype, pass_):               # least bytes any implementation moves
+        e = torch.empty((), dtype=dtype).element_size()
+        return e * (case["n"] * case["c"] * 196 + case["k"] * case["c"] * 25
+                    + case["n"] * case["k"] * 100) * (1 if pass_ == "fwd" else 3)
 
     BENCH = OpBench(
-        op="my_conv",
-        cases=[dict(name="conv2_n32_d64", n=32, c=64, k=179)],     # or {"cuda": [...], "cpu": [...]}
-        providers={"shallowkern": lambda case, dev, dtype: (my_conv, inputs(case, dev, dtype)),
+        op="wide_conv2d",                         # the name its dispatch records (routed)
+        cases=[dict(name="conv2_n32_d64", n=32, c=64, k=179)],  # or {"cuda": [...], "cpu": [...]}
+        providers={"shallowkern": lambda case, dev, dtype: (fused, inputs(case, dev, dtype)),
                    "eager": lambda case, dev, dtype: (eager, inputs(case, dev, dtype)),
-                   "compiled": lambda case, dev, dtype: (compiled(eager, dev), inputs(case, dev, dtype))},
-        flops=lambda case, pass_: 2 * case["n"] * case["k"] * case["c"] * 25 * 100 * (1 if pass_ == "fwd" else 3),
-        nbytes=lambda case, dtype, pass_: ...,    # least bytes any implementation must move
+                   "compiled": lambda case, dev, dtype: (compiled(eager, dev),
+                                                         inputs(case, dev, dtype))},
+        flops=flops, nbytes=nbytes,
     )
-    test_my_conv = BENCH.test()                      # the parametrized grid, collected by pytest
+    test_my_conv = BENCH.test()                   # the parametrized grid, collected by pytest
 
 The provider contract: ``build(case, dev, dtype) -> (fn, inputs)``; ``fn(*inputs)`` runs the op
 and returns a tensor (or a tuple whose first element is the output). Builders are called after

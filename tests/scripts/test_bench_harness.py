@@ -189,3 +189,20 @@ def test_without_pytest_benchmark_rows_are_still_written(tmp_path):
                                          for p in ("fwd", "fwdbwd")}
     text = summarize.summarize(summarize.load(rows))
     assert "| n32 | fp32 | fwdbwd |" in text
+
+
+def test_docstring_example_runs():
+    """The API example at the top of benchmarks/common.py is valid code (helpers copy it)."""
+    import textwrap
+
+    doc = common.__doc__
+    example = textwrap.dedent(doc[doc.index("    import torch\n"):doc.index("The provider")])
+    ns: dict = {}
+    exec(compile(example, "common.py docstring", "exec"), ns)
+    bench = ns["BENCH"]
+    fn, inputs = bench.providers["shallowkern"](bench.cases[0], torch.device("cpu"),
+                                                torch.float32)
+    ref_fn, ref_inputs = bench.providers["eager"](bench.cases[0], torch.device("cpu"),
+                                                  torch.float32)
+    torch.testing.assert_close(fn(*inputs), ref_fn(*ref_inputs), rtol=1e-4, atol=1e-4)
+    assert len(bench.grid(torch.device("cpu"))) == 3 * 2
