@@ -661,8 +661,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="lenet",
                    help="model family to fit (default lenet; any registered family)")
     p.add_argument("--dataset", help="dataset to fit, if the file holds several")
-    p.add_argument("--k", type=float, help="the family's fit group to fit: LeNet's depth ratio "
-                                           "d2/d1 (default 2.8)")
+    p.add_argument("--k", "--group", dest="k", type=float, metavar="VALUE",
+                   help="value of the family's fit group to fit (a parameter whose values are "
+                        "never mixed in one fit): LeNet's depth ratio k = d2/d1 (default 2.8)")
     p.add_argument("--impl", choices=("shallowkern", "plain"), default="shallowkern",
                    help="which trials to fit (default shallowkern; see sweep --impl)")
     p.add_argument("--metric", choices=METRICS, default="test_error",

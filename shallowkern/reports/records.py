@@ -200,8 +200,9 @@ def select(records: Sequence[dict[str, Any]], family: str, *, dataset: str | Non
         elif fam.fit_group_default in values:
             g = fam.fit_group_default
         else:
+            flag = "--k" if fam.fit_group == "k" else "--group"
             raise ReportError(f"records at several {fam.fit_group} {values}: choose one with "
-                              f"--{fam.fit_group}")
+                              f"{flag}")
         recs = [r for r in recs if group_value(r) is not None
                 and abs(float(group_value(r)) - float(g)) < 1e-6]
         desc += f", {fam.fit_group}={g:g}"
