@@ -53,6 +53,7 @@ ROOT = HERE.parent.parent
 BUDGET_S = 440.0
 RESERVE_S = 12.0  # bundling and the final summary
 OUT_FILES = ("summary.txt", "results.json", "rows.jsonl", "gpu_check.tar.gz")
+NOT_BUNDLED = ("bin",)  # tools the stages borrowed (build_ext.py's ninja), not results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def first_plan() -> list[Stage]:
                       "--junitxml={work}/junit_triton.xml"),
               cap=200, background=True,
               doc="Triton kernels on the GPU (no build needed), autotune off"),
-        Stage("build", f"{PY} setup.py build_ext --inplace", cap=130, min_s=30,
+        Stage("build", f"{PY} {HERE}/build_ext.py {{work}}", cap=130, min_s=30,
               env={"SHALLOWKERN_CUDA_ARCH": "90a", "MAX_JOBS": "8"},
               doc="shallowkern._C against this machine's torch (CUDA kernels included)"),
         Stage("cuda_tests", _pytest("tests/cuda -x --junitxml={work}/junit_cuda.xml"), cap=40,
@@ -143,7 +144,7 @@ def followup_plan() -> list[Stage]:
     return [
         Stage("env", f"{PY} {HERE}/env_info.py {{work}}/env.json", cap=15, min_s=3),
         Stage("roofline", f"{PY} {HERE}/roofline.py {{work}}/roofline.json", cap=20, min_s=5),
-        Stage("build", f"{PY} setup.py build_ext --inplace", cap=100, min_s=30,
+        Stage("build", f"{PY} {HERE}/build_ext.py {{work}}", cap=100, min_s=30,
               env={"SHALLOWKERN_CUDA_ARCH": "90a", "MAX_JOBS": "16"},
               doc="a no-op when the first call's build is still there"),
         Stage("bench_tuned", _bench_cmd(), cap=140, min_s=30,
@@ -485,8 +486,9 @@ class Check:
         tar = self.out / "gpu_check.tar.gz"
         with tarfile.open(tar, "w:gz") as tf:
             for p in sorted(self.work.rglob("*")):
-                if p.is_file():
-                    tf.add(p, arcname=bundle_name(p.relative_to(self.work)))
+                rel = p.relative_to(self.work)
+                if p.is_file() and rel.parts[0] not in NOT_BUNDLED:
+                    tf.add(p, arcname=bundle_name(rel))
         bad = [r.name for r in self.results if r.status in ("failed", "timeout")]
         self.doc["meta"]["status_counts"] = counts
         self._write_results()

@@ -142,7 +142,8 @@ def test_budget_rule_on_the_fake_clock(tmp_path):
 def test_real_run_timeout_failure_needs_and_background(tmp_path):
     S = gc.Stage
     plan = [S("bg", "sleep 1; echo done", cap=20, min_s=0, background=True),
-            S("ok", "echo hello {work}", cap=5, min_s=0),
+            S("ok", "echo hello {work}; mkdir -p {work}/bin; echo x > {work}/bin/tool", cap=5,
+              min_s=0),
             S("fail", "echo broken; exit 3", cap=5, min_s=0),
             S("slow", "sleep 30", cap=2, min_s=0),
             S("after", "echo never", cap=5, min_s=0, needs=("fail",))]
@@ -161,6 +162,7 @@ def test_real_run_timeout_failure_needs_and_background(tmp_path):
     with tarfile.open(out / "gpu_check.tar.gz") as tf:
         logs = {n: tf.extractfile(n).read().decode() for n in tf.getnames()}
     assert "hello" in logs["gpu_check/ok.log"] and "done" in logs["gpu_check/bg.log"]
+    assert not any("bin" in n for n in logs)  # borrowed tools are not results
     assert _files(out) == sorted(gc.OUT_FILES)
     assert not (tmp_path / "w").exists()  # work files are removed once bundled
 
