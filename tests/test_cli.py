@@ -451,3 +451,21 @@ def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
     lines = [x for x in err.splitlines() if x.strip()]
     assert proc.returncode == 130, (out, err)
     assert lines == ["shallowkern sweep: interrupted (finished trials are kept; rerun to resume)"]
+
+
+def test_diverged_trials_are_done_unless_retried(capsys, tmp_path):
+    res = tmp_path / "d.jsonl"
+    argv = [*SYNTH, "--train-subset", 200, "--results", res, "--workers", 0, "--no-progress"]
+    cfg = TrialConfig("lenet", d1=2, dataset="synthetic", recipe="quick",
+                      overrides={"epochs": 1, "val_size": 100}, train_subset=200)
+    rec = fake_record(cfg, 0.5)
+    rec.update(test_error=None, val_error=None, train_error=None, diverged=True)
+    res.write_text(json.dumps(rec) + "\n")
+    code, out, err = run_cli(capsys, "sweep", *argv)
+    assert code == 0, err
+    assert "1 already in" in out and "0 trial(s) run" in out
+    code, out, err = run_cli(capsys, "sweep", *argv, "--retry-diverged")
+    assert code == 0, err
+    assert "1 trial(s) run" in out
+    recs = [r for r in read_records(res) if not r.get("diverged")]
+    assert len(recs) == 1 and 0 <= recs[0]["test_error"] <= 1
