@@ -210,6 +210,6 @@ def make_plots(records: Sequence[dict[str, Any]], fit: dict[str, Any], out_dir: 
     if scans:
         written += plot_k_scan(scans, out_dir / "k_scan", formats=formats, n_test=n_test(ok),
                                metric=metric)
-    elif notes is not None:
+    elif notes is not None and any(getattr(family_of(r), "fit_group", None) == "k" for r in ok):
         notes.append("no k-scan plot (needs >= 3 values of k at one d1, e.g. the paper preset)")
     return written
