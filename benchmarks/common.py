@@ -137,7 +137,7 @@ def compile_mode(dev: torch.device) -> str:
 
 
 def compiled(fn: Callable, dev: torch.device) -> Callable:
-    """``torch.compile(fn)`` in the benchmark's compile mode (see SHALLOWKERN_BENCH_COMPILE_MODE)."""
+    """``torch.compile(fn)`` in the benchmark's compile mode (SHALLOWKERN_BENCH_COMPILE_MODE)."""
     return torch.compile(fn, mode=compile_mode(dev))
 
 
@@ -363,7 +363,8 @@ class OpBench:
             raise ValueError(f"OpBench({self.op!r}): case names must be unique, got {names}")
         for d in dtypes:
             if d not in DTYPES:
-                raise ValueError(f"OpBench({self.op!r}): unknown dtype {d!r}; one of {list(DTYPES)}")
+                raise ValueError(f"OpBench({self.op!r}): unknown dtype {d!r}; "
+                                 f"one of {list(DTYPES)}")
         first = (cases[0]["name"], dtypes[0]) if cases and dtypes else None
         params = []
         for case, d, prov, p in itertools.product(cases, dtypes, self.providers, self.passes):

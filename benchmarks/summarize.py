@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -106,9 +105,11 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
             e = b["extra_info"]
             lo, hi = e["rho_ci"]
             widths = sorted({r["config"]["d1"] for r in e["records"]})
-            out.append(f"Law benchmark ({e['dataset']}, d1 ∈ {widths}, {len(e['records'])} trials, "
+            out.append(f"Law benchmark ({e['dataset']}, d1 ∈ {widths}, "
+                       f"{len(e['records'])} trials, "
                        f"sweep {b['stats']['median']:.0f} s): ρ = {e['rho']:.3f} "
-                       f"[{lo:.3f}, {hi:.3f}] ({e['ci_level']:.0%} bootstrap CI), R² = {e['r2']:.3f}.")
+                       f"[{lo:.3f}, {hi:.3f}] ({e['ci_level']:.0%} bootstrap CI), "
+                       f"R² = {e['r2']:.3f}.")
     return "\n".join(out)
 
 

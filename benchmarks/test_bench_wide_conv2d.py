@@ -44,7 +44,7 @@ def fused(x, w, b):
 def forced(backend: str):
     def build(case, dev, dtype):
         if dev.type != "cuda":
-            pytest.skip(f"{backend} forced: a CUDA benchmark (on CPU shallowkern is the C++ kernel)")
+            pytest.skip(f"{backend} forced: a CUDA benchmark (on CPU: the C++ kernel)")
 
         def fn(x, w, b):
             with use_backend(backend):

@@ -105,7 +105,8 @@ def first_plan() -> list[Stage]:
               doc="nvidia-smi, nvcc, torch/triton/pytest versions, tools present"),
         Stage("roofline", f"{PY} {HERE}/roofline.py {{work}}/roofline.json", cap=20, min_s=5,
               doc="copy bandwidth and bf16/fp16/TF32/fp32 matmul rates, measured once"),
-        Stage("triton_tests", _pytest("tests/triton $({py} -c 'import xdist' 2>/dev/null && echo -n 8) "
+        Stage("triton_tests", _pytest("tests/triton "
+                                      "$({py} -c 'import xdist' 2>/dev/null && echo -n 8) "
                       "--junitxml={work}/junit_triton.xml"),
               cap=200, background=True,
               doc="Triton kernels on the GPU (no build needed), autotune off"),
@@ -119,7 +120,8 @@ def first_plan() -> list[Stage]:
               doc="every spec'd op on CUDA: routing, fwd+grad vs fp64 (fp32, TF32, fp16, bf16, "
                   "channels_last), torch.compile fullgraph, bitwise repeat"),
         Stage("memcheck", f"{PY} {HERE}/sanitize_calls.py --sanitize memcheck "
-              "--log {work}/memcheck_sanitizer.log", cap=55, min_s=20,
+              "--log {work}/memcheck_sanitizer.log --deadline {deadline}", cap=55,
+              min_s=20,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
               doc="compute-sanitizer memcheck over tiny calls of every CUDA and Triton kernel"),
         Stage("bench", _bench_cmd(), cap=100, min_s=30,
@@ -129,7 +131,8 @@ def first_plan() -> list[Stage]:
               doc="2 cases per family, bf16 and fp32 (TF32 off: the Triton-vs-cuDNN route), "
                   "vs eager, compile, vendor; fwd, fwd+bwd"),
         Stage("racecheck", f"{PY} {HERE}/sanitize_calls.py --sanitize racecheck "
-              "--log {work}/racecheck_sanitizer.log --cuda-only", cap=40, optional=True,
+              "--log {work}/racecheck_sanitizer.log --cuda-only --deadline {deadline}",
+              cap=40, optional=True,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, doc="shared-memory races, CUDA kernels"),
         Stage("ncu", f"{PY} {HERE}/sanitize_calls.py --ncu {{work}}/ncu", cap=40, optional=True,
               doc="one ncu profile (basic set) per shallowkern kernel"),
@@ -161,7 +164,8 @@ def followup_plan() -> list[Stage]:
               f"{PY} -m shallowkern report --results {{work}}/speedup.jsonl", cap=90, min_s=30,
               needs=("build",), doc="issue 4's sweep speedup, fused vs --impl plain"),
         Stage("racecheck", f"{PY} {HERE}/sanitize_calls.py --sanitize racecheck "
-              "--log {work}/racecheck_sanitizer.log --cuda-only", cap=40, optional=True,
+              "--log {work}/racecheck_sanitizer.log --cuda-only --deadline {deadline}",
+              cap=40, optional=True,
               env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}),
         Stage("ncu", f"{PY} {HERE}/sanitize_calls.py --ncu {{work}}/ncu", cap=40, optional=True),
     ]

@@ -302,7 +302,8 @@ def main(argv=None) -> int:
     routes = sorted({f"{r['op']}:{r['backend']}->{r['routed']}" for r in done
                      if r.get("routed") and r["backend"] != r["routed"]})
     summary = (f"{len(done)} checks over {len(specs)} ops, {len(failed)} failed, "
-               f"{skipped} not reached" + (f"; rerouted: {', '.join(routes[:8])}" if routes else ""))
+               f"{skipped} not reached"
+               + (f"; rerouted: {', '.join(routes[:8])}" if routes else ""))
     print(summary)
     Path(a.out).write_text(json.dumps(dict(summary=summary, rows=rows.rows), default=str))
     return 1 if failed else 0

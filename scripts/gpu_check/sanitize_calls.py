@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,62 +47,86 @@ def kernel_regex(names: list[str]) -> str:
     return "(" + "|".join(re.escape(n) for n in names) + ")"
 
 
-def calls(cuda_only: bool) -> int:
+def plan_calls(cuda_only: bool) -> list[tuple]:
+    """(spec, dtype, backend, sample, layout) of every call, breadth first: each op, backend and
+    dtype gets its first sample before any gets its last (a deadline cuts the tail evenly)."""
     import torch
 
-    import shallowkern  # noqa: F401
-    from shallowkern.ops import last_backend, use_backend
-    from shallowkern.testing import Sample, all_specs
+    from shallowkern.testing import all_specs
 
-    failures = 0
     backends = ("native",) if cuda_only else ("native", "triton")
+    todo = []
     for spec in all_specs():
         for dtype in (torch.float32, torch.bfloat16):
             tiny = list(spec.triton_samples(dtype)) if spec.triton_samples else []
             tiny += list(spec.samples(dtype))[:3]
             for backend in backends:
-                for s in tiny:
-                    for layout in ("nchw", "cl"):
-                        x = s.args[0] if s.args else None
-                        if layout == "cl" and not (isinstance(x, torch.Tensor) and x.dim() == 4):
-                            continue
-                        args = []
-                        for i, a in enumerate(s.args):
-                            if isinstance(a, torch.Tensor):
-                                a = a.to("cuda")
-                                if i == 0 and layout == "cl":
-                                    a = a.contiguous(memory_format=torch.channels_last)
-                                if i in spec.grad_argnums and a.is_floating_point():
-                                    a = a.detach().requires_grad_()
-                            args.append(a)
-                        try:
-                            with use_backend(backend):
-                                out = spec.op(*args, **s.kwargs)
-                                out = out if isinstance(out, torch.Tensor) else out[0]
-                                wrt = [a for a in args if isinstance(a, torch.Tensor)
-                                       and a.requires_grad]
-                                if wrt and out.requires_grad and out.numel():
-                                    torch.autograd.grad(out, wrt, torch.ones_like(out))
-                            torch.cuda.synchronize()
-                            routed = getattr(last_backend(spec.name), "backend", "?")
-                            print(f"call {spec.name} {backend}->{routed} {dtype} {s.name} "
-                                  f"{layout}: ok", flush=True)
-                        except Exception as exc:  # noqa: BLE001
-                            failures += 1
-                            print(f"call {spec.name} {backend} {dtype} {s.name} {layout}: "
-                                  f"{type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                for i, s in enumerate(tiny):
+                    x = s.args[0] if s.args else None
+                    four_d = isinstance(x, torch.Tensor) and x.dim() == 4
+                    for layout in ("nchw", "cl") if four_d else ("nchw",):
+                        todo.append((i, layout == "cl", spec, dtype, backend, s, layout))
+    todo.sort(key=lambda t: t[:2])
+    return [t[2:] for t in todo]
+
+
+def one_call(spec, dtype, backend, s, layout, device: str) -> str:
+    import torch
+
+    from shallowkern.ops import last_backend, use_backend
+
+    args = []
+    for i, a in enumerate(s.args):
+        if isinstance(a, torch.Tensor):
+            a = a.to(device)
+            if i == 0 and layout == "cl":
+                a = a.contiguous(memory_format=torch.channels_last)
+            if i in spec.grad_argnums and a.is_floating_point():
+                a = a.detach().requires_grad_()
+        args.append(a)
+    with use_backend(backend):
+        out = spec.op(*args, **s.kwargs)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        wrt = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        if wrt and out.requires_grad and out.numel():
+            torch.autograd.grad(out, wrt, torch.ones_like(out))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return getattr(last_backend(spec.name), "backend", "?")
+
+
+def calls(cuda_only: bool, deadline: float = float("inf"), device: str = "cuda") -> int:
+    import shallowkern  # noqa: F401  (registers the ops)
+
+    todo = plan_calls(cuda_only)
+    failures = 0
+    for n, (spec, dtype, backend, s, layout) in enumerate(todo):
+        if time.time() > deadline:
+            print(f"sanitize_calls: deadline: {len(todo) - n} of {len(todo)} calls not made")
+            break
+        what = f"{spec.name} {backend} {str(dtype).removeprefix('torch.')} {s.name} {layout}"
+        try:
+            routed = one_call(spec, dtype, backend, s, layout, device)
+            print(f"call {what}: ok (ran {routed})", flush=True)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next call
+            failures += 1
+            print(f"call {what}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     print(f"sanitize_calls: {failures} failed calls")
     return 1 if failures else 0
 
 
-def sanitizer_argv(tool: str, names: list[str], cuda_only: bool, help_text: str) -> list[str]:
+def sanitizer_argv(tool: str, names: list[str], cuda_only: bool, help_text: str,
+                   deadline: float = 0.0) -> list[str]:
     argv = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", "--print-limit", "30"]
     if names and "--kernel-name" in help_text:
         argv += ["--kernel-name", f"regex={kernel_regex(names)}"]
-    return argv + [sys.executable, __file__, "--calls"] + (["--cuda-only"] if cuda_only else [])
+    # the calls stop early enough for the tool to print its ERROR SUMMARY before the stage cap
+    inner = ["--deadline", f"{deadline - 10:.0f}"] if deadline else []
+    return (argv + [sys.executable, __file__, "--calls", *inner]
+            + (["--cuda-only"] if cuda_only else []))
 
 
-def sanitize(tool: str, log: Path, cuda_only: bool) -> int:
+def sanitize(tool: str, log: Path, cuda_only: bool, deadline: float = 0.0) -> int:
     if not shutil.which("compute-sanitizer"):
         log.write_text("compute-sanitizer: not found\n")
         print("compute-sanitizer: not found")
@@ -109,7 +134,7 @@ def sanitize(tool: str, log: Path, cuda_only: bool) -> int:
     help_text = subprocess.run(["compute-sanitizer", "--help"], capture_output=True,
                                text=True).stdout
     names = kernel_names()
-    argv = sanitizer_argv(tool, names, cuda_only, help_text)
+    argv = sanitizer_argv(tool, names, cuda_only, help_text, deadline)
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
     with open(log, "w") as f:
         f.write(f"$ {' '.join(argv)}\n")
@@ -147,6 +172,8 @@ def main(argv=None) -> int:
     g.add_argument("--names", action="store_true")
     ap.add_argument("--log", type=Path, default=Path("sanitizer.log"))
     ap.add_argument("--cuda-only", action="store_true")
+    ap.add_argument("--deadline", type=float, default=0.0, help="wall clock (epoch s)")
+    ap.add_argument("--device", default="cuda", help="--calls on cpu: the check's own test")
     a = ap.parse_args(argv)
     if a.names:
         names = kernel_names()
@@ -154,9 +181,9 @@ def main(argv=None) -> int:
         print(kernel_regex(names))
         return 0 if names else 1
     if a.calls:
-        return calls(a.cuda_only)
+        return calls(a.cuda_only, a.deadline or float("inf"), a.device)
     if a.sanitize:
-        return sanitize(a.sanitize, a.log, a.cuda_only)
+        return sanitize(a.sanitize, a.log, a.cuda_only, a.deadline)
     return ncu(a.ncu)
 
 

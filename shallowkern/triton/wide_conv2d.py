@@ -35,7 +35,8 @@ in fp32; the conv value is rounded to the input dtype before ReLU/pool, as aten'
 composition does, so pooling ties resolve the same way.
 
 Roofline (H100 SXM: ~3.0 TB/s copy bandwidth, ~790 TFLOP/s dense bf16 measured on this
-workplace's machines; ~60 TFLOP/s fp32 without tensor cores, from the datasheet's 67, not measured). Generalized LeNet, N = 128, 5x5 kernels:
+workplace's machines; ~60 TFLOP/s fp32 without tensor cores, from the datasheet's 67, not
+measured). Generalized LeNet, N = 128, 5x5 kernels:
   conv1 3x32x32 -> d1x28x28 -> pool 14x14, FLOPs = 2*N*28*28*d1*75, bytes = x + w + pooled out
     d1=256  bf16: 3.85 GFLOP, 13.7 MB (+6.4 MB uint8 idx when training): 4.6 us memory (6.7 us
             with idx) vs 4.9 us tensor-core compute (5.2 us counting the 75 -> 80 reduction
@@ -64,10 +65,10 @@ from ..ops._geometry import NO_GRAD, conv_out_hw, out_memory_format, pair
 from ._utils import (TunedKernel, autotune_enabled, device_guard, grouped_pid, input_precision,
                      interpreting, launch)
 
+# the shared helpers stay importable from here for code written before _utils existed
 __all__ = ["forward", "supports", "FWD_CONFIGS", "INTERPRET_FWD_CONFIG", "FWD", "FWD_KEYS",
-           "NO_GRAD", "interpreting"]
-# re-exported for kernel modules written against this file before _utils existed
-_SHARED = (autotune_enabled, device_guard, grouped_pid, launch, conv_out_hw)
+           "NO_GRAD", "interpreting", "autotune_enabled", "device_guard", "grouped_pid", "launch",
+           "input_precision", "conv_out_hw", "out_memory_format"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Below this C_in the (c, r, s) reduction is flattened: channel blocks of 16 would mostly be

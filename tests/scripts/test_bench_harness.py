@@ -49,7 +49,8 @@ test_toy_mm = BENCH.test()
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     f = tmp_path / "test_bench_toy.py"
     f.write_text(BENCH_FILE)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SHALLOWKERN_BENCH_ROWS=str(tmp_path / "rows.jsonl"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT),
+               SHALLOWKERN_BENCH_ROWS=str(tmp_path / "rows.jsonl"))
     return subprocess.run([sys.executable, "-m", "pytest", str(f), "-q", "-p", "no:cacheprovider",
                            "-p", "benchmarks.conftest", "--rootdir", str(tmp_path), *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -82,7 +83,8 @@ def test_grid_json_speedups_rows_and_summary(tmp_path):
             assert e["roofline_floor_s"] > 0 and e["bound"] in ("compute", "memory")
             assert e["device"] and e["torch"] == torch.__version__
     rows = [json.loads(x) for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert len(rows) == 8 and {r["extra_info"]["provider"] for r in rows} == {"shallowkern", "eager"}
+    assert len(rows) == 8
+    assert {r["extra_info"]["provider"] for r in rows} == {"shallowkern", "eager"}
     text = summarize.summarize(data)
     assert "**toy_mm**" in text and "| n32 | fp32 | fwdbwd |" in text and "vs eager" in text
     # the rows file summarizes the same way, even with a last line cut short by a timeout
@@ -138,7 +140,8 @@ def test_make_pass_fwdbwd_gradients_and_skip():
 
 
 def test_smoke_shrinks_batch():
-    assert common._shrink(dict(name="x", n=128, batch=512, c=3)) == dict(name="x", n=4, batch=4, c=3)
+    assert common._shrink(dict(name="x", n=128, batch=512, c=3)) == dict(name="x", n=4, batch=4,
+                                                                      c=3)
 
 
 def test_slice_and_dtype_filters(monkeypatch):

@@ -274,3 +274,19 @@ def test_stage_notes_carry_the_key_numbers(tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert doc["tests"]["cuda_tests"]["failing"] == ["t::x"]
     assert doc["sanitizer"]["memcheck"]["errors"] == 2 and doc["bench_rows"] == 1
+
+
+def test_sanitizer_calls_run_breadth_first_and_stop_at_the_deadline(tmp_path):
+    """The tiny calls the sanitizer watches, on the CPU backends (C++ and the Triton
+    interpreter): every op/backend/dtype gets its first sample first; a deadline stops cleanly."""
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check" / "sanitize_calls.py"),
+                        "--calls", "--device", "cpu", "--deadline", str(time.time() + 15)],
+                       capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    calls = [x for x in p.stdout.splitlines() if x.startswith("call ")]
+    assert calls and all(": ok (ran " in x for x in calls), calls
+    first = calls[0].split()
+    assert first[1] == "wide_conv2d" or "wide_conv2d" in p.stdout
+    argv = sanitize_calls.sanitizer_argv("memcheck", ["k"], False, "--kernel-name", 1000.0)
+    assert argv[argv.index("--deadline") + 1] == "990"
