@@ -18,7 +18,9 @@ with TF32, fp16 and bf16, over the spec's samples moved to CUDA plus a channels_
 * bitwise repeat: forward and backward twice on the largest sample per kernel backend and
   dtype must give identical bits (no atomics-order nondeterminism).
 
-Every check is one JSON row, appended to ``--rows`` as soon as it is done (the check's
+Checks run most important first, sample by sample across the dtypes: the automatic route on
+every sample and layout; each kernel backend forced; bitwise; compile; the remaining forced
+combinations. Every check is one JSON row, appended to ``--rows`` as soon as it is done (the check's
 rows.jsonl survives a kill); ``OUT.json`` gets all rows and a one-line summary at the end. The
 checks stop themselves at ``--deadline`` (wall clock) and count what they did not reach. Exit
 status 1 if any check failed.
@@ -263,28 +265,33 @@ def main(argv=None) -> int:
     for i, spec in enumerate(specs):
         # each op gets an equal share of the time left
         op_deadline = time.time() + (a.deadline - time.time()) / (len(specs) - i)
-        plan = []
-        for dname, dtype, tf32 in DTYPES:
+        plan = []  # (tier, sample index, dtype index, check...): most important first
+        kernels = [b for b in cuda_backends(spec)[1:] if b != "vendor"]
+        for di, (dname, dtype, tf32) in enumerate(DTYPES):
             try:
                 samples = list(spec.samples(dtype))
             except Exception as exc:  # noqa: BLE001
                 rows.add(check="samples", op=spec.name, dtype=dname, ok=False,
                          error=f"{type(exc).__name__}: {exc}"[:300])
                 continue
-            for backend in cuda_backends(spec):
-                for s in samples:
-                    for s2, layout in layouts(s):
-                        plan.append(("numerics", backend, dname, dtype, tf32, s2, layout))
+            for si, s in enumerate(samples):
+                for s2, layout in layouts(s):
+                    # tier 0: the automatic route, as users run it, every layout
+                    plan.append((0, si, di, "numerics", None, dname, dtype, tf32, s2, layout))
+                    for backend in cuda_backends(spec)[1:]:
+                        # tier 1: each kernel forced, inputs as given; 4: the rest
+                        tier = 1 if layout == "as given" and backend in kernels else 4
+                        plan.append((tier, si, di, "numerics", backend, dname, dtype, tf32, s2,
+                                     layout))
             big = max(samples, key=lambda s: sum(t.numel() for t in s.tensors()), default=None)
             if big is not None:
-                if dname in ("fp32", "bf16"):
-                    plan.append(("compile", None, dname, dtype, tf32, big, ""))
-                if dname in ("tf32", "bf16"):
-                    for backend in cuda_backends(spec)[1:]:
-                        plan.append(("bitwise", backend, dname, dtype, tf32, big, ""))
-        # compile and bitwise checks are few and slow: run them before the long numerics list
-        plan = [p for p in plan if p[0] in a.checks.split(",")]
-        plan.sort(key=lambda p: p[0] == "numerics")
+                if dname in ("tf32", "bf16"):  # tier 2: bitwise repeat per kernel backend
+                    for backend in kernels:
+                        plan.append((2, 0, di, "bitwise", backend, dname, dtype, tf32, big, ""))
+                if dname in ("fp32", "bf16"):  # tier 3: compile (slow: one per dtype)
+                    plan.append((3, 0, di, "compile", None, dname, dtype, tf32, big, ""))
+        plan = [p[3:] for p in sorted(plan, key=lambda p: p[:3])
+                if p[3] in a.checks.split(",")]
         for n, (kind, backend, dname, dtype, tf32, s, layout) in enumerate(plan):
             if time.time() > min(op_deadline, a.deadline - 2):
                 skipped += len(plan) - n
