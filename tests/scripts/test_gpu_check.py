@@ -290,3 +290,17 @@ def test_sanitizer_calls_run_breadth_first_and_stop_at_the_deadline(tmp_path):
     assert first[1] == "wide_conv2d" or "wide_conv2d" in p.stdout
     argv = sanitize_calls.sanitizer_argv("memcheck", ["k"], False, "--kernel-name", 1000.0)
     assert argv[argv.index("--deadline") + 1] == "990"
+
+
+def test_followup_commands_parse(tmp_path):
+    """The follow-up plan's sweep command is a valid CLI call (checked with --dry-run)."""
+    stage = {s.name: s for s in gc.followup_plan()}["speedup"]
+    first = stage.argv.split(" && ")[0].replace("{py}", sys.executable)
+    first = first.replace("{work}", str(tmp_path))
+    argv = first.split()[1:]
+    results = argv.index("--results")
+    argv = argv[:results] + argv[results + 2:] + ["--dry-run"]
+    p = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "2 trials" in p.stdout
