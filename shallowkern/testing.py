@@ -96,3 +96,113 @@ requires_cuda = pytest.mark.skipif(not has_cuda(), reason="needs a CUDA device")
 requires_ext = pytest.mark.skipif(not has_ext(), reason="shallowkern._C is not built")
 requires_cuda_ext = pytest.mark.skipif(not has_cuda_ext(),
                                        reason="needs a CUDA device and shallowkern._C built with CUDA")
+
+
+# ---------------------------------------------------------------------------------------------
+# op specs: what the one contract suite (tests/ops/test_contract.py) and the fuzzer
+# (tests/fuzz/) need to know about an op. One spec per op in tests/specs/<op>.py as ``SPEC``.
+# ---------------------------------------------------------------------------------------------
+from dataclasses import field  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One call: ``fn(*args, **kwargs)``. ``name`` appears in test ids and messages."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    name: str = ""
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Sample":
+        """The same call with every tensor argument (also inside lists) replaced by fn(t)."""
+        def conv(v):
+            if isinstance(v, torch.Tensor):
+                return fn(v)
+            if isinstance(v, (list, tuple)) and any(isinstance(e, torch.Tensor) for e in v):
+                return type(v)(conv(e) for e in v)
+            return v
+        return Sample(tuple(conv(a) for a in self.args),
+                      {k: conv(v) for k, v in self.kwargs.items()}, self.name)
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = []
+        for v in list(self.args) + list(self.kwargs.values()):
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (list, tuple)):
+                out.extend(e for e in v if isinstance(e, torch.Tensor))
+        return out
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """A call that must raise ``exc`` with a message matching ``match`` (naming the argument)."""
+
+    sample: Sample
+    exc: type[BaseException] | tuple[type[BaseException], ...]
+    match: str
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A test-only description of one op, enough for the contract suite and the fuzzer.
+
+    Args:
+        name: the op's name as its dispatch records it (``last_backend(name)``).
+        op: the public functional, ``op(*sample.args, **sample.kwargs) -> Tensor``.
+        reference: the pure-PyTorch reference with the same signature (run in fp64 as oracle;
+            differentiable, so it also gives reference gradients).
+        samples: ``(dtype) -> list[Sample]`` of CPU inputs in that dtype, awkward shapes
+            included (tensors that should get gradients have requires_grad=False here; the
+            suite decides). Keep them small: every backend runs every sample.
+        backends: backends to check on CPU (``"triton"`` runs in the interpreter: give it
+            ``triton_samples``).
+        dtypes: dtypes of the backend-vs-reference check.
+        reduction: ``(sample) -> int``, the reduction length for the tolerance table.
+        to_registered: ``(sample) -> (OpOverload, args)``: the registered op's call for a sample,
+            for ``torch.library.opcheck``.
+        bad_inputs: ``() -> list[BadInput]`` for the functional (the registered op sees them
+            too, through the functional).
+        flops: ``(sample) -> int``, the forward's expected ``FlopCounterMode`` count.
+        grad_argnums: positions of differentiable tensor arguments.
+        triton_samples: ``(dtype) -> list[Sample]``, tiny inputs for the interpreter.
+        module: ``() -> (nn.Module, Tensor)``: a module using the op and an input, for the
+            module-level checks (fx tracing, autocast, compile).
+        fuzz / fuzz_reference: ``(random.Random) -> Sample`` of raw registered-op calls
+            (impossible ones included) and the pure-torch function with the registered op's
+            signature to compare valid ones with (tests/fuzz/).
+    """
+
+    name: str
+    op: Callable[..., Any]
+    reference: Callable[..., Any]
+    samples: Callable[[torch.dtype], Sequence[Sample]]
+    to_registered: Callable[[Sample], tuple[Any, tuple]]
+    bad_inputs: Callable[[], Sequence[BadInput]]
+    flops: Callable[[Sample], int]
+    grad_argnums: tuple[int, ...]
+    backends: tuple[str, ...] = ("reference", "native")
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+    reduction: Callable[[Sample], int] = lambda sample: 1
+    triton_samples: Callable[[torch.dtype], Sequence[Sample]] | None = None
+    module: Callable[[], tuple[torch.nn.Module, torch.Tensor]] | None = None
+    fuzz: Callable[[Any], Sample] | None = None
+    fuzz_reference: Callable[..., Any] | None = None
+
+
+def all_specs() -> list[OpSpec]:
+    """Every ``SPEC`` in tests/specs/ (imported by module name; the tests tree must be importable)."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module("tests.specs")
+    specs = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"tests.specs.{info.name}")
+        spec = getattr(mod, "SPEC", None)
+        if spec is not None:
+            specs.append(spec)
+    return specs

@@ -9,6 +9,7 @@ from torch import nn
 
 import shallowkern
 from shallowkern import WideConv2d, fuse, unfuse
+from shallowkern.nn.fuse import UnfusedConv2d
 from shallowkern.testing import assert_close
 
 
@@ -175,8 +176,8 @@ def test_fuse_keeps_gradients():
 
 
 def test_unfuse_is_plain_pytorch_with_shared_parameters():
-    """unfuse turns every WideConv2d back into nn.Conv2d [-> ReLU -> MaxPool2d] sharing the
-    parameter tensors; the outputs and gradients stay the same."""
+    """unfuse turns every WideConv2d back into plain aten conv [-> relu -> max_pool2d] sharing
+    the parameter tensors and state_dict keys; outputs and gradients stay the same."""
     from shallowkern.models import GeneralizedLeNet
 
     torch.manual_seed(0)
@@ -184,18 +185,73 @@ def test_unfuse_is_plain_pytorch_with_shared_parameters():
     x = torch.randn(3, 3, 32, 32)
     want = model(x)
     weights = [p for p in model.parameters()]
+    fused_state = {k: v.clone() for k, v in model.state_dict().items()}
     unfuse(model)
     assert not any(isinstance(m, WideConv2d) for m in model.modules())
-    kinds = [type(m) for m in model.features[0]]
-    assert kinds == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert type(model.features[0]) is UnfusedConv2d and model.features[0].pool == 2
     assert all(a is b for a, b in zip(model.parameters(), weights))  # shared, not copied
+    assert list(model.state_dict()) == list(fused_state)
     assert_close(model(x), want.double(), torch.float32, 150)
     model(x).sum().backward()
-    assert model.features[0][0].weight.grad is not None
+    assert model.features[0].weight.grad is not None
+    # checkpoints load both ways
+    fresh = GeneralizedLeNet(6, k=2.0)
+    fresh.load_state_dict(model.state_dict())
+    unfuse(GeneralizedLeNet(6, k=2.0)).load_state_dict(fused_state)
+    # fuse(unfuse(m)) round-trips
+    fuse(model)
+    assert type(model.features[0]) is WideConv2d and model.features[0].pool == 2
+    assert list(model.state_dict()) == list(fused_state)
+    assert_close(model(x), want.double(), torch.float32, 150)
 
     bare = WideConv2d(3, 4, 3, stride=2, padding=1, bias=False)
     plain = unfuse(bare)
     assert type(plain) is nn.Conv2d and plain.weight is bare.weight and plain.bias is None
     assert plain.stride == (2, 2) and plain.padding == (1, 1)
-    back = fuse(nn.Sequential(*unfuse(WideConv2d(3, 4, 3, activation="relu", pool=2))))
+    back = fuse(nn.Sequential(unfuse(WideConv2d(3, 4, 3, activation="relu", pool=2))))
     assert isinstance(back[0], WideConv2d) and (back[0].activation, back[0].pool) == ("relu", 2)
+
+
+class ConvCalledTwice(nn.Module):
+    """The conv is also called on its own: fusing it would change the second call."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.pool = nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.relu(self.conv(x))).sum() + self.conv(x).sum()
+
+
+class SharedConv(nn.Module):
+    """One conv registered under two names, called once under each."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 3, padding=1)
+        self.b = self.a
+        self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+        self.relu2, self.pool2 = nn.ReLU(), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.relu(self.a(x))).sum() + self.b(x).sum()
+
+
+@pytest.mark.parametrize("cls", [ConvCalledTwice, SharedConv])
+def test_fuse_refuses_a_conv_used_elsewhere(cls, caplog):
+    torch.manual_seed(0)
+    model = cls()
+    x = torch.randn(2, 3, 8, 8)
+    want = model(x)
+    with caplog.at_level("DEBUG", logger="shallowkern.nn.fuse"):
+        fuse(model)
+    assert not any(isinstance(m, WideConv2d) for m in model.modules())
+    assert "not fused" in caplog.text
+    torch.testing.assert_close(model(x), want)
+
+
+def test_fuse_rejects_non_modules():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        fuse(None)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        unfuse("conv")

@@ -1,0 +1,1 @@
+"""One ``SPEC`` (shallowkern.testing.OpSpec) per op: the contract suite and the fuzzer read them."""
