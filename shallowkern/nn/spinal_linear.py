@@ -77,20 +77,26 @@ class SpinalLinear(nn.Module):
         self._folded = None
 
     # -- BatchNorm folding (inference) ---------------------------------------------------------
+    def _lists(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        # ParameterList.__iter__ costs ~1 us per element (getattr by name); its dict is ordered
+        return (list(self.weight_x._parameters.values()), list(self.weight_h._parameters.values()),
+                list(self.bias._parameters.values()))
+
     def _fold_key(self) -> tuple:
-        ts = [*self.weight_x, *self.weight_h, *self.bias]
+        ts = [t for l in self._lists() for t in l]
         for n in self.norms:
             ts += [n.running_mean, n.running_var, n.weight, n.bias]
         return tuple((id(t), t._version, t.device, t.dtype) for t in ts if t is not None)
 
     def folded_parameters(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """(weight_x, weight_h, bias) with the inference BatchNorm folded in (cached by version)."""
+        wx, wh, b = self._lists()
         if self.norms is None:
-            return list(self.weight_x), list(self.weight_h), list(self.bias)
+            return wx, wh, b
         n0 = self.norms[0]
         if n0.running_mean is None:
             raise RuntimeError("SpinalLinear: BatchNorm without running statistics cannot be folded")
-        args = (list(self.weight_x), list(self.weight_h), list(self.bias) or None,
+        args = (wx, wh, b or None,
                 [n.running_mean for n in self.norms], [n.running_var for n in self.norms],
                 [n.weight for n in self.norms], [n.bias for n in self.norms], n0.eps)
         if torch.compiler.is_compiling() or torch.is_grad_enabled():
@@ -105,8 +111,9 @@ class SpinalLinear(nn.Module):
             raise ValueError(f"SpinalLinear: input must be (B, {self.in_features}), got {tuple(input.shape)}")
         fused_ok = not self.training or (self.norms is None and self.dropout == 0.0)
         if not fused_ok:
+            wx, wh, b = self._lists()
             return _sl.spinal_linear_reference(
-                input, list(self.weight_x), list(self.weight_h), list(self.bias) or None,
+                input, wx, wh, b or None,
                 self.out_weight, self.out_bias, splits=self.splits, activation=self.activation,
                 norms=self.norms, dropout=self.dropout, training=True)
         wx, wh, b = self.folded_parameters()
