@@ -45,6 +45,10 @@ def _ms(s: float | None) -> str:
     return "–" if s is None else (f"{s * 1e3:.3f}" if s < 1e-2 else f"{s * 1e3:.2f}")
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _x(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}×"
 
@@ -82,11 +86,10 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
             providers += [p for p in r["times"] if p not in providers]
         others = [p for p in providers if p != subject]
         items = any(r["info"].get("items_per_s") for r in rows)
-        out += [f"**{op}**", "",
-                "| case | dtype | pass | " + " | ".join(f"{p} ms" for p in providers) + " | "
-                + " | ".join(f"vs {p}" for p in others)
-                + (" | items/s" if items else " | TFLOP/s") + " | % roofline | route |",
-                "|" + "---|" * (3 + len(providers) + len(others) + 3)]
+        head = (["case", "dtype", "pass"] + [f"{p} ms" for p in providers]
+                + [f"vs {p}" for p in others]
+                + ["items/s" if items else "TFLOP/s", "% roofline", "route"])
+        out += [f"**{op}**", "", _row(head), _row(["---"] * len(head))]
         for r in rows:
             t = r["times"]
             mine = t.get(subject)
@@ -95,10 +98,9 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
             rate = (f"{e['items_per_s']:.0f}" if items and e.get("items_per_s") else
                     f"{e['tflops_per_s']:.3g}" if e.get("tflops_per_s") else "–")
             pct = f"{e['pct_of_roofline']:.1f}" if e.get("pct_of_roofline") is not None else "–"
-            out.append(f"| {r['case']} | {r['dtype']} | {r['pass_']} | "
-                       + " | ".join(_ms(t.get(p)) for p in providers) + " | "
-                       + " | ".join(_x(v) for v in sp) + f" | {rate} | {pct} | "
-                       + f"{e.get('routed') or '–'} |")
+            out.append(_row([r["case"], r["dtype"], r["pass_"]]
+                            + [_ms(t.get(p)) for p in providers] + [_x(v) for v in sp]
+                            + [rate, pct, e.get("routed") or "–"]))
         out.append("")
     for b in benches:
         if b.get("name", "").startswith("test_lenet_width_law"):
@@ -149,7 +151,8 @@ def chart(data: dict, path: str | Path, subject: str = "shallowkern") -> Path | 
                            rotation=60, ha="right", fontsize=7)
         ax.set_ylabel(f"{subject} speedup (×)")
         ax.set_title(op)
-        ax.legend(fontsize=7)
+        if others:
+            ax.legend(fontsize=7)
     first = next((b["extra_info"] for b in data.get("benchmarks", [])
                   if "device" in b.get("extra_info", {})), {})
     fig.suptitle(f"{subject} speedup, {first.get('device', '?')}", fontsize=9)
