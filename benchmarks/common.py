@@ -52,7 +52,10 @@ A per-op benchmark file supplies only cases, providers and the work counts::
 The provider contract: ``build(case, dev, dtype) -> (fn, inputs)``; ``fn(*inputs)`` runs the op
 and returns a tensor (or a tuple whose first element is the output). Builders are called after
 ``torch.manual_seed(0)``, so seeded inputs are identical across providers. A builder that cannot
-run here (no vendor op on CPU, Triton without a GPU) calls ``pytest.skip("why")``.
+run here (no vendor op on CPU, Triton without a GPU) calls ``pytest.skip("why")``. Benchmarks
+run case by case, providers in dict order: put slow-to-warm ones (``compiled``) last, so a
+time-boxed run (the GPU check) measures the cheap rows first, and name the cases the GPU check
+should run in ``slice_cases``.
 
 Passes (``OpBench(passes=...)``):
   fwd     ``fn(*inputs)`` under ``torch.no_grad()``.
