@@ -10,27 +10,28 @@ from ..ops._backend import Choice
 from ..ops.wide_conv2d import FORWARD, wide_conv2d
 
 
-def _module_args(conv: "WideConv2d", input: Tensor) -> tuple[Tensor, tuple[int, int], bool]:
+def _module_args(cfg: tuple, input: Tensor) -> tuple[Tensor, tuple[int, int], bool]:
     """(batched input with non-zero padding modes applied, int padding, was it unbatched)."""
+    padding_mode, pads, padding = cfg[:3]
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    if conv.padding_mode != "zeros":
-        return F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), (0, 0), unbatched
-    if isinstance(conv.padding, str):  # 'valid' or 'same' (possibly asymmetric)
-        pads = conv._reversed_padding_repeated_twice
+    if padding_mode != "zeros":
+        return F.pad(x, pads, mode=padding_mode), (0, 0), unbatched
+    if isinstance(padding, str):  # 'valid' or 'same' (possibly asymmetric)
         if pads[0] == pads[1] and pads[2] == pads[3]:
             return x, (pads[2], pads[0]), unbatched
         return F.pad(x, pads), (0, 0), unbatched
-    return x, conv.padding, unbatched
+    return x, padding, unbatched
 
 
-def wide_conv2d_module_forward(conv: "WideConv2d", input: Tensor) -> Tensor:
-    """WideConv2d's forward as one function, so ``torch.fx.symbolic_trace`` (and with it
-    torchvision's ``create_feature_extractor``) records it as one node instead of tracing the
-    Python shape logic, which proxies cannot evaluate."""
-    x, padding, unbatched = _module_args(conv, input)
-    out = wide_conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation,
-                      conv.groups, conv.activation, conv.pool)
+def wide_conv2d_module_forward(input: Tensor, weight: Tensor, bias: Tensor | None,
+                               cfg: tuple) -> Tensor:
+    """WideConv2d's forward as one function of tensors and a tuple of plain values, so
+    ``torch.fx.symbolic_trace`` (and torchvision's ``create_feature_extractor``) records it as one
+    node instead of tracing the Python shape logic, which proxies cannot evaluate."""
+    x, padding, unbatched = _module_args(cfg, input)
+    stride, dilation, groups, activation, pool = cfg[3:]
+    out = wide_conv2d(x, weight, bias, stride, padding, dilation, groups, activation, pool)
     return out.squeeze(0) if unbatched else out
 
 
@@ -70,8 +71,12 @@ class WideConv2d(nn.Conv2d):
         new.train(conv.training)
         return new
 
+    def _config(self) -> tuple:
+        return (self.padding_mode, tuple(self._reversed_padding_repeated_twice), self.padding,
+                tuple(self.stride), tuple(self.dilation), self.groups, self.activation, self.pool)
+
     def forward(self, input: Tensor) -> Tensor:
-        return wide_conv2d_module_forward(self, input)
+        return wide_conv2d_module_forward(input, self.weight, self.bias, self._config())
 
     def explain(self, input: Tensor) -> Choice:
         """Which kernel a forward on ``input`` would run, and why (no computation).
@@ -79,7 +84,7 @@ class WideConv2d(nn.Conv2d):
         Asks the op's dispatch table with exactly the arguments the forward would pass
         (unbatched inputs and padding modes included).
         """
-        x, padding, _ = _module_args(self, input)
+        x, padding, _ = _module_args(self._config(), input)
         return FORWARD.choose(x, self.weight, self.bias, list(self.stride), list(padding),
                               list(self.dilation), self.groups)
 
