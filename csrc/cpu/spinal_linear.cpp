@@ -430,6 +430,29 @@ BackwardOut backward_meta(const Tensor& grad_out, const Tensor& input, TensorLis
 }
 
 // ---- autograd ----------------------------------------------------------------------------------
+// The forward as a differentiable ATen composition (double backward differentiates this).
+Tensor reference_forward(const Tensor& x, TensorList wx, TensorList wh, TensorList bias,
+                         const Tensor& wo, const std::optional<Tensor>& bo, int64_t splits,
+                         Act act) {
+  const int64_t F = x.size(1), q = F / splits, r = F % splits;
+  std::vector<Tensor> hs;
+  for (size_t i = 0; i < wx.size(); ++i) {
+    const int64_t s = static_cast<int64_t>(i) % splits, off = s * q + std::min(s, r);
+    Tensor z = at::matmul(x.narrow(1, off, q + (s < r ? 1 : 0)), wx[i].t());
+    if (!bias.empty()) z = z + bias[i];
+    if (i > 0) z = z + at::matmul(hs.back(), wh[i - 1].t());
+    switch (act) {
+      case Act::kRelu: z = at::relu(z); break;
+      case Act::kTanh: z = at::tanh(z); break;
+      case Act::kSigmoid: z = at::sigmoid(z); break;
+      default: break;
+    }
+    hs.push_back(z);
+  }
+  Tensor y = at::matmul(at::cat(hs, 1), wo.t());
+  return bo.has_value() && bo->defined() ? y + *bo : y;
+}
+
 c10::OperatorHandle op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
@@ -445,9 +468,10 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
                               const std::optional<Tensor>&, int64_t, const std::string&,
                               const std::string&)>();
     auto [y, H] = fwd.call(input, wx, wh, bias, wo, bo, splits, activation, backend);
-    std::vector<Tensor> saved{input, wo, H};
+    std::vector<Tensor> saved{input, wo, H, bo.has_value() && bo->defined() ? *bo : Tensor()};
     saved.insert(saved.end(), wx.begin(), wx.end());
     saved.insert(saved.end(), wh.begin(), wh.end());
+    saved.insert(saved.end(), bias.begin(), bias.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["L"] = static_cast<int64_t>(wx.size());
     ctx->saved_data["nbias"] = static_cast<int64_t>(bias.size());
@@ -466,10 +490,42 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
                                              const std::string&, const std::string&)>();
     auto saved = ctx->get_saved_variables();
     const int64_t L = ctx->saved_data["L"].toInt(), nbias = ctx->saved_data["nbias"].toInt();
-    std::vector<Tensor> wx(saved.begin() + 3, saved.begin() + 3 + L);
-    std::vector<Tensor> wh(saved.begin() + 3 + L, saved.end());
+    std::vector<Tensor> wx(saved.begin() + 4, saved.begin() + 4 + L);
+    std::vector<Tensor> wh(saved.begin() + 4 + L, saved.begin() + 3 + 2 * L);
+    std::vector<Tensor> bs(saved.begin() + 3 + 2 * L, saved.end());
+    const bool has_bo = ctx->saved_data["has_bo"].toBool();
     Tensor g = grads[0];
     if (!g.defined()) g = at::zeros({saved[0].size(0), saved[1].size(0)}, saved[0].options());
+    if (c10::GradMode::is_enabled()) {
+      // double backward (create_graph): differentiate the ATen composition instead, so that the
+      // gradients are themselves differentiable (the kernels' saved H is not)
+      std::vector<Tensor> ins{saved[0]};
+      ins.insert(ins.end(), wx.begin(), wx.end());
+      ins.insert(ins.end(), wh.begin(), wh.end());
+      ins.insert(ins.end(), bs.begin(), bs.end());
+      ins.push_back(saved[1]);
+      if (has_bo) ins.push_back(saved[3]);
+      std::vector<Tensor> need;
+      for (const Tensor& t : ins) need.push_back(t.requires_grad() ? t : t.detach().requires_grad_());
+      std::vector<Tensor> nwx(need.begin() + 1, need.begin() + 1 + L),
+          nwh(need.begin() + 1 + L, need.begin() + 2 * L), nb(need.begin() + 2 * L, need.begin() + 2 * L + nbias);
+      std::optional<Tensor> nbo = has_bo ? std::optional<Tensor>(need.back()) : std::nullopt;
+      Tensor y = reference_forward(need[0], nwx, nwh, nb, need[1 + 2 * L - 1 + nbias], nbo,
+                                   ctx->saved_data["splits"].toInt(),
+                                   parse_act(ctx->saved_data["activation"].toStringRef()));
+      auto gs = torch::autograd::grad({y}, need, {g}, /*retain_graph=*/true, /*create_graph=*/true,
+                                      /*allow_unused=*/true);
+      torch::autograd::variable_list out;
+      for (size_t i = 0; i < gs.size(); ++i) {
+        // unused inputs (a split no layer reads) get zeros, as in the kernels
+        out.push_back(gs[i].defined() ? gs[i] : at::zeros_like(ins[i]));
+      }
+      if (!has_bo) out.push_back(Tensor());
+      out.push_back(Tensor());
+      out.push_back(Tensor());
+      out.push_back(Tensor());
+      return out;
+    }
     auto [gx, gwx, gwh, gb, gwo, gbo] =
         bwd.call(g, saved[0], wx, wh, saved[2], saved[1], ctx->saved_data["splits"].toInt(),
                  ctx->saved_data["activation"].toStringRef(),
@@ -479,7 +535,7 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
     out.insert(out.end(), gwh.begin(), gwh.end());
     if (nbias > 0) out.insert(out.end(), gb.begin(), gb.end());
     out.push_back(gwo);
-    out.push_back(ctx->saved_data["has_bo"].toBool() ? gbo : Tensor());
+    out.push_back(has_bo ? gbo : Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());

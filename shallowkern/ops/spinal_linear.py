@@ -48,7 +48,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .. import _ext
 from .. import flops as _flops
-from ._backend import Backend, Choice, OpDispatch
+from ._backend import Backend, Choice, OpDispatch, record
+from ._common import needs_composite
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 _ACT_FN: dict[str, Callable[[Tensor], Tensor]] = {
@@ -459,6 +460,13 @@ def spinal_linear(
     which kernel ran. Bad arguments raise ValueError/TypeError naming the argument.
     """
     b = list(bias) if bias else []
+    if torch.is_autocast_enabled(input.device.type) or needs_composite(input, *weight_x, out_weight):
+        # autocast casts F.linear's operands; torch.func transforms / forward AD differentiate
+        # the composition exactly (a custom op's backward does not apply there)
+        check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+        record("spinal_linear", Choice("reference", "autocast or function transform: the composition"))
+        return spinal_linear_reference(input, weight_x, weight_h, b, out_weight, out_bias,
+                                       splits=splits, activation=activation)
     try:
         choice = DISPATCH.select(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
         if choice.backend == "reference":
