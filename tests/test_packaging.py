@@ -88,3 +88,17 @@ def test_a_pure_python_install_does_not_warn_at_import():
         "print(shallowkern._ext.available(), 'not built' in shallowkern._ext.load_error)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False True" and "Warning" not in r.stderr
+
+
+def test_ops_and_modules_do_not_load_triton_until_a_kernel_or_flop_count_needs_it():
+    """torch.utils.flop_counter imports Triton (~0.5 s): the ops register their FLOP formulas
+    when it is first imported, so importing the ops and modules loads neither."""
+    r = _python("import sys, torch, shallowkern, shallowkern.ops, shallowkern.nn, shallowkern.models\n"
+                "print('triton' in sys.modules, 'scipy' in sys.modules)\n"
+                "from torch.utils.flop_counter import FlopCounterMode\n"
+                "x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)\n"
+                "with FlopCounterMode(display=False) as c:\n"
+                "    shallowkern.ops.wide_conv2d(x, w)\n"
+                "print(c.get_total_flops())")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["False False", str(2 * 2 * 6 * 6 * 4 * 27)]

@@ -64,3 +64,60 @@ def needs_composite(*tensors: Tensor | None) -> bool:
         return any(isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None
                    for t in tensors)
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP formulas, registered when torch.utils.flop_counter is first imported: that module imports
+# Triton (~0.5 s), which `import shallowkern` must not pay until someone counts FLOPs.
+# ---------------------------------------------------------------------------------------------
+import importlib.abc  # noqa: E402
+import importlib.machinery  # noqa: E402
+import sys  # noqa: E402
+
+_FLOP_COUNTER = "torch.utils.flop_counter"
+_pending_formulas: list[tuple[object, object, bool]] = []
+
+
+def _register_pending() -> None:
+    from torch.utils.flop_counter import register_flop_formula as register
+
+    while _pending_formulas:
+        targets, fn, get_raw = _pending_formulas.pop(0)
+        register(targets, get_raw=get_raw)(fn)
+
+
+class _FlopCounterHook(importlib.abc.MetaPathFinder):
+    """Runs the pending registrations right after torch.utils.flop_counter executes."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _FLOP_COUNTER:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module, _exec=exec_module):
+            _exec(module)
+            _register_pending()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+_hook = _FlopCounterHook()
+
+
+def register_flop_formula(targets, get_raw: bool = False):
+    """``torch.utils.flop_counter.register_flop_formula``, deferred until that module is imported
+    (at once if it already is). Same signature; ops import it from here."""
+    def decorator(fn):
+        if _FLOP_COUNTER in sys.modules:
+            from torch.utils.flop_counter import register_flop_formula as register
+
+            return register(targets, get_raw=get_raw)(fn)
+        _pending_formulas.append((targets, fn, get_raw))
+        if _hook not in sys.meta_path:
+            sys.meta_path.insert(0, _hook)
+        return fn
+    return decorator

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
+from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
 from .. import flops as _flops
 from ._backend import Backend, OpDispatch
