@@ -37,7 +37,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
+from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
 from .. import flops as _flops
 from ._backend import Backend, OpDispatch
