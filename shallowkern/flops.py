@@ -131,3 +131,23 @@ def quadric_linear_backward_flops(batch: int, in_features: int, out_features: in
     if form == "lowrank" and kind == "executed" and (output_mask[0] or output_mask[1]):
         total += 4 * batch * rank * n * k
     return total
+
+
+# ---------------------------------------------------------------------------------------------
+# multi_delay_linear (shallowkern/ops/multi_delay_linear.py): x (B, T, n), M delays, K outputs
+# ---------------------------------------------------------------------------------------------
+def multi_delay_linear_flops(batch: int, steps: int, in_features: int, out_features: int,
+                             num_delays: int) -> int:
+    """Forward FLOPs: the one (B*T, n) x (n, M*K) GEMM (every input step meets every delay
+    matrix once). The shift-and-add over delays (B*T_out*M*K adds) and the bias are not
+    counted, as aten's conv does not count its bias."""
+    return 2 * batch * steps * in_features * out_features * num_delays
+
+
+def multi_delay_linear_backward_flops(batch: int, steps: int, in_features: int,
+                                      out_features: int, num_delays: int,
+                                      output_mask: Sequence[bool] = (True,) * 3) -> int:
+    """Backward FLOPs: one GEMM of the forward's size for the input gradient and one for the
+    weight gradient (the bias gradient's sum is not counted)."""
+    one = multi_delay_linear_flops(batch, steps, in_features, out_features, num_delays)
+    return one * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
