@@ -4,16 +4,14 @@ Runs only where a GPU is present and shallowkern._C was built with its CUDA kern
 every test is collected and skipped. Calls ``torch.ops.shallowkern._wide_conv2d_native`` directly
 (the routing in shallowkern.ops.wide_conv2d is tested once at the end).
 
-Tolerances: |out - ref| <= tol * (sqrt(C*R*S) + |ref|) with x, w ~ N(0, 1) (so |y| ~ sqrt(C*R*S)),
-tol = 1e-5 (fp32, exact fp32 FMA), 1e-3 (fp16), 1e-2 (bf16). The reference sees the inputs
+Tolerances: the shared table (shallowkern.testing.tolerance, per dtype, atol growing with
+sqrt(C*R*S)): |out - ref| <= atol + rtol * |ref|. The reference sees the inputs
 already rounded to the dtype, so only accumulation and output rounding differ. Indices must match
 the reference wherever the window's top-2 values (and, with ReLU, the max and 0) are further apart
 than the tolerance.
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 import shallowkern
 from shallowkern import _ext
 from shallowkern.ops.wide_conv2d import NO_GRAD, conv_out_hw, wide_conv2d_reference
+from shallowkern.testing import assert_close, tolerance
 
 _HAVE = torch.cuda.is_available() and _ext.has_cuda_kernels()
 pytestmark = [
@@ -30,7 +29,6 @@ pytestmark = [
                                          "kernels"),
 ]
 
-TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 C_INS = [1, 3]
 WIDTHS = [1, 6, 127, 1000]  # width 1, small, prime-ish, larger than one block's slab
@@ -96,12 +94,11 @@ def _check(x, w, b, stride, padding, dilation, relu, pool, return_indices):
     x64, w64 = x.double(), w.double()
     b64 = None if b is None else b.double()
     ref, _ = wide_conv2d_reference(x64, w64, b64, stride, padding, dilation, 1, relu, pool, False)
-    tol = TOL[dtype]
-    scale = math.sqrt(c * r * s)
+    rtol, atol = tolerance(dtype, c * r * s)
     got = out.double().cpu()
     assert not got.isnan().any(), "unwritten (poisoned) outputs or NaN"
     err = (got - ref).abs()
-    bound = tol * (scale + ref.abs())
+    bound = atol + rtol * ref.abs()
     assert (err <= bound).all(), (
         f"max err {err.max().item():.3g}, max err/bound {(err / bound).max().item():.3g}")
 
@@ -115,7 +112,7 @@ def _check(x, w, b, stride, padding, dilation, relu, pool, return_indices):
         win = win.reshape(n, k, ph, pw, 4)
         top2 = win.topk(2, dim=-1).values
         # Near-ties: within 4x the tolerance (the kernel compares values rounded to the dtype).
-        margin = 4 * tol * (scale + top2[..., 0].abs())
+        margin = 4 * (atol + rtol * top2[..., 0].abs())
         clear = (top2[..., 0] - top2[..., 1]) > margin
         if relu:
             clear &= top2[..., 0].abs() > margin
@@ -180,7 +177,7 @@ def test_non_contiguous_input():
     out, _ = _run_native(xs, w.cuda(), b.cuda(), (1, 1), (0, 0), (1, 1), True, 2, False)
     ref, _ = wide_conv2d_reference(x[:, :, :, 3:34].double(), w.double(), b.double(), (1, 1),
                                    (0, 0), (1, 1), 1, True, 2, False)
-    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-5, atol=1e-5 * math.sqrt(75))
+    assert_close(out, ref, torch.float32, 75)
 
 
 def test_nan_propagates_like_the_reference():
@@ -244,4 +241,4 @@ def test_public_op_routes_here(monkeypatch):
     assert choice is not None and choice.backend == "native", choice
     ref, _ = wide_conv2d_reference(x.double(), w.double(), b.double(), (1, 1), (0, 0), (1, 1), 1,
                                    True, 2, False)
-    torch.testing.assert_close(out.double().cpu(), ref, rtol=1e-5, atol=1e-5 * math.sqrt(75))
+    assert_close(out, ref, torch.float32, 75)
