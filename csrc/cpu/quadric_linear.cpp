@@ -7,7 +7,7 @@
 //   lowrank   y_k = sum_s (Wa x)_{sK+k} (Wb x)_{sK+k} + W_k x + b_k
 //
 // Backward (gy = dL/dy):
-//   diagonal  [gq | gl] = gy [Wq | W];  gx = gl + 2 x*gq;  [gWq | gW] = gy^T [x*x | x]
+//   diagonal  [gq | gl] = gy [Wq | W];  gx = gl + 2 x*gq;  gWq = gy^T (x*x), gW = gy^T x
 //   full      gP[:, t] = gy^T Z[:, t] with Z[b, t(i,j)] = x_i x_j;  G = gy P;
 //             gx_i += sum_{j>=i} G[t(i,j)] x_j,  gx_j += G[t(i,j)] x_i;  gW = gy^T x
 //   lowrank   H = x [Wa; Wb]^T;  D = [gy*Hb | gy*Ha | gy];  gx = D [Wa; Wb; W];  [gWa; gWb; gW] = D^T x
@@ -259,11 +259,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_b
         });
       });
     }
-    if (mask[1] || mask[2]) {
-      at::Tensor gcat = at::mm(gy.t(), square_concat(x));  // (K, 2n): [gWq | gW]
-      if (mask[1]) gq = gcat.narrow(1, 0, n).contiguous();
-      if (mask[2]) gw = gcat.narrow(1, n, n).contiguous();
-    }
+    if (mask[1]) gq = at::mm(gy.t(), x * x);
+    if (mask[2]) gw = at::mm(gy.t(), x);
   } else if (form == "full") {
     const at::Tensor p = weight_quad.contiguous();
     if (mask[0]) gx = at::mm(gy, weight);
@@ -332,14 +329,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_b
       });
     });
     if (mask[0]) gx = at::mm(d, wcat);
-    if (mask[1] || mask[2]) {
-      at::Tensor gcat = at::mm(d.t(), x);  // (2rK + K, n)
-      if (mask[1]) {
-        gq = gcat.narrow(0, 0, rk).contiguous();
-        gq2 = gcat.narrow(0, rk, rk).contiguous();
-      }
-      if (mask[2]) gw = gcat.narrow(0, 2 * rk, k).contiguous();
+    // separate GEMMs into separate outputs: custom-op outputs must not alias each other
+    if (mask[1]) {
+      gq = at::mm(d.narrow(1, 0, rk).t(), x);
+      gq2 = at::mm(d.narrow(1, rk, rk).t(), x);
     }
+    if (mask[2]) gw = at::mm(gy.t(), x);
   }
   if (mask[3]) gb = gy.sum(0);
   auto or_empty = [&](at::Tensor t) { return t.defined() ? t : at::empty({0}, x.options()); };
