@@ -53,10 +53,42 @@ def _x(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}×"
 
 
+def _legacy_rows(b: dict) -> list[dict]:
+    """Rows of the one-benchmark-per-case JSON written before the harness (2026-11-21 results):
+    provider times as ``<provider>_<pass>_s`` keys of a single benchmark's extra_info."""
+    e = b.get("extra_info", {})
+    name = b.get("name", "")
+    if name.startswith("test_wide_conv2d"):
+        op, passes = "wide_conv2d", ("fwd", "fwdbwd")
+    elif name.startswith("test_lenet_training_step"):
+        op, passes = "lenet_training", ("step",)
+        e = {**e, "case": f"lenet_d{e.get('d1')}_b{e.get('batch')}", "dtype": "fp32"}
+    else:
+        return []
+    rows = []
+    for p in passes:
+        for prov in ("shallowkern", "eager", "compiled", "vendor"):
+            t = e.get(f"{prov}_{p}_s")
+            if t is None:
+                continue
+            info = dict(op=op, case=e["case"], dtype=e["dtype"], pass_=p, provider=prov,
+                        device=e.get("device"), threads=e.get("threads"), torch=e.get("torch"),
+                        triton=e.get("triton"))
+            if prov == "shallowkern":
+                info.update(tflops_per_s=e.get(f"{p}_tflops_per_s"),
+                            pct_of_roofline=e.get(f"{p}_pct_of_roofline"),
+                            items_per_s=e.get("shallowkern_images_per_s"))
+            rows.append(dict(name=name, stats=dict(median=t), extra_info=info))
+    return rows
+
+
 def table(data: dict, subject: str = "shallowkern") -> dict[str, list[dict]]:
     """op -> rows {case, dtype, pass, times: {provider: median s}, info: subject's extra_info}."""
     groups: dict[tuple, dict] = {}
+    benches = []
     for b in data.get("benchmarks", []):
+        benches += [b] if "provider" in b.get("extra_info", {}) else _legacy_rows(b)
+    for b in benches:
         e = b.get("extra_info", {})
         if "provider" not in e or not b.get("stats"):
             continue

@@ -211,3 +211,16 @@ def test_docstring_example_runs():
                                                   torch.float32)
     torch.testing.assert_close(fn(*inputs), ref_fn(*ref_inputs), rtol=1e-4, atol=1e-2)
     assert len(bench.grid(torch.device("cpu"))) == 3 * 2
+
+
+def test_summarize_reads_the_pre_harness_results_file():
+    """benchmarks/results/cpu-2core-2026-11-21.json (one benchmark per case, provider times in
+    extra_info) still renders, with the same speedups it recorded."""
+    path = ROOT / "benchmarks" / "results" / "cpu-2core-2026-11-21.json"
+    data = summarize.load(path)
+    text = summarize.summarize(data)
+    old = {b["extra_info"]["case"]: b["extra_info"] for b in data["benchmarks"]
+           if b["name"].startswith("test_wide_conv2d")}
+    want = old["conv1_n32_d6"]["fwd_speedup_vs_eager"]
+    assert f"| conv1_n32_d6 | fp32 | fwd | " in text and f"{want:.2f}×" in text
+    assert "**lenet_training**" in text and "Law benchmark" in text
