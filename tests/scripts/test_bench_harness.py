@@ -222,5 +222,5 @@ def test_summarize_reads_the_pre_harness_results_file():
     old = {b["extra_info"]["case"]: b["extra_info"] for b in data["benchmarks"]
            if b["name"].startswith("test_wide_conv2d")}
     want = old["conv1_n32_d6"]["fwd_speedup_vs_eager"]
-    assert f"| conv1_n32_d6 | fp32 | fwd | " in text and f"{want:.2f}×" in text
+    assert "| conv1_n32_d6 | fp32 | fwd | " in text and f"{want:.2f}×" in text
     assert "**lenet_training**" in text and "Law benchmark" in text
