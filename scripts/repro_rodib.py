@@ -3,7 +3,7 @@ head vs a standard J-output head, at a small and a large FC input size D.
 
 Resumable: one JSON record per (dataset, head, D, seed) in results/rodib/, skipped if present.
 Recipe (CPU budget, not the paper's): ``train`` stratified training images (default 5,000) after
-``val`` (default 2,000) are held out for validation, Adam lr 3e-3, batch 128, ``epochs`` epochs
+``val`` (default 2,000) are held out for validation, Adam lr 2e-3, batch 32, ``epochs`` epochs
 (default 3),
 inputs scaled to [0, 1] and standardised per channel with the training subset's statistics;
 accuracy on the validation split after the last epoch and on the full test set.
@@ -73,8 +73,8 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
     for epoch in range(a.epochs):
         perm = torch.randperm(xtr.shape[0], generator=g)
         total = 0.0
-        for i in range(0, xtr.shape[0], 128):
-            idx = perm[i:i + 128]
+        for i in range(0, xtr.shape[0], a.batch):
+            idx = perm[i:i + a.batch]
             loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -88,7 +88,7 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
         "delays": list(model.head.delays) if head == "rodib" else None,
         "label_times": list(model.head.label_times_list) if head == "rodib" else None,
         "train_images": int(xtr.shape[0]), "val_images": int(xva.shape[0]),
-        "epochs": a.epochs, "lr": a.lr, "params": param_count(model), "head_params": head_params,
+        "epochs": a.epochs, "lr": a.lr, "batch": a.batch, "params": param_count(model), "head_params": head_params,
         "flops_fwd_per_image": flops_fwd, "val_acc": history[-1]["val_acc"],
         "test_acc": _accuracy(model, xt, yt), "train_seconds": train_s,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -141,7 +141,8 @@ def main() -> None:
     p.add_argument("--train", type=int, default=5000)
     p.add_argument("--val", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join("results", "rodib"))
     p.add_argument("--summary", action="store_true")

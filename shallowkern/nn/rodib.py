@@ -24,6 +24,7 @@ import random
 from typing import Sequence
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from ..ops.multi_delay_linear import check_delays, init_parameters, multi_delay_linear
@@ -85,6 +86,15 @@ def draw_delays(num_delays: int, stages: int = 1, *, seed: int | None = None,
                      f"[{first}, {hi}] after 10,000 draws; raise max_delay")
 
 
+def multi_delay_linear_module_forward(input: Tensor, weight: Tensor, bias: Tensor | None,
+                                      delays: tuple[int, ...]) -> Tensor:
+    """MultiDelayLinear.forward as one function: fx.symbolic_trace records it as one node."""
+    return multi_delay_linear(input, weight, bias, delays)
+
+
+torch.fx.wrap("multi_delay_linear_module_forward")
+
+
 class MultiDelayLinear(nn.Module):
     """A linear layer with one weight matrix per delay, over a time series.
 
@@ -122,7 +132,7 @@ class MultiDelayLinear(nn.Module):
         init_parameters(self.weight, self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        return multi_delay_linear(input, self.weight, self.bias, self.delays)
+        return multi_delay_linear_module_forward(input, self.weight, self.bias, self.delays)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -195,7 +195,7 @@ def multi_delay_linear_composite(input: Tensor, weight: Tensor, bias: Tensor | N
     """The same function in differentiable aten ops for (*, T, n) input (what function
     transforms and double backward run)."""
     lead = input.shape[:-2]
-    x = input.reshape(-1, *input.shape[-2:])
+    x = input.reshape(math.prod(lead), *input.shape[-2:])
     y = multi_delay_linear_reference(x, weight, bias, delays)
     return y.view(*lead, *y.shape[-2:])
 
@@ -344,7 +344,7 @@ def multi_delay_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None
     if needs_composite(input, weight, bias):
         return multi_delay_linear_composite(input, weight, bias, taus)
     lead = input.shape[:-2]
-    x = input.reshape(-1, *input.shape[-2:])
+    x = input.reshape(math.prod(lead), *input.shape[-2:])
     y = multi_delay_linear_op(x, weight, bias, list(taus))
     return y.view(*lead, *y.shape[-2:])
 
