@@ -279,7 +279,8 @@ class Check:
         self.work.mkdir(parents=True, exist_ok=True)
         self.results: list[Result] = []
         self.ended: dict[str, float] = {}
-        self.bg: dict[str, tuple[Stage, subprocess.Popen | None, float, object]] = {}
+        self.bg: dict[str, tuple] = {}  # name -> (stage, proc, started, log, limit)
+        self.current: subprocess.Popen | None = None  # the foreground stage's process
         self.doc = dict(meta=dict(plan=plan_name, budget_s=budget, reserve_s=RESERVE_S,
                                   dry_run=dry_run, started=time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                          time.gmtime()),
@@ -412,6 +413,7 @@ class Check:
         limit = min(stage.cap, left)
         started = self.elapsed()
         proc, log = self._start(stage, limit)
+        self.current = None if stage.background else proc
         if stage.background:
             self.bg[stage.name] = (stage, proc, started, log, limit)
             if proc is not None:  # note when it ends, for its duration in the summary
@@ -435,15 +437,34 @@ class Check:
         self._record(self._finish(stage, proc, log, started, limit, wait))
 
     def run(self) -> int:
+        """Every stage, then the bundle -- also when the check itself is interrupted (SIGTERM,
+        Ctrl-C, an error of its own): running stages are stopped and what exists is bundled."""
         order = [s for s in self.plan if s.background] + [s for s in self.plan
                                                           if not s.background]
-        for stage in order:
-            if stage.name in JOIN_BEFORE:
-                for name in list(self.bg):  # timings and tools want the GPU alone
-                    self.join(name)
-            self.run_stage(stage)
-        for name in list(self.bg):
-            self.join(name)
+
+        def interrupted(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, interrupted) \
+            if threading.current_thread() is threading.main_thread() else None
+        try:
+            for stage in order:
+                if stage.name in JOIN_BEFORE:
+                    for name in list(self.bg):  # timings and tools want the GPU alone
+                        self.join(name)
+                self.run_stage(stage)
+            for name in list(self.bg):
+                self.join(name)
+        except BaseException as exc:  # noqa: BLE001 - bundle whatever happened
+            for proc in [self.current] + [b[1] for b in self.bg.values()]:
+                if proc is not None and proc.poll() is None:
+                    _kill(proc)
+            self._line(f"[t={self.elapsed():4.0f}s] interrupted: {type(exc).__name__}: {exc}")
+            self.bundle()
+            return 3
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return self.bundle()
 
     # --- results ---------------------------------------------------------------------------

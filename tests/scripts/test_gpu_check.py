@@ -304,3 +304,24 @@ def test_followup_commands_parse(tmp_path):
                        timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "2 trials" in p.stdout
+
+
+def test_interrupted_check_still_bundles(tmp_path):
+    """SIGTERM to the check: running stages are stopped, summary and bundle still written."""
+    out = tmp_path / "o"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'scripts' / 'gpu_check')!r}); "
+              "import check as gc; from pathlib import Path; "
+              "plan = [gc.Stage('bg', 'sleep 60', cap=100, min_s=0, background=True), "
+              "gc.Stage('long', 'sleep 60', cap=100, min_s=0)]; "
+              f"sys.exit(gc.Check(Path({str(out)!r}), plan, budget=300).run())")
+    p = subprocess.Popen([sys.executable, "-c", script])
+    for _ in range(100):  # until the foreground stage has started
+        if (out / "summary.txt").exists() and "started" in (out / "summary.txt").read_text():
+            break
+        time.sleep(0.1)
+    time.sleep(1)
+    p.terminate()
+    assert p.wait(30) == 3
+    text = (out / "summary.txt").read_text()
+    assert "interrupted" in text and "total" in text
+    assert _files(out) == sorted(gc.OUT_FILES)
