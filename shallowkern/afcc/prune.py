@@ -116,7 +116,7 @@ def train_epochs(model: nn.Module, split: Split, epochs: int, lr: float = 0.01, 
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
         if progress:
             progress(f"epoch {ep + 1}/{epochs}: loss {total / max(len(loader), 1):.4f}")
 
@@ -201,7 +201,8 @@ def prune(model: nn.Module, train_data: Split, val_data: Split, layers: Sequence
           sfp_pool: int = 2, head_epochs: int = 5, retrain_epochs: int = 1,
           retrain_lr: float = 0.01, test_data: Split | None = None, num_classes: int | None = None,
           device="cpu", seed: int = 0, progress: Callable[[str], None] | None = None,
-          label_sets: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, PruneReport]:
+          label_sets: dict[str, torch.Tensor] | None = None,
+          feature_cache: dict | None = None) -> tuple[nn.Module, PruneReport]:
     """Prune ``layers`` (conv module names; default the last three convs) with AFCC.
 
     Args:
@@ -214,6 +215,8 @@ def prune(model: nn.Module, train_data: Split, val_data: Split, layers: Sequence
         readout: also mask the read-out when the network's last conv is pruned.
         head_epochs / retrain_epochs / retrain_lr: read-out training and masked retraining.
         label_sets: {conv name: (F, L) bool} to reuse (skips the SFP of those layers).
+        feature_cache: a dict kept by the caller across calls on the same model and data:
+            layer outputs are computed once (several seeds of the read-out and retraining).
         progress: called with one line per step.
     Returns:
         (pruned model with AFCCConv2d / AFCCLinear layers, PruneReport).
@@ -245,10 +248,12 @@ def prune(model: nn.Module, train_data: Split, val_data: Split, layers: Sequence
         if name in sets:
             continue
         say(f"SFP of {name}: read-out on {int(train_data[1].numel())} images")
-        h_tr = layer_features(model, name, train_data, sfp_pool, device)
+        cache = feature_cache if feature_cache is not None else {}
+        if (name, "train") not in cache:
+            cache[name, "train"] = layer_features(model, name, train_data, sfp_pool, device)
+            cache[name, "val"] = layer_features(model, name, val_data, sfp_pool, device)
+        h_tr, h_val = cache[name, "train"], cache[name, "val"]
         head = readout_for(h_tr, train_data[1].long(), num_classes, head_epochs, seed)
-        del h_tr
-        h_val = layer_features(model, name, val_data, sfp_pool, device)
         v = single_filter_performance(h_val, val_data[1].long(), head.weight.detach(), num_classes)
         found[name] = clusters(v, threshold)
         sets[name] = found[name].labels
