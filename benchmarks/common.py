@@ -185,26 +185,6 @@ def roofline_for(dev: torch.device, dtype: torch.dtype, tf32: bool):
     return roof
 
 
-# Backwards-compatible one-off timers (the GPU check's scripts and the profiler examples).
-def once_seconds(fn, dev: torch.device) -> float:
-    t0 = time.perf_counter()
-    fn()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return time.perf_counter() - t0
-
-
-def median_seconds(fn, dev: torch.device) -> float:
-    """Median seconds of ``fn()`` (do_bench on CUDA; blocked_autorange elsewhere)."""
-    if dev.type == "cuda":
-        from triton.testing import do_bench
-
-        return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-    from shallowkern.profile import latency
-
-    return latency.measure(fn, dev, warmup=2, repeats=20, backward=False).median_s
-
-
 # ---------------------------------------------------------------------------------------------
 # dtypes
 # ---------------------------------------------------------------------------------------------
