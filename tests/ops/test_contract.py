@@ -118,7 +118,7 @@ def test_opcheck(spec: OpSpec):
 
 @pytest.mark.parametrize("spec", SPECS, ids=_ids)
 def test_gradcheck_and_gradgradcheck(spec: OpSpec):
-    for sample in _smallest(spec, 2):
+    for k, sample in enumerate(_smallest(spec, 2)):
         ours, leaves = _leaves(sample, spec)
 
         def fn(*ts, _s=ours):
@@ -130,7 +130,8 @@ def test_gradcheck_and_gradgradcheck(spec: OpSpec):
             return spec.op(*args, **_s.kwargs)
 
         assert torch.autograd.gradcheck(fn, tuple(leaves))
-    assert torch.autograd.gradgradcheck(fn, tuple(leaves))
+        if k == 0:  # double backward on the smallest sample (its numerical Jacobian is costly)
+            assert torch.autograd.gradgradcheck(fn, tuple(leaves))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=_ids)
