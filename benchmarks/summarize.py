@@ -134,6 +134,7 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
                             + [_ms(t.get(p)) for p in providers] + [_x(v) for v in sp]
                             + [rate, pct, e.get("routed") or "–"]))
         out.append("")
+    out += route_notes(data)
     for b in benches:
         if b.get("name", "").startswith("test_lenet_width_law"):
             e = b["extra_info"]
@@ -145,6 +146,31 @@ def summarize(data: dict, subject: str = "shallowkern") -> str:
                        f"[{lo:.3f}, {hi:.3f}] ({e['ci_level']:.0%} bootstrap CI), "
                        f"R² = {e['r2']:.3f}.")
     return "\n".join(out)
+
+
+def route_notes(data: dict) -> list[str]:
+    """The fp32 (TF32 off) route data (benchmarks/NOTES.md): per case and pass, the Triton kernels
+    forced (``sk_triton``) against cuDNN (the automatic route's ``vendor`` or ``eager``), and
+    which is faster by more than 5 %."""
+    lines = []
+    for op, rows in table(data).items():
+        for r in rows:
+            t = r["times"]
+            if r["dtype"] != "fp32" or "sk_triton" not in t:
+                continue
+            cudnn = t.get("shallowkern") if r["info"].get("routed") == "vendor" else t.get("eager")
+            if not cudnn:
+                continue
+            ratio = cudnn / t["sk_triton"]
+            verdict = ("Triton" if ratio > 1.05 else "cuDNN" if ratio < 1 / 1.05 else
+                       "either (within 5 %)")
+            lines.append(f"| {op} | {r['case']} | {r['pass_']} | {_ms(t['sk_triton'])} | "
+                         f"{_ms(cudnn)} | {ratio:.2f}× | {verdict} |")
+    if not lines:
+        return []
+    return ["fp32 with TF32 off, Triton forced vs cuDNN (the route decision):", "",
+            _row(["op", "case", "pass", "Triton ms", "cuDNN ms", "Triton speedup", "faster"]),
+            _row(["---"] * 7), *lines, ""]
 
 
 def chart(data: dict, path: str | Path, subject: str = "shallowkern") -> Path | None:

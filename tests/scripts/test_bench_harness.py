@@ -224,3 +224,18 @@ def test_summarize_reads_the_pre_harness_results_file():
     want = old["conv1_n32_d6"]["fwd_speedup_vs_eager"]
     assert "| conv1_n32_d6 | fp32 | fwd | " in text and f"{want:.2f}×" in text
     assert "**lenet_training**" in text and "Law benchmark" in text
+
+
+def test_route_notes_pick_the_faster_fp32_path():
+    def row(case, prov, t, routed=None):
+        return dict(stats=dict(median=t), extra_info=dict(
+            op="wide_conv2d", case=case, dtype="fp32", pass_="fwdbwd", provider=prov,
+            group=f"wide_conv2d {case} fp32 fwdbwd", routed=routed))
+    data = dict(benchmarks=[row("a", "shallowkern", 10.0, "vendor"), row("a", "sk_triton", 5.0),
+                            row("b", "shallowkern", 10.0, "vendor"), row("b", "sk_triton", 20.0),
+                            row("c", "eager", 10.0), row("c", "sk_triton", 10.2)])
+    notes = "\n".join(summarize.route_notes(data))
+    assert "| wide_conv2d | a | fwdbwd | 5000.00 | 10000.00 | 2.00× | Triton |" in notes
+    assert "| b | fwdbwd | 20000.00 | 10000.00 | 0.50× | cuDNN |" in notes
+    assert "| c |" in notes and "either (within 5 %)" in notes
+    assert summarize.route_notes(dict(benchmarks=[row("a", "eager", 1.0)])) == []
