@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from ..ops import spinal_linear as _sl
+
+
+def spinal_linear_module_forward(input: Tensor, weight_x: list[Tensor], weight_h: list[Tensor],
+                                 bias: list[Tensor], out_weight: Tensor, out_bias: Tensor | None,
+                                 cfg: tuple) -> Tensor:
+    """The module's fused call (shape check + functional), wrapped for ``torch.fx``:
+    ``symbolic_trace`` records one node instead of tracing the functional's Python dispatch."""
+    in_features, splits, activation = cfg
+    if input.dim() != 2 or input.shape[-1] != in_features:
+        raise ValueError(f"SpinalLinear: input must be (B, {in_features}), got {tuple(input.shape)}")
+    return _sl.spinal_linear(input, weight_x, weight_h, bias or None, out_weight, out_bias,
+                             splits=splits, activation=activation)
+
+
+torch.fx.wrap("spinal_linear_module_forward")
 
 
 class SpinalLinear(nn.Module):
@@ -107,18 +123,19 @@ class SpinalLinear(nn.Module):
         return self._folded[1]
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dim() != 2 or input.shape[-1] != self.in_features:
-            raise ValueError(f"SpinalLinear: input must be (B, {self.in_features}), got {tuple(input.shape)}")
         fused_ok = not self.training or (self.norms is None and self.dropout == 0.0)
         if not fused_ok:
+            if input.dim() != 2 or input.shape[-1] != self.in_features:
+                raise ValueError(f"SpinalLinear: input must be (B, {self.in_features}), got "
+                                 f"{tuple(input.shape)}")
             wx, wh, b = self._lists()
             return _sl.spinal_linear_reference(
                 input, wx, wh, b or None,
                 self.out_weight, self.out_bias, splits=self.splits, activation=self.activation,
                 norms=self.norms, dropout=self.dropout, training=True)
         wx, wh, b = self.folded_parameters()
-        return _sl.spinal_linear(input, wx, wh, b or None, self.out_weight, self.out_bias,
-                                 splits=self.splits, activation=self.activation)
+        return spinal_linear_module_forward(input, wx, wh, b, self.out_weight, self.out_bias,
+                                            (self.in_features, self.splits, self.activation))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

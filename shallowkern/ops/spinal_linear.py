@@ -39,12 +39,13 @@ so a call costs a few microseconds of host time; on CUDA they run the Triton ker
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
+from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
 from .. import _ext
 from .. import flops as _flops
@@ -65,7 +66,7 @@ _ACT_FN: dict[str, Callable[[Tensor], Tensor]] = {
 # ---------------------------------------------------------------------------------------------
 def split_sizes(in_features: int, splits: int) -> list[int]:
     """Column counts of the S splits of ``in_features`` (tensor_split rule, see module doc)."""
-    q, r = divmod(in_features, splits)
+    q, r = in_features // splits, in_features % splits  # (not divmod: SymInt under fake tensors)
     return [q + 1 if s < r else q for s in range(splits)]
 
 
@@ -300,8 +301,12 @@ def _define_python_ops() -> None:
         for schema in SCHEMAS.values():
             lib.define(schema)
     if not _has_kernel("spinal_linear", "CPU"):
-        lib.impl("spinal_linear", lambda *a: spinal_linear_forward_reference(*a[:8])[0], "CPU")
-        lib.impl("spinal_linear_forward", lambda *a: spinal_linear_forward_reference(*a[:8]), "CPU")
+        def checked_forward(*a):
+            check_args(*a[:8])  # the raw op is public API: the same clear errors as the functional
+            return spinal_linear_forward_reference(*a[:8])
+
+        lib.impl("spinal_linear", lambda *a: checked_forward(*a)[0], "CPU")
+        lib.impl("spinal_linear_forward", checked_forward, "CPU")
         lib.impl("spinal_linear_backward", lambda *a: spinal_linear_backward_reference(*a[:8]), "CPU")
     if _has_kernel("spinal_linear", "Autograd"):
         return  # C++ Meta and autograd kernels are there
@@ -338,7 +343,7 @@ def _define_python_ops() -> None:
         _, H = torch.ops.shallowkern.spinal_linear_forward(x, wx, wh, b, wo, bo, splits, act, backend)
         gx, gwx, gwh, gb, gwo, gbo = torch.ops.shallowkern.spinal_linear_backward(
             grad, x, wx, wh, H, wo, splits, act, backend)
-        return gx, list(gwx), list(gwh), list(gb) if nb else None, gwo, gbo if has_bo else None, \
+        return gx, list(gwx), list(gwh), list(gb) if nb else [], gwo, gbo if has_bo else None, \
             None, None, None
 
     torch.library.register_autograd("shallowkern::spinal_linear", backward,
@@ -405,11 +410,49 @@ def _cuda_native_supports(input, weight_x, *rest) -> str | None:
     return None
 
 
+def _triton_supports(input, *rest) -> str | None:
+    if input.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton on CPU needs TRITON_INTERPRET=1"
+    return None
+
+
+def _triton_prefer(input, *rest) -> str | None:
+    if input.device.type == "cpu":
+        return "Triton on CPU runs only in the interpreter (tests force it with use_backend)"
+    return None
+
+
+class _TritonInterpreted(torch.autograd.Function):
+    """Triton kernels on CPU tensors (TRITON_INTERPRET=1, tests only): the registered op's CPU
+    kernel is the C++ one, so this path calls the launchers directly, with the same math."""
+
+    @staticmethod
+    def forward(ctx, input, nwx, nwh, nb, has_bo, splits, activation, *ts):
+        from ..triton import spinal_linear as tk
+        wx, wh, b = list(ts[:nwx]), list(ts[nwx:nwx + nwh]), list(ts[nwx + nwh:nwx + nwh + nb])
+        wo, bo = ts[nwx + nwh + nb], (ts[-1] if has_bo else None)
+        y, H = tk.spinal_forward(input, wx, wh, b, wo, bo, splits, activation)
+        ctx.save_for_backward(input, H, wo, *wx, *wh)
+        ctx.meta = (nwx, nwh, nb, has_bo, splits, activation)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        from ..triton import spinal_linear as tk
+        nwx, nwh, nb, has_bo, splits, activation = ctx.meta
+        x, H, wo, *w = ctx.saved_tensors
+        gx, gwx, gwh, gb, gwo, gbo = tk.spinal_backward(gy, x, w[:nwx], w[nwx:], H, wo, splits,
+                                                        activation)
+        return (gx, None, None, None, None, None, None, *gwx, *gwh, *(gb if nb else ()), gwo,
+                *((gbo,) if has_bo else ()))
+
+
 DISPATCH = OpDispatch("spinal_linear", [
     Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64), needs_ext=True,
             supports=lambda *a: None if NATIVE_CPU else "shallowkern._C predates the spinal_linear kernel",
             description="C++ CPU kernel (whole chain, MKL GEMMs into one hidden buffer)"),
-    Backend("triton", devices=("cuda",), dtypes=_CUDA_DTYPES, needs_triton=True,
+    Backend("triton", devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16),
+            needs_triton=True, supports=_triton_supports, prefer=_triton_prefer,
             description="Triton fused chain"),
     Backend("native", devices=("cuda",), dtypes=_CUDA_DTYPES, needs_cuda_ext=True,
             supports=_cuda_native_supports, description="CUDA C++ fused forward"),
@@ -460,9 +503,31 @@ def spinal_linear(
     which kernel ran. Bad arguments raise ValueError/TypeError naming the argument.
     """
     b = list(bias) if bias else []
+    if torch.compiler.is_compiling():
+        # traced by dynamo: a static choice (no recording, no logging in the graph); the
+        # registered op is one opaque node with its fake and autograd kernels
+        if torch.is_autocast_enabled(input.device.type):
+            dt = torch.get_autocast_dtype(input.device.type)
+            c = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t
+            return spinal_linear_reference(c(input), [c(w) for w in weight_x], [c(w) for w in weight_h],
+                                           [c(t) for t in b], c(out_weight), c(out_bias),
+                                           splits=splits, activation=activation)
+        backend = ("native" if input.device.type == "cpu" and NATIVE_CPU and input.dtype in
+                   (torch.float32, torch.float64) else "triton" if input.is_cuda else
+                   "reference" if _LIBS and input.device.type == "cpu" else None)
+        if backend is None:
+            return spinal_linear_reference(input, weight_x, weight_h, b, out_weight, out_bias,
+                                           splits=splits, activation=activation)
+        return torch.ops.shallowkern.spinal_linear(input, weight_x, weight_h, b, out_weight,
+                                                   out_bias, splits, activation, backend)
     if torch.is_autocast_enabled(input.device.type) or needs_composite(input, *weight_x, out_weight):
-        # autocast casts F.linear's operands; torch.func transforms / forward AD differentiate
-        # the composition exactly (a custom op's backward does not apply there)
+        # autocast: every operand in the region's dtype, as aten's linear; torch.func transforms
+        # and forward AD differentiate the composition exactly (a custom op's backward does not)
+        if torch.is_autocast_enabled(input.device.type):
+            dt = torch.get_autocast_dtype(input.device.type)
+            c = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t
+            input, weight_x, weight_h, b = c(input), [c(w) for w in weight_x], [c(w) for w in weight_h], [c(t) for t in b]
+            out_weight, out_bias = c(out_weight), c(out_bias)
         check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
         record("spinal_linear", Choice("reference", "autocast or function transform: the composition"))
         return spinal_linear_reference(input, weight_x, weight_h, b, out_weight, out_bias,
@@ -471,8 +536,18 @@ def spinal_linear(
         choice = DISPATCH.select(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
         if choice.backend == "reference":
             check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+            if _LIBS and input.device.type == "cpu":
+                # no C++ kernel: the registered op's CPU kernels are the references (one node
+                # for compile/export, as with the extension)
+                return torch.ops.shallowkern.spinal_linear(input, weight_x, weight_h, b, out_weight,
+                                                           out_bias, splits, activation, "reference")
             return spinal_linear_reference(input, weight_x, weight_h, b, out_weight, out_bias,
                                            splits=splits, activation=activation)
+        if choice.backend == "triton" and input.device.type == "cpu":
+            check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+            ts = [*weight_x, *weight_h, *b, out_weight] + ([out_bias] if out_bias is not None else [])
+            return _TritonInterpreted.apply(input, len(weight_x), len(weight_h), len(b),
+                                            out_bias is not None, splits, activation, *ts)
         # the C++ op validates everything itself: no Python checks on the fast path
         return torch.ops.shallowkern.spinal_linear(input, weight_x, weight_h, b, out_weight,
                                                    out_bias, splits, activation, choice.backend)
