@@ -25,12 +25,12 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
   // The block plan (channel orders, kept blocks in CSR) comes from shallowkern/ops/afcc_conv2d.py.
   m.def(
       "_afcc_conv2d_native(Tensor input, Tensor weight, Tensor mask, Tensor? bias, "
-      "Tensor out_perm, Tensor in_perm, Tensor row_ptr, Tensor col_idx, int block_out, "
-      "int block_in, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+      "Tensor out_perm, Tensor in_perm, Tensor row_bounds, Tensor col_bounds, Tensor row_ptr, "
+      "Tensor col_idx, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def(
       "_afcc_conv2d_native_backward(Tensor grad_out, Tensor input, Tensor weight, Tensor mask, "
-      "Tensor out_perm, Tensor in_perm, Tensor row_ptr, Tensor col_idx, int block_out, "
-      "int block_in, int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
+      "Tensor out_perm, Tensor in_perm, Tensor row_bounds, Tensor col_bounds, Tensor row_ptr, "
+      "Tensor col_idx, int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   // Quadric neurons, form = "diagonal" | "full" | "lowrank"; see csrc/cpu/quadric_linear.cpp
   // and shallowkern/ops/quadric_linear.py (full: weight_quad is the packed upper triangle).

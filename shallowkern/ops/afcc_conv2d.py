@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
-from torch.utils.flop_counter import register_flop_formula
+from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
 from .. import _knobs, flops
 from ._backend import Backend, OpDispatch
-from ._common import needs_composite
+from ._common import needs_composite, register_autocast
 from ._geometry import check_conv_geometry, pair
 
 OP = "afcc_conv2d"
@@ -75,22 +75,28 @@ class BlockPlan:
     """How the block-sparse kernels run a mask (all index tensors int64 on the mask's device).
 
     out_perm (K,) / in_perm (C,): channel orders; row i of the permuted problem is channel
-    out_perm[i]. Blocks (ob, cb) cover permuted rows [ob*block_out, ...) and columns
-    [cb*block_in, ...); the kept ones in CSR: row_ptr (nOB + 1,), col_idx (nnzb,), and in CSC
-    (for the input gradient): col_ptr (nCB + 1,), row_idx (nnzb,), csc_to_csr (nnzb,).
+    out_perm[i]. Out-block ob covers permuted rows [row_bounds[ob], row_bounds[ob + 1]) and
+    in-block cb permuted columns [col_bounds[cb], col_bounds[cb + 1]). ``block_out`` /
+    ``block_in`` is the largest block (the tile of the Triton kernels, whose plans have fixed
+    sizes); CPU plans may follow the mask's groups of identical rows and columns (``variable``).
+    Kept blocks in CSR: row_ptr (nOB + 1,), col_idx (nnzb,); in CSC (for the input gradient):
+    col_ptr (nCB + 1,), row_idx (nnzb,), csc_to_csr (nnzb,).
     """
 
     block_out: int
     block_in: int
+    variable: bool
     out_perm: Tensor
     in_perm: Tensor
+    row_bounds: Tensor
+    col_bounds: Tensor
     row_ptr: Tensor
     col_idx: Tensor
     col_ptr: Tensor
     row_idx: Tensor
     csc_to_csr: Tensor
     kept_pairs: int
-    executed_pairs: int  # pairs inside kept blocks (tails clipped)
+    executed_pairs: int  # pairs inside kept blocks
     total_pairs: int
 
     @property
@@ -106,6 +112,12 @@ class BlockPlan:
         """Kept pairs / pairs inside kept blocks (1.0 = no block padding)."""
         return self.kept_pairs / max(self.executed_pairs, 1)
 
+    def describe(self) -> str:
+        size = ("variable blocks <= %d" % self.block_out if self.variable
+                else f"{self.block_out}x{self.block_in} blocks")
+        return (f"{self.nnzb} kept {size}, executed {self.executed_fraction:.0%} of dense, "
+                f"fill {self.fill:.0%}")
+
 
 def channel_order(mask: Tensor, iterations: int = 3) -> tuple[Tensor, Tensor]:
     """(out_perm, in_perm) making a (K, C) bool mask near-block-diagonal.
@@ -118,57 +130,107 @@ def channel_order(mask: Tensor, iterations: int = 3) -> tuple[Tensor, Tensor]:
     if k == 0 or c == 0:
         return torch.arange(k), torch.arange(c)
     _, group = torch.unique(m, dim=0, return_inverse=True)
-    row_key = group.double()
+    _, cgroup = torch.unique(m, dim=1, return_inverse=True)
     md = m.double()
     col_perm = torch.arange(c)
-    row_perm = torch.argsort(row_key, stable=True)
+    row_perm = torch.argsort(group, stable=True)
     for _ in range(iterations):
         pos = torch.empty(k, dtype=torch.float64)
         pos[row_perm] = torch.arange(k, dtype=torch.float64)
         cnt = md.sum(0)
         col_key = torch.where(cnt > 0, (md * pos[:, None]).sum(0) / cnt.clamp_min(1), float(k))
-        col_perm = torch.argsort(col_key, stable=True)
+        # identical columns stay together: the key of a column is its group's barycentre
+        col_perm = torch.argsort(col_key + cgroup.double() * 1e-9, stable=True)
         cpos = torch.empty(c, dtype=torch.float64)
         cpos[col_perm] = torch.arange(c, dtype=torch.float64)
         rcnt = md.sum(1)
         bary = torch.where(rcnt > 0, (md * cpos[None, :]).sum(1) / rcnt.clamp_min(1), float(c))
-        # group rows with identical patterns: the key of a row is its group's barycentre
-        row_key = bary + group.double() * 1e-9
-        row_perm = torch.argsort(row_key, stable=True)
+        row_perm = torch.argsort(bary + group.double() * 1e-9, stable=True)
     return row_perm, col_perm
 
 
-def _blocks(pm: Tensor, bo: int, bi: int) -> Tensor:
-    k, c = pm.shape
-    nob, ncb = -(-k // bo), -(-c // bi)
-    padded = F.pad(pm.to(torch.uint8), (0, ncb * bi - c, 0, nob * bo - k))
-    return padded.view(nob, bo, ncb, bi).amax((1, 3)).bool()
+def _fixed_bounds(n: int, b: int) -> Tensor:
+    return torch.clamp(torch.arange(0, -(-n // b) + 1) * b, max=n)
 
 
-def _plan_from(mask: Tensor, out_perm: Tensor, in_perm: Tensor, b: int) -> BlockPlan:
+def _group_bounds(pm: Tensor, min_b: int, max_b: int) -> Tensor:
+    """Block bounds along dim 0 of a permuted mask that follow runs of identical rows: a run of
+    g >= min_b rows becomes ceil(g / max_b) near-equal blocks; short runs are merged with their
+    neighbours up to min_b rows."""
+    n = pm.shape[0]
+    if n == 0:
+        return torch.zeros(1, dtype=torch.int64)
+    change = torch.ones(n, dtype=torch.bool)
+    change[1:] = (pm[1:] != pm[:-1]).any(1)
+    starts = change.nonzero().flatten().tolist() + [n]
+    bounds, open_start = [0], None
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - a >= min_b:
+            if open_start is not None and a - open_start > 0:
+                bounds.append(a)
+            open_start = None
+            parts = -(-(b - a) // max_b)
+            bounds += [a + ((b - a) * i) // parts for i in range(1, parts)] + [b]
+        else:
+            if open_start is None:
+                open_start = bounds[-1]
+            if b - open_start >= min_b:
+                bounds.append(b)
+                open_start = None
+    if bounds[-1] != n:
+        bounds.append(n)
+    return torch.tensor(bounds, dtype=torch.int64)
+
+
+def _plan_from(mask: Tensor, out_perm: Tensor, in_perm: Tensor, rb: Tensor, cb: Tensor,
+               block: int, variable: bool) -> BlockPlan:
     k, c = mask.shape
     pm = mask.detach().cpu()[out_perm][:, in_perm]
-    blk = _blocks(pm, b, b)
+    nob, ncb = rb.numel() - 1, cb.numel() - 1
+    ob_of = torch.repeat_interleave(torch.arange(nob), rb.diff())
+    cb_of = torch.repeat_interleave(torch.arange(ncb), cb.diff())
+    blk = torch.zeros(nob, ncb, dtype=torch.bool)
+    r, q = pm.nonzero(as_tuple=True)
+    blk[ob_of[r], cb_of[q]] = True
     rows, cols = blk.nonzero(as_tuple=True)  # row-major: CSR order
-    nob, ncb = blk.shape
     row_ptr = torch.zeros(nob + 1, dtype=torch.int64)
     row_ptr[1:] = torch.cumsum(blk.sum(1), 0)
-    csc = torch.argsort(cols * nob + rows)
+    csc = torch.argsort(cols * nob + rows, stable=True)
     col_ptr = torch.zeros(ncb + 1, dtype=torch.int64)
     col_ptr[1:] = torch.cumsum(blk.sum(0), 0)
-    h = torch.clamp(k - rows * b, max=b)
-    w = torch.clamp(c - cols * b, max=b)
+    executed = int((rb.diff()[rows] * cb.diff()[cols]).sum())
+    big = int(max(rb.diff().max().item() if nob else 0, cb.diff().max().item() if ncb else 0))
     dev = mask.device
-    return BlockPlan(b, b, out_perm.to(dev), in_perm.to(dev), row_ptr.to(dev), cols.to(dev),
-                     col_ptr.to(dev), rows[csc].to(dev), csc.to(dev), int(mask.sum()),
-                     int((h * w).sum()), k * c)
+    t = lambda v: v.to(dev)  # noqa: E731
+    return BlockPlan(block if not variable else max(big, 1), block if not variable else max(big, 1),
+                     variable, t(out_perm), t(in_perm), t(rb), t(cb), t(row_ptr), t(cols),
+                     t(col_ptr), t(rows[csc]), t(csc), int(r.numel()), executed, k * c)
+
+
+def _cost(plan: BlockPlan, dev: str) -> float:
+    """Modelled time: executed fraction x per-FLOP cost of the (mean) block size."""
+    table = _BLOCK_COST.get(dev, _BLOCK_COST["cpu"])
+    if plan.variable and plan.nnzb:
+        sizes = (plan.row_bounds.diff()[plan.row_idx].double().mean().item(),
+                 plan.col_bounds.diff()[plan.col_idx].double().mean().item())
+        size = min(sizes)
+    else:
+        size = plan.block_out
+    pts = sorted(table)
+    size = min(max(size, pts[0]), pts[-1])
+    for lo, hi in zip(pts[:-1], pts[1:]):
+        if lo <= size <= hi:
+            f = (size - lo) / (hi - lo)
+            return plan.executed_fraction * (table[lo] * (1 - f) + table[hi] * f)
+    return plan.executed_fraction * table[pts[-1]]
 
 
 def block_plan(mask: Tensor, device_type: str | None = None, block: int | None = None) -> BlockPlan:
     """The block plan of a (K, C) bool mask, cached per mask tensor (and its version).
 
-    ``block``: the block size (16, 32 or 64; default: the ``afcc_conv2d.block`` knob, else the
-    size with the lowest modelled cost = executed fraction x per-FLOP cost of the size).
+    ``block``: a fixed block size (16, 32 or 64; default: the ``afcc_conv2d.block`` knob).
+    Otherwise the plan with the lowest modelled cost among fixed 64/32/16 blocks and, on the
+    CPU, blocks that follow the mask's groups of identical rows/columns (16 to 64 channels).
     """
     dev = device_type or mask.device.type
     block = block or _knobs.get("afcc_conv2d.block")
@@ -178,21 +240,22 @@ def block_plan(mask: Tensor, device_type: str | None = None, block: int | None =
         if hit is not None and hit[0] is mask:
             _cache.move_to_end(key)
             return hit[1]
+    if block is not None and block not in (16, 32, 64):
+        raise ValueError(f"afcc_conv2d: block size must be 16, 32 or 64, got {block}")
     out_perm, in_perm = channel_order(mask)
-    sizes = (block,) if block else (64, 32, 16)
-    best = None
-    for b in sizes:
-        if b not in (16, 32, 64):
-            raise ValueError(f"afcc_conv2d: block size must be 16, 32 or 64, got {b}")
-        plan = _plan_from(mask, out_perm, in_perm, b)
-        cost = plan.executed_fraction * _BLOCK_COST.get(dev, _BLOCK_COST["cpu"])[b]
-        if best is None or cost < best[0] - 1e-12:
-            best = (cost, plan)
+    k, c = mask.shape
+    cands = [_plan_from(mask, out_perm, in_perm, _fixed_bounds(k, b), _fixed_bounds(c, b), b,
+                        False) for b in ((block,) if block else (64, 32, 16))]
+    if dev == "cpu" and not block:
+        pm = mask.detach().cpu()[out_perm][:, in_perm]
+        cands.append(_plan_from(mask, out_perm, in_perm, _group_bounds(pm, 16, 64),
+                                _group_bounds(pm.t(), 16, 64), 64, True))
+    best = min(cands, key=lambda p: _cost(p, dev))
     with _cache_lock:
-        _cache[key] = (mask, best[1])  # holding the mask keeps id(mask) from being reused
+        _cache[key] = (mask, best)  # holding the mask keeps id(mask) from being reused
         while len(_cache) > 64:
             _cache.popitem(last=False)
-    return best[1]
+    return best
 
 
 _cache: "collections.OrderedDict[tuple, tuple[Tensor, BlockPlan]]" = collections.OrderedDict()
@@ -268,10 +331,9 @@ def _fill_ok(input, weight, mask, *rest) -> str | None:
     plan = block_plan(mask)
     limit = _knobs.get("afcc_conv2d.max_executed")
     if plan.executed_fraction > limit:
-        return (f"block fill after permutation is poor: kept {plan.nnzb} blocks of "
-                f"{plan.block_out}x{plan.block_in} cover {plan.executed_fraction:.0%} of the dense "
-                f"work (> {limit:.0%}; kept pairs {plan.kept_pairs / max(plan.total_pairs, 1):.0%}): "
-                f"dense conv with the masked weight is faster")
+        return (f"block fill after permutation is poor: {plan.describe()} (> {limit:.0%}; kept "
+                f"pairs {plan.kept_pairs / max(plan.total_pairs, 1):.0%}): dense conv with the "
+                "masked weight is faster")
     return None
 
 
@@ -279,6 +341,12 @@ def _native_supports(*args) -> str | None:
     if not hasattr(torch.ops.shallowkern, "_afcc_conv2d_native"):
         return "shallowkern._C was built without the afcc_conv2d kernel (rebuild it)"
     return None
+
+
+def _triton_prefer(input, weight, mask, *rest) -> str | None:
+    if input.device.type == "cpu":
+        return "Triton on CPU runs only in the interpreter (tests force it with use_backend)"
+    return _fill_ok(input, weight, mask)
 
 
 def _triton_supports(input, weight, *rest) -> str | None:
@@ -292,8 +360,8 @@ def _backends() -> list[Backend]:
     Backend("native", devices=("cpu",), dtypes=_CPU_DTYPES, needs_ext=True,
             supports=_native_supports, prefer=_fill_ok,
             description="C++ CPU block-sparse kernel"),
-    Backend("triton", devices=("cuda",), dtypes=_CUDA_DTYPES, needs_triton=True,
-            supports=_triton_supports, prefer=_fill_ok,
+    Backend("triton", devices=("cuda", "cpu"), dtypes=_CUDA_DTYPES, needs_triton=True,
+            supports=_triton_supports, prefer=_triton_prefer,
             description="Triton block-sparse implicit GEMM"),
     Backend("vendor", description="dense conv with the masked weight (oneDNN/cuDNN)"),
     Backend("reference", description="pure-PyTorch reference"),
@@ -305,8 +373,8 @@ BACKWARD = OpDispatch(OP + "_backward", _backends())
 
 
 def _native_args(plan: BlockPlan):
-    return (plan.out_perm, plan.in_perm, plan.row_ptr, plan.col_idx, plan.block_out,
-            plan.block_in)
+    return (plan.out_perm, plan.in_perm, plan.row_bounds, plan.col_bounds, plan.row_ptr,
+            plan.col_idx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,6 +384,7 @@ def _native_args(plan: BlockPlan):
 def afcc_conv2d_op(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None,
                    stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
     """conv2d(input, weight * mask, bias), block-sparse where the mask allows."""
+    check_args(input, weight, mask, bias, stride, padding, dilation)
     choice = DISPATCH.select(input, weight, mask, bias)
     return _forward(choice.backend, input, weight, mask, bias, stride, padding, dilation)
 
@@ -335,7 +404,7 @@ def _forward(backend, input, weight, mask, bias, stride, padding, dilation) -> T
 
 @afcc_conv2d_op.register_fake
 def _afcc_conv2d_fake(input, weight, mask, bias, stride, padding, dilation):
-    oh, ow = check_conv_geometry(OP, input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    oh, ow = check_args(input, weight, mask, bias, stride, padding, dilation)
     return input.new_empty(input.shape[0], weight.shape[0], oh, ow)
 
 
@@ -398,6 +467,7 @@ def _backward(ctx, grad_out):
 
 
 afcc_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+register_autocast("shallowkern::afcc_conv2d")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import importlib
+
 import shallowkern
-from shallowkern.ops import afcc_conv2d as A
 from shallowkern.testing import assert_close, has_ext
+
+A = importlib.import_module("shallowkern.ops.afcc_conv2d")
 
 requires_ext = pytest.mark.skipif(
     not (has_ext() and hasattr(torch.ops.shallowkern, "_afcc_conv2d_native")),
