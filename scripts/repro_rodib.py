@@ -63,7 +63,8 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
             return json.load(f)
     (xtr, ytr), (xva, yva), (xt, yt) = _load(dataset, seed, a.train, a.val)
     torch.manual_seed(seed)
-    model = RoDiBVGG6(a.width, fc, 10, head, num_delays=a.delays, in_channels=xtr.shape[1])
+    model = RoDiBVGG6(a.width, fc, 10, head, num_delays=a.delays, in_channels=xtr.shape[1],
+                      bn=True)
     flops_fwd = forward_flops(model, tuple(xtr.shape[1:]))
     head_params = param_count(model.head)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
@@ -84,7 +85,7 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
                         "val_acc": _accuracy(model, xva, yva)})
     train_s = time.perf_counter() - t0
     rec = {
-        "dataset": dataset, "head": head, "fc": fc, "seed": seed, "width": a.width,
+        "dataset": dataset, "head": head, "fc": fc, "seed": seed, "width": a.width, "bn": True,
         "delays": list(model.head.delays) if head == "rodib" else None,
         "label_times": list(model.head.label_times_list) if head == "rodib" else None,
         "train_images": int(xtr.shape[0]), "val_images": int(xva.shape[0]),

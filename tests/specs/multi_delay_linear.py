@@ -63,6 +63,8 @@ def per_step_reference(input, weight, bias=None, delays=(0,)):
             if 0 <= t < steps:
                 acc = acc + linear(input[..., t, :], weight[m])
         rows.append(acc)
+    if not rows:  # T + max(delays) == 0
+        return linear(zeros, weight[0], bias).unsqueeze(-2)[..., :0, :]
     return torch.stack(rows, dim=-2)
 
 
