@@ -352,7 +352,8 @@ def _define_python_ops() -> None:
 
 _LIBS: list = []
 # True when _C carries the C++ CPU kernel, Meta and autograd (csrc/cpu/spinal_linear.cpp)
-NATIVE_CPU = _ext.available() and hasattr(torch.ops.shallowkern, "spinal_linear_backward") and \
+# (checked on the dispatcher itself: a _C built before this op existed has neither)
+NATIVE_CPU = hasattr(torch.ops.shallowkern, "spinal_linear_backward") and \
     _has_kernel("spinal_linear", "CPU") and _has_kernel("spinal_linear", "Autograd")
 if not NATIVE_CPU:  # pragma: no cover - exercised by the no-extension CI job
     _define_python_ops()
@@ -448,8 +449,9 @@ class _TritonInterpreted(torch.autograd.Function):
 
 
 DISPATCH = OpDispatch("spinal_linear", [
-    Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64), needs_ext=True,
-            supports=lambda *a: None if NATIVE_CPU else "shallowkern._C predates the spinal_linear kernel",
+    Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64),
+            supports=lambda *a: None if NATIVE_CPU else
+            f"no C++ spinal_linear kernel (shallowkern._C: {_ext.load_error or 'built before it'})",
             description="C++ CPU kernel (whole chain, MKL GEMMs into one hidden buffer)"),
     Backend("triton", devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16),
             needs_triton=True, supports=_triton_supports, prefer=_triton_prefer,
