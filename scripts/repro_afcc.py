@@ -104,6 +104,50 @@ def speed(base, pruned, layers, batch=128):
     return res
 
 
+def summary(records: dict) -> str:
+    """Markdown tables of a finished (or partial) run."""
+    import statistics as st
+
+    cfg, base = records.get("config", {}), records.get("base", {})
+    lines = [f"VGG-11* width {cfg.get('width')} ({base.get('params')} parameters), "
+             f"{cfg.get('train_subset')} training images x {cfg.get('epochs')} epochs in "
+             f"{base.get('seconds', float('nan')):.0f} s; test accuracy "
+             f"{base.get('test_accuracy', float('nan')):.4f} on {cfg.get('test_subset')} images.",
+             "", "| method | seeds | density (per layer) | read-out density | accuracy with masks "
+             "| after retraining |", "|---|---|---|---|---|---|"]
+    for method in ("afcc", "random_afcc"):
+        runs = [v for k, v in records.items() if k.startswith(method + "/")]
+        if not runs:
+            continue
+        dens = [" / ".join(f"{r['density']:.3f}" for r in run["layers"]) for run in runs]
+        ms = lambda xs: (f"{st.mean(xs):.4f} ± {st.stdev(xs):.4f}" if len(xs) > 1  # noqa: E731
+                         else f"{xs[0]:.4f}")
+        lines.append(f"| {method} | {len(runs)} | {'; '.join(dens)} | "
+                     f"{ms([r['readout_density'] or 1.0 for r in runs])} | "
+                     f"{ms([r['accuracy_pruned'] for r in runs])} | "
+                     f"{ms([r['accuracy_after'] for r in runs])} |")
+    runs = [v for k, v in records.items() if k.startswith("afcc/")]
+    if runs:
+        lines += ["", "| layer | out x in | density | labels / filter | noise / filter | "
+                  "multi-cluster filters |", "|---|---|---|---|---|---|"]
+        for r in runs[0]["layers"]:
+            lines.append(f"| {r['name']} | {r['shape'][0]}x{r['shape'][1]} | {r['density']:.3f} | "
+                         f"{r['mean_labels']:.2f} | {r['mean_noise']:.2f} | "
+                         f"{r['multi_cluster_filters']} |")
+    sp = records.get("speed")
+    if sp:
+        lines += ["", "| layer (batch 128) | backend | density | fwd dense / AFCC (ms) | "
+                  "fwd+bwd dense / AFCC (ms) |", "|---|---|---|---|---|"]
+        for name, r in sp.items():
+            if isinstance(r, dict):
+                lines.append(f"| {name} {r['input']} | {r['backend']} | {r['density']:.3f} | "
+                             f"{r['dense_fwd'] * 1e3:.2f} / {r['afcc_fwd'] * 1e3:.2f} | "
+                             f"{r['dense_fwdbwd'] * 1e3:.2f} / {r['afcc_fwdbwd'] * 1e3:.2f} |")
+        lines.append(f"\nWhole network, forward, batch 128: dense {sp['net_dense_fwd'] * 1e3:.1f} "
+                     f"ms, AFCC {sp['net_afcc_fwd'] * 1e3:.1f} ms.")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/afcc")
@@ -116,8 +160,14 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=3, help="prune the last N convs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threshold", type=float, default=0.3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine more threads "
+                        "mostly spin)")
+    p.add_argument("--summary", action="store_true", help="print the tables of --out and exit")
     args = p.parse_args(argv)
+    if args.summary:
+        print(summary(load(Path(args.out) / "records.json")))
+        return
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

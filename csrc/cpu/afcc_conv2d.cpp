@@ -49,8 +49,26 @@ void im2col(const T* x, const int64_t* in_perm, T* cols, const Geo& g, int64_t n
     for (int64_t row = b; row < e; ++row) {
       const int64_t c = row / g.RS(), r = (row / g.S) % g.R, s = row % g.S;
       T* dst = cols + row * P;
+      // stride 1, dilation 1 along W: the valid outputs of a row are one contiguous range
+      const bool unit = g.sw == 1 && g.dw == 1;
+      const int64_t lo = std::clamp<int64_t>(g.pw - s * g.dw, 0, g.OW);
+      const int64_t hi = std::clamp<int64_t>(g.W + g.pw - s * g.dw, lo, g.OW);
       for (int64_t n = 0; n < nn; ++n) {
         const T* plane = x + ((n0 + n) * g.C + in_perm[c]) * g.H * g.W;
+        if (unit) {
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t ih = oh * g.sh - g.ph + r * g.dh;
+            T* d = dst + (n * g.OH + oh) * g.OW;
+            if (ih < 0 || ih >= g.H) {
+              std::fill(d, d + g.OW, T(0));
+              continue;
+            }
+            std::fill(d, d + lo, T(0));
+            std::copy(plane + ih * g.W + lo - g.pw + s, plane + ih * g.W + hi - g.pw + s, d + lo);
+            std::fill(d + hi, d + g.OW, T(0));
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const int64_t ih = oh * g.sh - g.ph + r * g.dh;
           T* d = dst + (n * g.OH + oh) * g.OW;

@@ -52,7 +52,7 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 for _k in (
-    _knobs.Knob("afcc_conv2d.max_executed", "SHALLOWKERN_AFCC_MAX_EXECUTED", 0.55, float,
+    _knobs.Knob("afcc_conv2d.max_executed", "SHALLOWKERN_AFCC_MAX_EXECUTED", 0.4, float,
                 "dense fallback when kept blocks cover more than this share of the dense work",
                 values="0..1"),
     _knobs.Knob("afcc_conv2d.block", "SHALLOWKERN_AFCC_BLOCK", None, int,

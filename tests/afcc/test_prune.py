@@ -48,3 +48,16 @@ def test_prune_bad_layers():
         prune(model, train, train, layers=["features.0"])
     with pytest.raises(ValueError, match="method"):
         prune(model, train, train, method="magnitude")
+
+
+def test_prune_generalized_vgg16_bn():
+    from shallowkern.models import GeneralizedVGG16
+
+    torch.manual_seed(0)
+    model = GeneralizedVGG16(width=1 / 16, num_classes=4, batch_norm=True)
+    train, val = _data(64, 2), _data(48, 3)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    pruned, rep = prune(model, train, val, layers=convs[-2:], head_epochs=1, retrain_epochs=0)
+    assert isinstance(pruned.get_submodule(convs[-1]), AFCCConv2d)
+    assert isinstance(pruned.classifier[0], AFCCLinear) and rep.readout_density is not None
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 4)
