@@ -40,53 +40,21 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_native_cuda(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias_opt,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     bool relu, int64_t pool, bool return_indices) {
-  SK_CHECK_DIM(input, 4);
-  SK_CHECK_DIM(weight, 4);
-  TORCH_CHECK(input.is_cuda(), "wide_conv2d (CUDA): input must be a CUDA tensor, got ",
-              input.device());
-  SK_CHECK_DEVICE_MATCH(input, weight);
-  const auto dtype = input.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "wide_conv2d (CUDA): input must be float32, float16 or bfloat16, got ", dtype);
-  SK_CHECK_DTYPE_MATCH(input, weight);
-  TORCH_CHECK(groups == 1, "wide_conv2d (CUDA): groups must be 1 for the direct kernel, got ",
-              groups);
-  TORCH_CHECK(weight.size(1) == input.size(1), "wide_conv2d (CUDA): weight has ", weight.size(1),
-              " input channels but input has ", input.size(1));
-  TORCH_CHECK(input.size(1) >= 1 && input.size(1) <= skc::kWideConv2dMaxCin,
-              "wide_conv2d (CUDA): input must have 1..", skc::kWideConv2dMaxCin,
-              " channels for the direct kernel, got ", input.size(1));
+  const char* op = "wide_conv2d (CUDA)";
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  if (has_bias) {
-    const at::Tensor& bias = *bias_opt;
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0),
-                "wide_conv2d (CUDA): bias must have shape (", weight.size(0), ",), got ",
-                bias.sizes());
-    SK_CHECK_DEVICE_MATCH(input, bias);
-    SK_CHECK_DTYPE_MATCH(input, bias);
-  }
-  TORCH_CHECK(stride.size() == 2, "wide_conv2d (CUDA): stride must have 2 elements, got ",
-              stride.size());
-  TORCH_CHECK(padding.size() == 2, "wide_conv2d (CUDA): padding must have 2 elements, got ",
-              padding.size());
-  TORCH_CHECK(dilation.size() == 2, "wide_conv2d (CUDA): dilation must have 2 elements, got ",
-              dilation.size());
-  TORCH_CHECK(stride[0] >= 1 && stride[1] >= 1, "wide_conv2d (CUDA): stride must be >= 1, got ",
-              stride);
-  TORCH_CHECK(dilation[0] >= 1 && dilation[1] >= 1,
-              "wide_conv2d (CUDA): dilation must be >= 1, got ", dilation);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "wide_conv2d (CUDA): padding must be >= 0, got ",
-              padding);
-  TORCH_CHECK(pool == 1 || pool == 2, "wide_conv2d (CUDA): pool must be 1 or 2, got ", pool);
-
-  const int64_t n = input.size(0), h = input.size(2), w = input.size(3);
-  const int64_t k = weight.size(0), r = weight.size(2), s = weight.size(3);
-  const int64_t oh = conv_out_size(h, r, stride[0], padding[0], dilation[0]);
-  const int64_t ow = conv_out_size(w, s, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(oh >= 1 && ow >= 1, "wide_conv2d (CUDA): the ", r, "x", s,
-              " weight does not fit the padded ", h, "x", w, " input (output ", oh, "x", ow, ")");
-  TORCH_CHECK(pool == 1 || (oh >= 2 && ow >= 2),
-              "wide_conv2d (CUDA): pool=2 needs a conv output of at least 2x2, got ", oh, "x", ow);
+  // The rules every conv-shaped op shares (ranks, devices, dtypes, lists, groups, bias, the
+  // floor-division geometry), then this kernel's own contract.
+  const Conv2dGeom g = check_conv2d_args(op, input, weight, has_bias ? &*bias_opt : nullptr,
+                                         stride, padding, dilation, groups, pool);
+  TORCH_CHECK(input.is_cuda(), op, ": input must be a CUDA tensor, got ", input.device());
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": input must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(groups == 1, op, ": groups must be 1 for the direct kernel, got ", groups);
+  TORCH_CHECK(input.size(1) >= 1 && input.size(1) <= skc::kWideConv2dMaxCin, op,
+              ": input must have 1..", skc::kWideConv2dMaxCin,
+              " channels for the direct kernel, got ", input.size(1));
+  const int64_t n = g.N, h = g.H, w = g.W, k = g.K, r = g.R, s = g.S, oh = g.OH, ow = g.OW;
 
   skc::WideConv2dShape shape;
   shape.n = checked_int(n, "input.size(0)");

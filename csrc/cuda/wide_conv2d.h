@@ -13,6 +13,7 @@
 
 // Relative, so the torch-free kernel compiles with no -I (e.g. the bare nvcc check in CI).
 #include "../include/shallowkern/cuda_utils.cuh"
+#include "../include/shallowkern/geometry.h"
 
 namespace shallowkern {
 namespace cuda {
@@ -58,8 +59,9 @@ struct WideConv2dGeometry {
   int qh, qw;  // quad grid
 };
 
+// Floor division, as aten (shallowkern::conv_out_size, include/shallowkern/geometry.h).
 SK_HD int64_t wc2d_conv_out(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
-  return (in + 2 * pad - dil * (k - 1) - 1) / stride + 1;
+  return shallowkern::conv_out_size(in, k, stride, pad, dil);
 }
 
 // False when the shape is outside the kernel contract (the launcher: cudaErrorInvalidValue).

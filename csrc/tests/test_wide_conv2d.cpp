@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "expect.h"
+#include "shallowkern/geometry.h"
 
 namespace {
 
@@ -208,6 +209,42 @@ void test_errors() {
     bwd_op().call(at::randn({1, 3, 3, 2}), x, w, at::zeros({1, 3, 2, 2}, at::kByte), {1, 1}, {0, 0},
                   {1, 1}, 1, true, 2, {true, true, true});
   });
+  // Issue 9: a 5x5 kernel on a 4x4 input with stride 15 "fitted" with truncating division.
+  const at::Tensor x4 = at::randn({4, 3, 4, 4}), w5 = at::randn({64, 3, 5, 5});
+  expect_throw("kernel larger than input (issue 9)", "does not fit", [&] {
+    fwd_op().call(x4, w5, std::nullopt, {15, 15}, {0, 0}, {1, 1}, 1, true, 1, false);
+  });
+  expect_throw("kernel larger than input, backward", "does not fit", [&] {
+    bwd_op().call(at::randn({4, 64, 1, 1}), x4, w5, at::randn({4, 64, 1, 1}), {15, 15}, {0, 0},
+                  {1, 1}, 1, true, 1, {true, true, true});
+  });
+  expect_throw("padding overflow", "overflows int64", [&] {
+    fwd_op().call(x, w, std::nullopt, {1, 1}, {int64_t(1) << 62, 0}, {1, 1}, 1, true, 2, false);
+  });
+  expect_throw("no output channel", "output channel", [&] {
+    fwd_op().call(x, at::randn({0, 3, 3, 3}), std::nullopt, {1, 1}, {0, 0}, {1, 1}, 1, true, 2,
+                  false);
+  });
+}
+
+// The shared output-size formula floors (as aten and shallowkern/ops/_geometry.py).
+void test_geometry() {
+  using shallowkern::conv_out_size;
+  using shallowkern::floor_div;
+  EXPECT(floor_div(-1, 15) == -1 && floor_div(-15, 15) == -1 && floor_div(-16, 15) == -2 &&
+             floor_div(14, 15) == 0 && floor_div(15, 15) == 1,
+         "floor_div");
+  EXPECT(conv_out_size(4, 5, 15, 0, 1) == 0, "4x4 input, 5x5 kernel, stride 15: %lld",
+         static_cast<long long>(conv_out_size(4, 5, 15, 0, 1)));
+  EXPECT(conv_out_size(3, 3, 7, 0, 2) == 0, "dilated kernel 5 on 3");
+  EXPECT(conv_out_size(5, 5, 4, 0, 1) == 1 && conv_out_size(32, 5, 1, 0, 1) == 28 &&
+             conv_out_size(13, 3, 2, 2, 1) == 8,
+         "valid sizes");
+  int64_t out = 0;
+  EXPECT(!shallowkern::conv_out_size_checked(4, 3, 1, int64_t(1) << 62, 1, &out), "2*pad overflow");
+  EXPECT(!shallowkern::conv_out_size_checked(4, 3, 1, 0, int64_t(1) << 62, &out),
+         "dil*(k-1) overflow");
+  EXPECT(shallowkern::conv_out_size_checked(4, 5, 15, 0, 1, &out) && out == 0, "checked floor");
 }
 
 }  // namespace
@@ -261,6 +298,7 @@ int main() {
     for (auto dtype : {at::kDouble, at::kFloat}) run_case(cs, dtype);
   test_ties();
   test_errors();
+  test_geometry();
   std::printf("%d checks, %d failures\n", sk_test::checks, sk_test::failures);
   return sk_test::failures == 0 ? 0 : 1;
 }

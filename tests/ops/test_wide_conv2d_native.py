@@ -18,6 +18,7 @@ from shallowkern.ops.wide_conv2d import (
     wide_conv2d_backward_reference,
     wide_conv2d_reference,
 )
+from shallowkern import _knobs as knobs
 from shallowkern.testing import EMPTY_BATCH, FIRST_LAYER_CIN, ODD_HW, assert_close, has_ext
 
 pytestmark = pytest.mark.skipif(
@@ -52,6 +53,12 @@ CASES = {
     "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
     "long_rows": (3, 16, 9, 9, 20, 3, 3, 1, 1, 1, 1, True),  # CRS 144: 64-wide SIMD blocks + tail
 }
+
+
+def cpp_knobs(**values):
+    """The C++ kernels' knobs (wide_conv2d.<name>) for a `with` block: read once from the
+    environment, so tests set them through the knob registry, which pushes them to _C."""
+    return knobs.override({f"wide_conv2d.{k}": v for k, v in values.items()})
 
 
 def pair(v):
@@ -218,36 +225,33 @@ DIRECT_CASES = {
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
 @pytest.mark.parametrize("relu,pool", [(True, 2), (False, 2), (True, 1)])
 @pytest.mark.parametrize("case", list(CASES) + [c for c in DIRECT_CASES if c not in CASES])
-def test_forward_paths(case, relu, pool, layout, path, monkeypatch):
+def test_forward_paths(case, relu, pool, layout, path):
     """The forward's three ways to the pooled output (fused im2col + GEMM, oneDNN's conv + the
     fused epilogue, the direct AVX-512 kernel where it applies; by default chosen by shape)
     agree with the reference."""
-    monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
-    for dtype in DTYPES:
-        x, w, b, params = make(DIRECT_CASES.get(case, case), dtype, layout)
-        check_forward(x, w, b, params, relu, pool, True, dtype)
+    with cpp_knobs(cpu_forward=path):
+        for dtype in DTYPES:
+            x, w, b, params = make(DIRECT_CASES.get(case, case), dtype, layout)
+            check_forward(x, w, b, params, relu, pool, True, dtype)
 
 
-def forward_by_path(monkeypatch, paths, x, w, b, params):
-    """{path: (out, idx)} of the native forward with SHALLOWKERN_CPU_FORWARD=path (None: unset,
-    the default choice)."""
+def forward_by_path(paths, x, w, b, params):
+    """{path: (out, idx)} of the native forward with the knob wide_conv2d.cpu_forward = path
+    (None: the default choice by shape)."""
     got = {}
     for path in paths:
-        if path is None:
-            monkeypatch.delenv("SHALLOWKERN_CPU_FORWARD", raising=False)
-        else:
-            monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", path)
-        got[path] = fwd(x, w, b, *params, True, 2, True)
+        with cpp_knobs(cpu_forward=path):
+            got[path] = fwd(x, w, b, *params, True, 2, True)
     return got
 
 
 @pytest.mark.skipif(not AVX512, reason="the direct forward needs an AVX-512 CPU")
-def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
+def test_forward_default_path_is_direct_for_the_first_layer():
     """LeNet's conv1 (C*R*S = 75, pool 2) takes the direct kernel by default on AVX-512 CPUs,
     with poisoned-free, NaN-correct outputs in every lane of a partial channel block."""
     x, w, b, params = make((4, 3, 16, 16, 20, 5, 5, 1, 0, 1, 1, True), torch.float32)
     x[1, 0, 3, 4] = float("nan")  # a NaN window must win the max, as in max_pool2d
-    got = forward_by_path(monkeypatch, ("direct", "fused", None), x, w, b, params)
+    got = forward_by_path(("direct", "fused", None), x, w, b, params)
     same = {k: (v[0].nan_to_num(nan=-7.0), v[1]) for k, v in got.items()}  # NaN != NaN
     assert not torch.equal(same["direct"][0], same["fused"][0]), "the paths must differ"
     assert torch.equal(same[None][0], same["direct"][0])
@@ -259,10 +263,10 @@ def test_forward_default_path_is_direct_for_the_first_layer(monkeypatch):
     assert torch.equal(got["direct"][1][nan], ref_idx[nan])
 
 
-def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
+def test_forward_default_path_is_vendor_for_long_reductions():
     """CRS = 96*25 >= 1024 takes the vendor conv by default: same result as forcing it."""
     x, w, b, params = make((3, 96, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
-    got = forward_by_path(monkeypatch, ("vendor", "fused", None), x, w, b, params)
+    got = forward_by_path(("vendor", "fused", None), x, w, b, params)
     ref, _ = wide_conv2d_reference(x.double(), w.double(), b.double(), *params, True, 2, False)
     assert_close(got["vendor"][0], ref, torch.float32, 96 * 25, msg="vendor")
     assert not torch.equal(got["fused"][0], got["vendor"][0]), "the paths must differ"
@@ -284,15 +288,14 @@ def test_forward_default_path_is_vendor_for_long_reductions(monkeypatch):
         ("long_rows", "contiguous"),
     ],
 )
-def test_float32_pool2_backward_paths(case, layout, relu, path, monkeypatch):
+def test_float32_pool2_backward_paths(case, layout, relu, path):
     """float32 with pool 2 takes the sparse backward (AVX2 CPUs; its AVX-512 kernels where the CPU
     has them, which SHALLOWKERN_CPU_AVX512=0 turns off); "0" forces the dense GEMMs."""
-    monkeypatch.setenv("SHALLOWKERN_CPU_SPARSE_BACKWARD", "0" if path == "dense" else "1")
-    monkeypatch.setenv("SHALLOWKERN_CPU_AVX512", "0" if path == "sparse_avx2" else "1")
-    x, w, b, params = make(case, torch.float32, layout)
-    out, idx = check_forward(x, w, b, params, relu, 2, True, torch.float32)
-    for mask in ([True, True, True], [False, True, False], [True, False, True]):
-        check_backward(x, w, b, params, relu, 2, out, idx, mask, torch.float32)
+    with cpp_knobs(cpu_sparse_backward=path != "dense", cpu_avx512=path != "sparse_avx2"):
+        x, w, b, params = make(case, torch.float32, layout)
+        out, idx = check_forward(x, w, b, params, relu, 2, True, torch.float32)
+        for mask in ([True, True, True], [False, True, False], [True, False, True]):
+            check_backward(x, w, b, params, relu, 2, out, idx, mask, torch.float32)
 
 
 @pytest.mark.parametrize("return_indices", [False, True])
@@ -328,16 +331,16 @@ def test_empty_batch(relu, pool, dtype):
     assert not got[1].any() and not got[2].any()
 
 
-def test_weight_grad_partials_capped(monkeypatch):
+def test_weight_grad_partials_capped():
     """With a partials budget below one (K x CRS) buffer, one thread does the weight gradient:
     same values as with a partial per thread (up to summation order), and still deterministic."""
     x, w, b, params = make("many_chunks", torch.float32)
     out, idx = fwd(x, w, b, *params, True, 2, True)
     g = torch.randn_like(out)
     want = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
-    monkeypatch.setenv("SHALLOWKERN_CPU_PARTIALS_MB", "0")
-    got = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
-    again = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+    with cpp_knobs(cpu_partials_mb=0):
+        got = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
+        again = bwd(g, x, w, idx, *params, True, 2, [True, True, True])
     for a, r, c in zip(got, want, again):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
         assert torch.equal(a, c)
@@ -515,10 +518,10 @@ def test_bad_backward_input(over, match):
 # ------------------------------------------------------------------------------------------------
 # opcheck
 # ------------------------------------------------------------------------------------------------
-# The native ops have no fake / meta kernel (the public op shallowkern::wide_conv2d carries the
-# fake and is opchecked in tests/ops/test_wide_conv2d.py), so test_faketensor and
-# test_aot_dispatch_dynamic do not apply here; schema and autograd-registration checks do.
-OPCHECK_UTILS = ("test_schema", "test_autograd_registration")
+# The native ops have C++ Meta kernels (csrc/cpu/wide_conv2d.cpp: the same checks and geometry),
+# so fake tensors work; they have no autograd (the public op shallowkern::wide_conv2d carries
+# it), so test_aot_dispatch_dynamic does not apply here.
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
 @pytest.mark.parametrize(
@@ -543,3 +546,168 @@ def test_opcheck(relu, pool, layout, mask):
         (torch.randn_like(out), x, w, saved, *params, relu, pool, mask),
         test_utils=OPCHECK_UTILS,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: argument validation in C++ (floor-division geometry), zero channels, knobs, meta
+# ------------------------------------------------------------------------------------------------
+ISSUE9_CALL = """
+import torch, shallowkern
+x = torch.randn(4, 3, 4, 4, requires_grad=True)
+w = torch.randn(64, 3, 5, 5, requires_grad=True)
+calls = {{
+    "public": lambda: torch.ops.shallowkern.wide_conv2d(
+        x, w, None, [15, 15], [0, 0], [1, 1], 1, True, 1, False),
+    "native": lambda: torch.ops.shallowkern._wide_conv2d_native(
+        x.detach(), w.detach(), None, [15, 15], [0, 0], [1, 1], 1, True, 1, False),
+    "native_backward": lambda: torch.ops.shallowkern._wide_conv2d_native_backward(
+        torch.randn(4, 64, 1, 1), x.detach(), w.detach(), torch.randn(4, 64, 1, 1), [15, 15],
+        [0, 0], [1, 1], 1, True, 1, [True, True, True]),
+}}
+try:
+    out = calls[{which!r}]()
+    (out[0].sum().backward() if {which!r} == "public" else None)
+    print("NO ERROR", out[0].shape)
+except (RuntimeError, ValueError) as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("which", ["public", "native", "native_backward"])
+def test_issue9_kernel_larger_than_input_is_refused(which):
+    """Issue 9, failure 1: a 5x5 kernel on a 4x4 input with stride 15 "fitted" with C's
+    truncating division (output 1x1), and forward + backward corrupted the heap. Run in a
+    subprocess: before the fix the interpreter aborts (free(): invalid size), which must fail
+    this test rather than kill pytest."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", ISSUE9_CALL.format(which=which)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"crashed (rc {result.returncode}): {result.stderr[-2000:]}"
+    assert "refused:" in result.stdout and "does not fit" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    "h,r,stride,padding,dilation",
+    [
+        (4, 5, 15, 0, 1),  # the issue: numerator -1, truncation gives 1, floor gives 0
+        (4, 5, 2, 0, 1),
+        (3, 3, 7, 0, 2),  # dilated kernel (5) larger than the input
+        (1, 4, 3, 1, 1),  # padded input 3 < kernel 4
+        (5, 5, 4, 0, 1),  # exactly fits: 1
+        (5, 7, 4, 1, 1),  # fits with padding: 1
+        (6, 3, 5, 0, 1),  # floor((6 - 3) / 5) + 1 = 1
+        (9, 3, 3, 2, 2),
+    ],
+)
+def test_geometry_agrees_with_python_floor_formula(h, r, stride, padding, dilation):
+    """The C++ checks (eager and meta) use the floor division of shallowkern/ops/_geometry.py:
+    the native op accepts a geometry exactly when the Python formula gives >= 1, with that
+    output size."""
+    x, w = torch.randn(1, 2, h, h + 1), torch.randn(3, 2, r, r)
+    st, pd, dl = [stride, stride], [padding, padding], [dilation, dilation]
+    oh, ow = conv_out_hw(h, h + 1, (r, r), st, pd, dl)
+    for device in ("cpu", "meta"):
+        args = (x.to(device), w.to(device), None, st, pd, dl, 1, False, 1, False)
+        if oh >= 1 and ow >= 1:
+            assert fwd(*args)[0].shape == (1, 3, oh, ow)
+            ref = torch.nn.functional.conv2d(x, w, None, st, pd, dl)
+            assert ref.shape == (1, 3, oh, ow)
+        else:
+            with pytest.raises(RuntimeError, match="does not fit"):
+                fwd(*args)
+            with pytest.raises(RuntimeError):  # aten refuses it too
+                torch.nn.functional.conv2d(x, w, None, st, pd, dl)
+
+
+@pytest.mark.parametrize("relu,pool", [(True, 1), (False, 1), (True, 2)])
+def test_zero_input_channels_as_conv2d(relu, pool):
+    """C_in = 0: aten's conv2d returns an (N, 0, OH, OW) tensor whatever the weight's K (eager
+    and meta alike), which max_pool2d then refuses; the native op and its meta kernel do the
+    same, and the gradients are zero."""
+    x, w, b = torch.randn(2, 0, 8, 8), torch.randn(4, 0, 3, 3), torch.randn(4)
+    params = [[1, 1], [0, 0], [1, 1], 1]
+    if pool == 2:
+        with pytest.raises(RuntimeError):
+            wide_conv2d_reference(x, w, b, *params, relu, pool, False)
+        for device in ("cpu", "meta"):
+            with pytest.raises(RuntimeError, match="pool=2 with zero input channels"):
+                fwd(x.to(device), w.to(device), b.to(device), *params, relu, pool, True)
+        return
+    ref, _ = wide_conv2d_reference(x, w, b, *params, relu, pool, False)
+    out, idx = fwd(x, w, b, *params, relu, pool, True)
+    meta, _ = fwd(x.to("meta"), w.to("meta"), b.to("meta"), *params, relu, pool, True)
+    assert out.shape == ref.shape == meta.shape == (2, 0, 6 // pool, 6 // pool)
+    saved = idx if pool == 2 else (out if relu else x.new_empty(0))
+    gx, gw, gb = bwd(torch.zeros_like(out), x, w, saved, *params, relu, pool, [True, True, True])
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == (4,)
+    assert not gb.any()
+
+
+def test_zero_output_channels_refused_as_conv2d():
+    """K = 0: aten's conv2d refuses the weight; so does the native op (eager and meta)."""
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(0, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="weight"):
+        torch.nn.functional.conv2d(x, w)
+    for device in ("cpu", "meta"):
+        with pytest.raises(RuntimeError, match="at least one output channel"):
+            fwd(x.to(device), w.to(device), None, [1, 1], [0, 0], [1, 1], 1, True, 2, True)
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"padding": [2**62, 0]}, "overflows int64"),
+        ({"dilation": [2**62, 1]}, "overflows int64"),
+        ({"stride": [2**62, 2**62]}, None),  # valid: output 1x1 (floor), but pool=2 needs 2x2
+        ({"padding": [2**20, 2**20]}, "4 GiB"),  # a padded image no thread buffer should hold
+        ({"weight": torch.randn(6, 4, 0, 3)}, "non-empty kernel"),
+        ({"weight": torch.randn(0, 4, 3, 3), "bias": None}, "at least one output channel"),
+        ({"bias": torch.randn(6).to("meta")}, "bias must be on the input's device"),
+    ],
+)
+def test_bad_forward_input_hostile_values(over, match):
+    with pytest.raises(RuntimeError, match=match or "pool=2 needs"):
+        fwd(*_args(**over))
+
+
+def test_native_meta_kernels_agree_with_eager():
+    """Fake/meta shapes come from the same C++ checks: every output's shape, dtype and layout."""
+    for case, layout, relu, pool, ri in [("mixed", "channels_last", True, 2, True),
+                                         ("stride_2_pad", "contiguous", False, 1, False),
+                                         ("groups_2", "noncontiguous", True, 1, True)]:
+        x, w, b, params = make(case, torch.float32, layout)
+        out = fwd(x, w, b, *params, relu, pool, ri)
+        meta = fwd(x.to("meta"), w.to("meta"), b.to("meta") if b is not None else None, *params,
+                   relu, pool, ri)
+        for a, m in zip(out, meta):
+            assert a.shape == m.shape and a.dtype == m.dtype and a.stride() == m.stride()
+        saved = saved_for(x, out[0], out[1], relu, pool)
+        g = torch.randn_like(out[0])
+        for mask in ([True, True, True], [False, True, False]):
+            got = bwd(g, x, w, saved, *params, relu, pool, mask)
+            meta = bwd(*(t.to("meta") for t in (g, x, w, saved)), *params, relu, pool, mask)
+            for a, m in zip(got, meta):
+                assert a.shape == m.shape and a.dtype == m.dtype and a.stride() == m.stride()
+
+
+def test_cpp_knobs_read_once_and_set_through_the_registry(monkeypatch):
+    """The C++ knobs are read from the environment once: changing the variable later has no
+    effect; shallowkern._knobs.override (through _C.set_knob) does, and is undone on exit."""
+    from shallowkern import _C
+
+    before = _C.get_knob("SHALLOWKERN_CPU_FORWARD")
+    monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", "vendor" if before != "vendor" else "fused")
+    x, w, b, params = make("first_layer", torch.float32)
+    fwd(x, w, b, *params, True, 2, True)
+    assert _C.get_knob("SHALLOWKERN_CPU_FORWARD") == before
+    with cpp_knobs(cpu_forward="fused", cpu_sparse_backward=False, cpu_partials_mb=7):
+        assert _C.get_knob("SHALLOWKERN_CPU_FORWARD") == "fused"
+        assert _C.get_knob("SHALLOWKERN_CPU_SPARSE_BACKWARD") == "0"
+        assert _C.get_knob("SHALLOWKERN_CPU_PARTIALS_MB") == "7"
+    assert _C.get_knob("SHALLOWKERN_CPU_FORWARD") == before
+    with pytest.raises(ValueError, match="expected direct, fused or vendor"):
+        _C.set_knob("SHALLOWKERN_CPU_FORWARD", "fastest")
+    with pytest.raises(ValueError, match="unknown C\\+\\+ knob"):
+        _C.set_knob("SHALLOWKERN_CPU_TURBO", "1")

@@ -1,0 +1,441 @@
+// C++ CPU backward of shallowkern::_wide_conv2d_native_backward, float32 and float64: pool and
+// ReLU backward fused into the conv gradients, dense (MKL GEMMs) or pooled-sparse (row
+// combinations over the non-zeros of gy). Math and design: csrc/cpu/wide_conv2d.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shallowkern/checks.h"
+#include "shallowkern/cpu/conv_layout.h"
+#include "shallowkern/cpu/features.h"
+#include "shallowkern/cpu/reduce.h"
+#include "shallowkern/cpu/sparse_rows.h"
+#include "shallowkern/cpu/work_split.h"
+#include "shallowkern/knobs.h"
+#include "wide_conv2d.h"
+
+namespace shallowkern {
+namespace cpu {
+namespace {
+
+// The backward's weight gradient keeps one (K x CRS) partial per thread (summed in a fixed
+// order: deterministic). At huge widths times many threads that is too much memory (conv2 at
+// d1 = 2048 has a 1.2 GB weight), so fewer threads share the work there: the partials stay under
+// kMaxPartialBytes in all (SHALLOWKERN_CPU_PARTIALS_MB overrides it; tests).
+constexpr int64_t kMaxPartialBytes = int64_t(2) << 30;
+
+int64_t backward_grain(const Conv2dGeom& g, int64_t elem, bool weight_grad) {
+  const int64_t grain = unit_grain(g);
+  if (!weight_grad) return grain;
+  const int64_t budget = knobs::cpu_partials_bytes();  // default kMaxPartialBytes
+  const int64_t one = std::max<int64_t>(1, g.K * g.crs() * elem);
+  const int64_t partials = std::max<int64_t>(1, budget / one);
+  return std::max(grain, div_up(g.G * g.N, partials));
+}
+
+
+// ------------------------------------------------------------------------------------------------
+// sparse pool-2 backward (float, AVX2 + FMA)
+// ------------------------------------------------------------------------------------------------
+// With pool 2, gy has at most one non-zero per 2x2 window and channel, so the two backward GEMMs
+// (gw += gy colT, dcolT = gy^T W) do four times the necessary multiply-adds. Both are instead
+// written as row combinations over lists of the non-zeros,
+//   out[r, :] (+)= sum_{e in list(r)} val[e] * src[idx[e], :],
+// gw: r = output channel, idx = colT row (window position);  dcolT: r = window position,
+// idx = output channel. Column blocks of 32 floats (the src block stays in L1 across rows), two
+// independent sets of 4 accumulators per block. Measured on the dev machine (Zen 4, 1 thread,
+// conv2 d1=64): ~1.7x faster than MKL's dense GEMMs on the same shapes.
+bool sparse_backward_enabled() {
+#ifdef SK_X86_SIMD
+  return has_avx2_fma() && knobs::cpu_sparse_backward();  // knob 0: dense GEMMs (tests)
+#else
+  return false;
+#endif
+}
+
+
+// Weight gradient of short kernel rows (S*Cg <= 16: the first layer's 5 x 3 = 15) without
+// im2col, AVX-512: for each output channel k, 16-lane accumulators per kernel row r (kR of them,
+// in registers) take g * (the S*Cg input values of row r at the non-zero's position), read with
+// one masked load from the padded HWC images; gw (Kg x R*S*Cg, rows in (r, s, c) order) += them.
+// xoff[row] is the offset of chunk position `row` (b*P + p) in xpads. On conv1 this replaces
+// im2col + combine_rows, whose 75-wide rows end in 8- and 1-wide tails.
+bool direct_wgrad_fits(const Conv2dGeom& g) {
+  return has_avx512f() && g.S * g.Cg <= 16 && (g.R == 3 || g.R == 5) && g.dw == 1;
+}
+
+#ifdef SK_X86_SIMD
+template <int kR>
+__attribute__((target("avx512f"))) void wgrad_direct_avx512(
+    const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
+    const float* xpads, const int64_t* xoff, int64_t run, int64_t rstep, float* gw) {
+  const __mmask16 m = static_cast<__mmask16>((1u << run) - 1);
+  for (int64_t k = 0; k < nrows; ++k) {
+    __m512 acc[kR];
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t e = koff[k]; e < koff[k + 1]; ++e) {
+      const float* base = xpads + xoff[erow[e]];
+      const __m512 gv = _mm512_set1_ps(eval[e]);
+#pragma GCC unroll 8
+      for (int r = 0; r < kR; ++r)
+        acc[r] = _mm512_fmadd_ps(gv, _mm512_maskz_loadu_ps(m, base + r * rstep), acc[r]);
+    }
+    float* o = gw + k * kR * run;
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r)
+      _mm512_mask_storeu_ps(o + r * run, m,
+                            _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + r * run), acc[r]));
+  }
+}
+#endif
+
+void wgrad_direct(const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
+                  const float* xpads, const int64_t* xoff, const Conv2dGeom& g, int64_t rstep,
+                  float* gw) {
+#ifdef SK_X86_SIMD
+  const int64_t run = g.S * g.Cg;
+  if (g.R == 5)
+    wgrad_direct_avx512<5>(koff, erow, eval, nrows, xpads, xoff, run, rstep, gw);
+  else
+    wgrad_direct_avx512<3>(koff, erow, eval, nrows, xpads, xoff, run, rstep, gw);
+#else
+  TORCH_INTERNAL_ASSERT(false, "wgrad_direct: built without the AVX-512 kernels");
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// backward
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+void backward_impl(const at::Tensor& gout, const at::Tensor& x, const at::Tensor& w2,
+                   const at::Tensor& saved, const Conv2dGeom& g, bool relu, std::array<bool, 3> mask,
+                   at::Tensor& gx, at::Tensor& gw2, at::Tensor& gb) {
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
+  // pool 2, float, AVX2: the sparse row combinations instead of the dense GEMMs (see
+  // combine_rows). Chunks of B images either way: each chunk streams the weight (input grad) and
+  // the gw accumulator (weight grad) once, so B images share that traffic.
+  const bool sparse = std::is_same_v<T, float> && g.pool == 2 && sparse_backward_enabled();
+  // The sparse weight gradient straight from the padded images (no im2col) where it fits.
+  const bool wdirect = sparse && mask[1] && direct_wgrad_fits(g);
+  const bool need_colT = mask[0] || (mask[1] && !wdirect);  // im2col, or dcolT of the input grad
+  const int64_t B = images_per_chunk(g, sizeof(T), (need_colT ? CRS : 0) + (sparse ? 0 : g.Kg));
+  // Dense: grad_weight as (CRS x Kg) += colT^T gy^T where the reduction row is short and Kg not
+  // tiny: MKL runs the first layer's shapes (CRS = 75, Kg = 64..256) ~30% faster that way round;
+  // the (Kg x CRS) form wins for Kg < 32 and for long rows (conv2: CRS = 400..1600).
+  const bool gw_transposed = !sparse && g.Kg >= 32 && CRS <= 2 * g.Kg;
+  const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
+  const std::vector<int64_t> off = position_offsets(g, pd);
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = w2.const_data_ptr<T>();
+  const T* gp = gout.const_data_ptr<T>();
+  const auto xs = x.strides();
+  const auto gs = gout.strides();
+  const bool pooled = g.pool == 2, masked = !pooled && relu;
+  const uint8_t* sp8 = pooled ? saved.const_data_ptr<uint8_t>() : nullptr;
+  const T* spT = masked ? saved.const_data_ptr<T>() : nullptr;
+  const auto ss = (pooled || masked) ? saved.strides() : gout.strides();
+  T* gxp = mask[0] ? gx.mutable_data_ptr<T>() : nullptr;
+  const auto gxs = mask[0] ? gx.strides() : x.strides();
+  const auto opt = x.options();
+  const auto plane_dense = [&](c10::IntArrayRef st) { return st[3] == 1 && st[2] == g.PW; };
+
+  // Per-invocation partial sums of gw and gb, keyed by the first unit of the invocation and
+  // summed in that order afterwards, so the result does not depend on thread timing.
+  struct Partial {
+    int64_t begin;
+    std::vector<T> gw;
+    std::vector<double> gb;
+  };
+  std::vector<Partial> partials;
+  std::mutex mu;
+
+  const int64_t grain = backward_grain(g, sizeof(T), mask[1]);
+  at::parallel_for(0, g.G * g.N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> gy(sparse ? 0 : g.Kg * B * P), colT(need_colT ? B * P * CRS : 0);
+    std::vector<T> xpads(wdirect ? B * pd.size() : 0, T(0));  // wdirect: the chunk's images
+    std::vector<int64_t> xoff(wdirect ? B * P : 0);
+    // Sparse path: the non-zeros of gy per output channel (koff, erow, eval) and, sorted by
+    // window position, per position (poff, pk, pval).
+    // Rows are chunk positions b*P + p.
+    const int64_t nnz_max = sparse ? g.Kg * B * PHW : 0;
+    std::vector<int64_t> koff(sparse ? g.Kg + 1 : 0), poff(sparse ? B * P + 1 : 0);
+    std::vector<int64_t> cursor(sparse ? B * P : 0);
+    std::vector<int32_t> erow(nnz_max), pk(nnz_max);
+    std::vector<float> eval(nnz_max), pval(nnz_max);
+    // xpad: the padded input (zero borders, only the interior is ever written); gpad: the padded
+    // input gradient (col2im accumulates into the borders too, so it cannot share xpad).
+    std::vector<T> xpad(mask[1] ? pd.size() : 0, T(0)), gpad(mask[0] ? pd.size() : 0);
+    std::vector<T> gt(PHW), mt(PHW);
+    std::vector<int32_t> qt(PHW);
+    std::vector<uint8_t> q8(sparse ? PHW : 0);
+    Partial part{begin, std::vector<T>(mask[1] ? g.K * CRS : 0),
+                 std::vector<double>(mask[2] ? g.K : 0)};
+    for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
+      const int64_t ld = nb * P;
+      // gy of this chunk (Kg x nb*P, columns in position order) from grad_out and saved; the
+      // unpooled / masked gradient is never materialised for the whole batch. Branch-free
+      // selects on contiguous copies of the planes (the window index is random: a branch per
+      // element mispredicts), and selects rather than products, as aten's pool / ReLU backward:
+      // a non-finite grad_out stays at the argmax position.
+      T* const gtp = gt.data();
+      int32_t* const qtp = qt.data();
+      T* const mtp = mt.data();
+      for (int64_t k = 0; k < g.Kg; ++k) {
+        const int64_t kk = grp * g.Kg + k;
+        double bsum = 0;
+        if (sparse) koff[k + 1] = koff[k];
+        for (int64_t b = 0; b < nb; ++b) {
+          T* const pl = sparse ? nullptr : gy.data() + k * ld + b * P;
+          const T* go = gp + (n0 + b) * gs[0] + kk * gs[1];
+          if (sparse) {  // pooled, float: the plane's non-zeros straight into k's list
+            const uint8_t* sq = sp8 + (n0 + b) * ss[0] + kk * ss[1];
+            const T* gv = go;
+            const uint8_t* qv = sq;
+            if (!(plane_dense(gs) && plane_dense(ss))) {  // strided: contiguous copies first
+              for (int64_t i = 0; i < g.PH; ++i)
+                for (int64_t j = 0; j < g.PW; ++j) {
+                  gtp[i * g.PW + j] = go[i * gs[2] + j * gs[3]];
+                  q8[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
+                }
+              gv = gtp, qv = q8.data();
+            }
+            const int64_t first = koff[k + 1];
+            int64_t n = first;
+            for (int64_t t = 0; t < PHW; ++t) {  // branch-free: a NO_GRAD entry (4) is
+              erow[n] = static_cast<int32_t>(b * P + qv[t] * PHW + t);  // written, not kept
+              eval[n] = static_cast<float>(gv[t]);
+              n += qv[t] < 4;
+            }
+            koff[k + 1] = n;
+            if (mask[2]) bsum += sum_double(eval.data() + first, nullptr, n - first);
+            continue;
+          }
+          T* const gd = pooled ? gtp : pl;  // pool 1: grad_out lands in gy directly
+          for (int64_t i = 0; i < g.PH; ++i)
+            for (int64_t j = 0; j < g.PW; ++j) gd[i * g.PW + j] = go[i * gs[2] + j * gs[3]];
+          if (pooled) {
+            const uint8_t* sq = sp8 + (n0 + b) * ss[0] + kk * ss[1];
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) qtp[i * g.PW + j] = sq[i * ss[2] + j * ss[3]];
+            bsum += sum_double(gtp, qtp, PHW);
+            for (int32_t q = 0; q < 4; ++q) {  // an index >= 4 (NO_GRAD) matches no position
+              T* const d = pl + q * PHW;
+#pragma omp simd
+              for (int64_t t = 0; t < PHW; ++t) {
+                const T v = gtp[t];  // loaded unconditionally, so the select if-converts
+                d[t] = qtp[t] == q ? v : T(0);
+              }
+            }
+          } else {
+            if (masked) {
+              const T* sv = spT + (n0 + b) * ss[0] + kk * ss[1];
+              for (int64_t i = 0; i < g.PH; ++i)
+                for (int64_t j = 0; j < g.PW; ++j) mtp[i * g.PW + j] = sv[i * ss[2] + j * ss[3]];
+#pragma omp simd
+              for (int64_t t = 0; t < PHW; ++t) pl[t] = mtp[t] > T(0) ? pl[t] : T(0);
+            }
+            bsum += sum_double(pl, static_cast<const int32_t*>(nullptr), PHW);
+          }
+        }
+        if (mask[2]) part.gb[kk] += bsum;
+      }
+      if (mask[1]) {
+        T* acc = part.gw.data() + grp * g.Kg * CRS;
+        for (int64_t b = 0; b < nb; ++b) {
+          const Plane<const T> xb{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]};
+          if (wdirect) {
+            pad_hwc(xb, g, pd, xpads.data() + b * pd.size());
+            for (int64_t p = 0; p < P; ++p) xoff[b * P + p] = b * pd.size() + off[p];
+          } else {
+            pad_hwc(xb, g, pd, xpad.data());
+            im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
+          }
+        }
+        if constexpr (std::is_same_v<T, float>) {
+          if (wdirect) {
+            wgrad_direct(koff.data(), erow.data(), eval.data(), g.Kg, xpads.data(), xoff.data(), g,
+                         g.dh * pd.Wp * pd.Cg, acc);
+          } else if (sparse) {  // gw[k, :] += sum over k's non-zeros of g * colT[position, :]
+            combine_rows(koff.data(), erow.data(), eval.data(), g.Kg, colT.data(), CRS, acc, CRS,
+                         CRS, true);
+          }
+        }
+        if (sparse) {
+          // done above
+        } else if (gw_transposed) {  // (CRS x Kg) += colT^T gy^T
+          auto gwm = mat(acc, CRS, g.Kg, g.Kg, opt);
+          at::addmm_out(gwm, gwm, mat(colT.data(), ld, CRS, CRS, opt).t(),
+                        mat(gy.data(), g.Kg, ld, ld, opt).t());
+        } else {  // (Kg x CRS) += gy colT
+          auto gwm = mat(acc, g.Kg, CRS, CRS, opt);
+          at::addmm_out(gwm, gwm, mat(gy.data(), g.Kg, ld, ld, opt),
+                        mat(colT.data(), ld, CRS, CRS, opt));
+        }
+      }
+      if (mask[0]) {
+        // dcolT = gy^T W2_g (reusing colT), then scatter-add per image into a padded HWC buffer
+        // and write the interior to this chunk's own images and channels of gx (no races).
+        if constexpr (std::is_same_v<T, float>) {
+          if (sparse) {  // dcolT[position, :] = sum over its non-zeros of g * W2[k, :]
+            // Counting sort of the non-zeros by position (stable: channels ascending).
+            std::fill(poff.begin(), poff.begin() + ld + 1, 0);
+            for (int64_t e = 0; e < koff[g.Kg]; ++e) ++poff[erow[e] + 1];
+            for (int64_t r = 0; r < ld; ++r) poff[r + 1] += poff[r];
+            std::copy(poff.begin(), poff.begin() + ld, cursor.begin());
+            for (int64_t k = 0; k < g.Kg; ++k)
+              for (int64_t e = koff[k]; e < koff[k + 1]; ++e) {
+                const int64_t at = cursor[erow[e]]++;
+                pk[at] = static_cast<int32_t>(k), pval[at] = eval[e];
+              }
+            combine_rows(poff.data(), pk.data(), pval.data(), ld, wp + grp * g.Kg * CRS, CRS,
+                         colT.data(), CRS, CRS, false);
+          }
+        }
+        if (!sparse) {
+          auto dcol = mat(colT.data(), ld, CRS, CRS, opt);
+          at::mm_out(dcol, mat(gy.data(), g.Kg, ld, ld, opt).t(),
+                     mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt));
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          std::fill(gpad.begin(), gpad.end(), T(0));
+          col2im_add(colT.data() + b * P * CRS, g, pd, off, gpad.data());
+          unpad_hwc(
+              gpad.data(), g, pd,
+              Plane<T>{gxp + (n0 + b) * gxs[0] + grp * g.Cg * gxs[1], gxs[1], gxs[2], gxs[3]});
+        }
+      }
+    });
+    std::lock_guard<std::mutex> lock(mu);
+    partials.push_back(std::move(part));
+  });
+
+  std::sort(partials.begin(), partials.end(),
+            [](const Partial& a, const Partial& b) { return a.begin < b.begin; });
+  if (mask[1]) {
+    std::vector<T> sum(g.K * CRS, T(0));
+    for (const auto& p : partials)
+      for (int64_t i = 0; i < g.K * CRS; ++i) sum[i] += p.gw[i];
+    T* o = gw2.mutable_data_ptr<T>();
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      for (int64_t k = 0; k < g.Kg; ++k)
+        for (int64_t i = 0; i < CRS; ++i)
+          o[(grp * g.Kg + k) * CRS + i] = gw_transposed ? sum[grp * g.Kg * CRS + i * g.Kg + k]
+                                                        : sum[(grp * g.Kg + k) * CRS + i];
+  }
+  if (mask[2]) {
+    std::vector<double> acc(g.K, 0.0);
+    for (const auto& p : partials)
+      for (int64_t i = 0; i < g.K; ++i) acc[i] += p.gb[i];
+    T* o = gb.mutable_data_ptr<T>();
+    for (int64_t i = 0; i < g.K; ++i) o[i] = static_cast<T>(acc[i]);
+  }
+}
+
+// Every argument of the backward: the forward's (check_conv2d_args) and grad_out / saved, which
+// must have the forward output's shape (N, K, PH, PW) and the documented dtypes.
+Conv2dGeom check_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& input,
+                               const at::Tensor& weight, const at::Tensor& saved,
+                               c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, int64_t groups, bool relu,
+                               int64_t pool) {
+  const Conv2dGeom g =
+      check_conv2d_args(op, input, weight, nullptr, stride, padding, dilation, groups, pool);
+  TORCH_CHECK(grad_out.defined() && grad_out.dim() == 4, op,
+              ": grad_out must be a 4-D tensor (N, K, PH, PW), got ",
+              grad_out.defined() ? grad_out.dim() : 0, "-D");
+  TORCH_CHECK(grad_out.device() == input.device(), op, ": grad_out must be on the input's device ",
+              input.device(), ", got ", grad_out.device());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), op, ": grad_out dtype ",
+              grad_out.scalar_type(), " must equal the input dtype ", input.scalar_type());
+  const std::vector<int64_t> oshape{g.N, conv2d_out_channels(g), g.PH, g.PW};
+  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(oshape), op, ": grad_out must have shape ",
+              c10::IntArrayRef(oshape), " (the forward output), got ", grad_out.sizes());
+  if (pool == 2) {
+    TORCH_CHECK(saved.defined() && saved.scalar_type() == at::kByte, op,
+                ": saved must be the uint8 pool indices of the forward when pool=2, got ",
+                saved.defined() ? c10::toString(saved.scalar_type()) : "undefined");
+    TORCH_CHECK(saved.sizes() == c10::IntArrayRef(oshape), op,
+                ": saved (pool indices) must have shape ", c10::IntArrayRef(oshape), ", got ",
+                saved.sizes());
+  } else if (relu) {
+    TORCH_CHECK(saved.defined() && saved.scalar_type() == input.scalar_type(), op,
+                ": saved must be the forward output (dtype ", input.scalar_type(),
+                ") when pool=1 and relu, got ",
+                saved.defined() ? c10::toString(saved.scalar_type()) : "undefined");
+    TORCH_CHECK(saved.sizes() == c10::IntArrayRef(oshape), op,
+                ": saved (forward output) must have shape ", c10::IntArrayRef(oshape), ", got ",
+                saved.sizes());
+  }
+  if ((pool == 2 || relu) && saved.numel() > 0)
+    TORCH_CHECK(saved.device() == input.device(), op, ": saved must be on the input's device ",
+                input.device(), ", got ", saved.device());
+  return g;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wide_conv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& saved, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, bool relu, int64_t pool,
+    std::array<bool, 3> output_mask) {
+  const char* op = "wide_conv2d_backward";
+  const Conv2dGeom g = check_backward_args(op, grad_out, input, weight, saved, stride, padding,
+                                           dilation, groups, relu, pool);
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor, got ", input.device());
+  SK_CHECK_FLOAT_OR_DOUBLE(op, input);
+  check_padded_size(op, g, input.element_size());
+
+  // A masked-off output is its own empty tensor: outputs of an op must not alias each other.
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor gx = output_mask[0]
+                      ? at::empty(input.sizes(), input.options().memory_format(out_format(input)))
+                      : empty();
+  at::Tensor gw = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : empty();
+  at::Tensor gb = output_mask[2] ? at::empty({g.K}, input.options()) : empty();
+  if (!(output_mask[0] || output_mask[1] || output_mask[2])) return {gx, gw, gb};
+  if (g.N == 0 || g.C == 0) {
+    // Nothing flows back: the input gradient (if any) and the sums are all zero.
+    if (output_mask[0]) gx.zero_();
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+    return {gx, gw, gb};
+  }
+  const at::Tensor w2 = weight.permute({0, 2, 3, 1}).contiguous();  // see the forward
+  at::Tensor gw2 = output_mask[1] ? at::empty({g.K, g.R, g.S, g.Cg}, input.options()) : empty();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_backward_cpu", [&] {
+    backward_impl<scalar_t>(grad_out, input, w2, saved, g, relu, output_mask, gx, gw2, gb);
+  });
+  if (output_mask[1]) gw.copy_(gw2.permute({0, 3, 1, 2}));
+  return {gx, gw, gb};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wide_conv2d_backward_meta(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& saved, c10::IntArrayRef stride, c10::IntArrayRef padding,
+    c10::IntArrayRef dilation, int64_t groups, bool relu, int64_t pool,
+    std::array<bool, 3> output_mask) {
+  const Conv2dGeom g = check_backward_args("wide_conv2d_backward", grad_out, input, weight, saved,
+                                           stride, padding, dilation, groups, relu, pool);
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  return {output_mask[0]
+              ? at::empty(input.sizes(), input.options().memory_format(out_format(input)))
+              : empty(),
+          output_mask[1] ? at::empty(weight.sizes(), weight.options()) : empty(),
+          output_mask[2] ? at::empty({g.K}, input.options()) : empty()};
+}
+
+}  // namespace cpu
+}  // namespace shallowkern

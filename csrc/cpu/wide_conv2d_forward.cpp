@@ -1,0 +1,385 @@
+// C++ CPU forward of shallowkern::_wide_conv2d_native, float32 and float64: three ways to the
+// conv output y (direct AVX-512, fused im2col + GEMM, vendor conv), each followed by the fused
+// bias / ReLU / 2x2 max-pool epilogue. Math and design: csrc/cpu/wide_conv2d.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shallowkern/checks.h"
+#include "shallowkern/cpu/conv_layout.h"
+#include "shallowkern/cpu/features.h"
+#include "shallowkern/cpu/reduce.h"
+#include "shallowkern/cpu/sparse_rows.h"
+#include "shallowkern/cpu/work_split.h"
+#include "shallowkern/knobs.h"
+#include "wide_conv2d.h"
+
+namespace shallowkern {
+namespace cpu {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// forward
+// ------------------------------------------------------------------------------------------------
+// The fused epilogue over n outputs: bias, ReLU and, with pool 2, the 2x2 max of v0..v3 (the
+// window's positions in scan order, each read at t * vs), with uint8 indices. Branch-free, so GCC
+// vectorizes it (float: an int32 index lane, narrowed to uint8 on store).
+template <typename T>
+inline void epilogue(const T* __restrict v0, const T* __restrict v1, const T* __restrict v2,
+                     const T* __restrict v3, int64_t vs, int64_t n, T bv, int32_t act,
+                     T* __restrict ot, uint8_t* __restrict it) {
+  if (v1 == nullptr) {  // pool 1
+#pragma omp simd
+    for (int64_t t = 0; t < n; ++t) {
+      const T v = v0[t * vs] + bv;
+      ot[t] = ((act == 0) | (v > T(0)) | (v != v)) ? v : T(0);
+    }
+    return;
+  }
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) {
+    // max_pool2d scans from -inf with `v > best || isnan(v)`; starting at position 0 is the
+    // same (v0 either wins the first comparison or is -inf like the start). Bitwise | and & (no
+    // short-circuit) keep this branch-free.
+    T best = v0[t * vs] + bv;
+    int32_t bi = 0;
+    const T a1 = v1[t * vs] + bv, a2 = v2[t * vs] + bv, a3 = v3[t * vs] + bv;
+    bool u = (a1 > best) | (a1 != a1);
+    best = u ? a1 : best, bi = u ? 1 : bi;
+    u = (a2 > best) | (a2 != a2);
+    best = u ? a2 : best, bi = u ? 2 : bi;
+    u = (a3 > best) | (a3 != a3);
+    best = u ? a3 : best, bi = u ? 3 : bi;
+    // relu then pool == pool then relu, with the same first index whenever out > 0 (positive
+    // values are unchanged, the rest become 0 < out; NaN survives both).
+    const bool z = (act != 0) & (best <= T(0));
+    ot[t] = z ? T(0) : best;
+    it[t] = static_cast<uint8_t>(z ? int32_t(kNoGrad) : bi);
+  }
+}
+
+// Two ways to the conv output y, each followed by the fused epilogue:
+//  * fused (the default): per chunk of images, im2col + GEMM into a cache-resident y in
+//    window-major column order, epilogue at once; y never reaches memory. Wins where writing y
+//    costs as much as computing it (the first layer: CRS = 75).
+//  * vendor_conv: ATen's convolution (oneDNN, all threads) for the whole batch, then one parallel
+//    epilogue pass over y (N, K, OH, OW). Wins where the conv is compute-bound (CRS large): oneDNN
+//    is faster than per-thread im2col + GEMM there and reading y once more is cheap next to it.
+template <typename T>
+void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, const Conv2dGeom& g,
+                  bool relu, bool vendor_conv, at::Tensor& out, at::Tensor* idx) {
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW, OHW = g.OH * g.OW;
+  const int64_t B = images_per_chunk(g, sizeof(T), CRS + g.Kg);
+  const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
+  const std::vector<int64_t> off = vendor_conv ? std::vector<int64_t>() : position_offsets(g, pd);
+  // (K, Cg, R, S) -> (K, R, S, Cg): the column order of im2col over the padded HWC image.
+  const at::Tensor w2 = vendor_conv ? weight : weight.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor yv = vendor_conv ? at::conv2d(x, weight, {}, {g.sh, g.sw}, {g.ph, g.pw},
+                                                 {g.dh, g.dw}, g.G).contiguous()
+                                    : at::Tensor();
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = w2.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  uint8_t* ip = idx ? idx->mutable_data_ptr<uint8_t>() : nullptr;
+  const auto xs = x.strides();
+  const auto os = out.strides();                   // indices share the output's shape and layout
+  const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
+  const auto opt = x.options();
+  // As an int, not a captured bool: a bool loaded through the lambda's reference has no vector
+  // type, and GCC then gives up on the epilogue loops.
+  const int32_t act = relu ? 1 : 0;
+
+  at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
+    std::vector<T> colT(vendor_conv ? 0 : B * P * CRS), y(vendor_conv ? 0 : g.Kg * B * P);
+    std::vector<T> xpad(vendor_conv ? 0 : pd.size(), T(0)), tmp(PHW);
+    std::vector<uint8_t> tix(PHW);
+    for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
+      const T* yb = y.data();
+      if (vendor_conv) {  // this chunk's planes of y
+        yb = yv.const_data_ptr<T>() + (n0 * g.K + grp * g.Kg) * OHW;
+      } else {
+        for (int64_t b = 0; b < nb; ++b) {
+          pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
+                  g, pd, xpad.data());
+          im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
+        }
+        auto ym = mat(y.data(), g.Kg, nb * P, nb * P, opt);
+        at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
+                   mat(colT.data(), nb * P, CRS, CRS, opt).t());
+      }
+      for (int64_t k = 0; k < g.Kg; ++k) {
+        const int64_t kk = grp * g.Kg + k;
+        const T bv = bias ? bias[kk] : T(0);
+        for (int64_t b = 0; b < nb; ++b) {
+          T* o = op + (n0 + b) * os[0] + kk * os[1];
+          uint8_t* ix = ip ? ip + (n0 + b) * os[0] + kk * os[1] : nullptr;
+          T* ot = dense ? o : tmp.data();
+          uint8_t* it = dense && ix ? ix : tix.data();
+          if (vendor_conv) {
+            const T* v = yb + (b * g.K + k) * OHW;
+            if (g.pool == 1) {
+              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
+            } else {
+              for (int64_t i = 0; i < g.PH; ++i) {  // rows 2i, 2i+1 of the plane
+                const T* r0 = v + 2 * i * g.OW;
+                const T* r1 = r0 + g.OW;
+                epilogue<T>(r0, r0 + 1, r1, r1 + 1, 2, g.PW, bv, act, ot + i * g.PW,
+                            it + i * g.PW);
+              }
+            }
+          } else {  // window-major: four contiguous sub-planes
+            const T* v = yb + k * nb * P + b * P;
+            if (g.pool == 1)
+              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
+            else
+              epilogue<T>(v, v + PHW, v + 2 * PHW, v + 3 * PHW, 1, PHW, bv, act, ot, it);
+          }
+          if (!dense) {  // channels_last or otherwise strided output
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) {
+                o[i * os[2] + j * os[3]] = ot[i * g.PW + j];
+                if (ix) ix[i * os[2] + j * os[3]] = it[i * g.PW + j];
+              }
+          }
+        }
+      }
+    });
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// direct forward for short reductions (the first layer), float, pool 2, AVX-512
+// ------------------------------------------------------------------------------------------------
+// For CRS = 75 a GEMM (M = K channels, K = 75) spends a good part of its time packing, and im2col
+// plus a GEMM-result buffer add more (the fused path ran at ~146 of the ~200 GFLOP/s that MKL
+// reaches on this machine's two cores for conv1 at d1 = 256). Here each 16-lane vector holds 16
+// output channels: per (c, r, s), one weight vector times a broadcast input value for each of 12
+// conv positions (3 pool windows x their 4 positions; fewer at a row's end) into 12
+// accumulators, so the reduction runs from registers with no im2col. The 2x2 max / index / ReLU are then lane-wise between the
+// 4 accumulators of a window, with the same first-max and NaN rule as the scalar epilogue, and
+// only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
+// up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
+// padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
+// groups 1, pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// forces a path (tests run all three).
+// Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
+// 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
+constexpr int64_t kDirectMaxCRS = 512;
+
+bool direct_forward_fits(const Conv2dGeom& g) {
+  return has_avx512f() && g.pool == 2 && g.G == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
+         g.dw == 1 && g.crs() <= kDirectMaxCRS;
+}
+
+#ifdef SK_X86_SIMD
+// Windows j0 .. j0+kW-1 (kW <= 3) of pooled row i, channels k0..k0+15: pooled values and
+// indices into tv[t * 16 + lane], ti[t * 16 + lane]. xp: padded CHW image (C, Hp, Wp); wt: (C*R*S, Kp); bias:
+// Kp values (zeros without bias). 4*kW accumulators; each FMA takes its input value as an
+// embedded broadcast from memory. (An AVX2 version of this, 8 channels per vector and a separate
+// broadcast per FMA, ran at 59 GFLOP/s per core against 107 for this one on the dev machine's
+// Zen 4, below MKL's GEMM: the broadcasts compete with the FMAs for issue. Without AVX-512 the
+// fused GEMM path runs.)
+template <int kW>
+__attribute__((target("avx512f"))) void direct_windows_avx512(
+    const float* xp, int64_t C, int64_t Hp, int64_t Wp, int64_t R, int64_t S, const float* wt,
+    int64_t Kp, int64_t k0, const float* bias, int64_t i, int64_t j0, int32_t act, float* tv,
+    uint8_t* ti) {
+  __m512 acc[4 * kW];
+#pragma GCC unroll 12
+  for (int a = 0; a < 4 * kW; ++a) acc[a] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t r = 0; r < R; ++r) {
+      const float* row0 = xp + (c * Hp + 2 * i + r) * Wp + 2 * j0;  // conv row 2i, column 2j0
+      const float* row1 = row0 + Wp;                               // conv row 2i + 1
+      const float* wr = wt + (c * R + r) * S * Kp + k0;
+      for (int64_t s = 0; s < S; ++s) {
+        const __m512 wv = _mm512_loadu_ps(wr + s * Kp);
+#pragma GCC unroll 3
+        for (int t = 0; t < kW; ++t) {  // window j0 + t: positions (0,0), (0,1), (1,0), (1,1)
+          const int64_t o = 2 * t + s;
+          acc[4 * t + 0] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o]), acc[4 * t + 0]);
+          acc[4 * t + 1] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o + 1]), acc[4 * t + 1]);
+          acc[4 * t + 2] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o]), acc[4 * t + 2]);
+          acc[4 * t + 3] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o + 1]), acc[4 * t + 3]);
+        }
+      }
+    }
+  }
+  const __m512 bv = _mm512_loadu_ps(bias + k0), zero = _mm512_setzero_ps();
+#pragma GCC unroll 3
+  for (int t = 0; t < kW; ++t) {
+    // As the scalar epilogue: scan positions 0..3 with `v > best || isnan(v)`.
+    __m512 best = _mm512_add_ps(acc[4 * t], bv);
+    __m512i bi = _mm512_setzero_si512();
+#pragma GCC unroll 3
+    for (int q = 1; q < 4; ++q) {
+      const __m512 a = _mm512_add_ps(acc[4 * t + q], bv);
+      const __mmask16 u = _mm512_cmp_ps_mask(a, best, _CMP_GT_OQ) |
+                          _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, u, a);
+      bi = _mm512_mask_mov_epi32(bi, u, _mm512_set1_epi32(q));
+    }
+    if (act) {  // relu: out <= 0 (not NaN) -> 0 and NO_GRAD
+      const __mmask16 z = _mm512_cmp_ps_mask(best, zero, _CMP_LE_OQ);
+      best = _mm512_mask_mov_ps(best, z, zero);
+      bi = _mm512_mask_mov_epi32(bi, z, _mm512_set1_epi32(kNoGrad));
+    }
+    _mm512_storeu_ps(tv + 16 * t, best);
+    _mm512_mask_cvtepi32_storeu_epi8(ti + 16 * t, static_cast<__mmask16>(0xFFFF), bi);
+  }
+}
+#endif
+
+void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
+                    const Conv2dGeom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
+#ifdef SK_X86_SIMD
+  const int64_t CRS = g.crs(), Kp = div_up(g.K, 16) * 16;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  // (K, C, R, S) -> (C*R*S, Kp), zero-padded lanes; bias likewise.
+  std::vector<float> wt(CRS * Kp, 0.f), bp(Kp, 0.f);
+  const float* w = weight.const_data_ptr<float>();
+  for (int64_t k = 0; k < g.K; ++k) {
+    for (int64_t e = 0; e < CRS; ++e) wt[e * Kp + k] = w[k * CRS + e];
+    if (bias) bp[k] = bias[k];
+  }
+  const float* xdata = x.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  uint8_t* ip = idx ? idx->mutable_data_ptr<uint8_t>() : nullptr;
+  const auto xs = x.strides();
+  const auto os = out.strides();
+  const int32_t act = relu ? 1 : 0;
+  constexpr int64_t KB = 16, WB = 3;  // channels and windows per kernel call
+  const int64_t PHW = g.PH * g.PW;
+  const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
+  at::parallel_for(0, g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
+    std::vector<float> xpad(g.C * Hp * Wp, 0.f);  // borders stay zero
+    // One channel block's pooled planes, window-major ([i*PW + j][lane]; 12.5 KB for LeNet's
+    // 14x14): vector stores from the kernel, transposed into the output once per block.
+    std::vector<float> tv(PHW * KB);
+    std::vector<uint8_t> ti(PHW * KB);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* xn = xdata + n * xs[0];
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t h = 0; h < g.H; ++h) {
+          float* d = xpad.data() + (c * Hp + h + g.ph) * Wp + g.pw;
+          const float* src = xn + c * xs[1] + h * xs[2];
+          for (int64_t w2 = 0; w2 < g.W; ++w2) d[w2] = src[w2 * xs[3]];
+        }
+      for (int64_t k0 = 0; k0 < g.K; k0 += KB) {
+        for (int64_t i = 0; i < g.PH; ++i)
+          for (int64_t j0 = 0; j0 < g.PW; j0 += WB) {
+            const int64_t at = (i * g.PW + j0) * KB;
+            const auto kernel = g.PW - j0 >= 3   ? direct_windows_avx512<3>
+                                : g.PW - j0 == 2 ? direct_windows_avx512<2>
+                                                 : direct_windows_avx512<1>;
+            kernel(xpad.data(), g.C, Hp, Wp, g.R, g.S, wt.data(), Kp, k0, bp.data(), i, j0, act,
+                   tv.data() + at, ti.data() + at);
+          }
+        const int64_t lanes = std::min<int64_t>(KB, g.K - k0);
+        for (int64_t l = 0; l < lanes; ++l) {
+          float* o = op + n * os[0] + (k0 + l) * os[1];
+          uint8_t* ix = ip ? ip + n * os[0] + (k0 + l) * os[1] : nullptr;
+          if (dense) {
+            for (int64_t p = 0; p < PHW; ++p) o[p] = tv[p * KB + l];
+            if (ix)
+              for (int64_t p = 0; p < PHW; ++p) ix[p] = ti[p * KB + l];
+          } else {  // channels_last or otherwise strided output
+            for (int64_t i = 0; i < g.PH; ++i)
+              for (int64_t j = 0; j < g.PW; ++j) {
+                o[i * os[2] + j * os[3]] = tv[(i * g.PW + j) * KB + l];
+                if (ix) ix[i * os[2] + j * os[3]] = ti[(i * g.PW + j) * KB + l];
+              }
+          }
+        }
+      }
+    }
+  });
+#else
+  TORCH_INTERNAL_ASSERT(false, "forward_direct: built without the AVX-512 kernels");
+#endif
+}
+
+// The forward's path: direct where it fits (forward_direct), else the vendor conv from a
+// reduction length of kVendorConvMinCRS, else fused im2col + GEMM (forward_impl);
+// SHALLOWKERN_CPU_FORWARD=direct|fused|vendor forces one (direct only where it fits). Measured on
+// the dev machine (2 threads, Zen 4, batch 32, LeNet conv2 shapes, fused / vendor time): CRS 400
+// 1.02, 800 0.97, 1600 1.00-1.03, 2400 1.14, 3200 1.12, 4800 1.33, 6400 1.41 (the vendor path
+// also saves eager's separate ReLU and pool passes, so it is the one that stays >= 1x eager).
+constexpr int64_t kVendorConvMinCRS = 1024;
+
+enum class ForwardPath { kDirect, kFused, kVendor };
+
+ForwardPath forward_path(const Conv2dGeom& g, bool is_float) {
+  const knobs::CpuForward want = knobs::cpu_forward();
+  const bool direct_ok = is_float && direct_forward_fits(g);
+  if (want == knobs::CpuForward::kFused) return ForwardPath::kFused;
+  if (want == knobs::CpuForward::kVendor) return ForwardPath::kVendor;
+  if (direct_ok) return ForwardPath::kDirect;  // by default, or forced where it fits
+  return g.crs() >= kVendorConvMinCRS ? ForwardPath::kVendor : ForwardPath::kFused;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    bool relu, int64_t pool, bool return_indices) {
+  const char* op = "wide_conv2d";
+  const bool has_bias = bias.has_value() && bias->defined();
+  const Conv2dGeom g = check_conv2d_args(op, input, weight, has_bias ? &*bias : nullptr, stride,
+                                         padding, dilation, groups, pool);
+  TORCH_CHECK(input.device().is_cpu(), op, ": input must be a CPU tensor, got ", input.device());
+  SK_CHECK_FLOAT_OR_DOUBLE(op, input);
+  check_padded_size(op, g, input.element_size());
+  const auto fmt = out_format(input);
+  const std::vector<int64_t> shape{g.N, conv2d_out_channels(g), g.PH, g.PW};
+  at::Tensor out = at::empty(shape, input.options().memory_format(fmt));
+  at::Tensor idx =
+      pool == 2 && return_indices
+          ? at::empty(shape, input.options().dtype(at::kByte).memory_format(fmt))
+          : at::empty({0}, input.options().dtype(at::kByte));
+  if (out.numel() == 0) return {out, idx};
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor w = weight.contiguous();
+  const ForwardPath path = forward_path(g, input.scalar_type() == at::kFloat);
+  if (path == ForwardPath::kDirect) {
+    forward_direct(input, w, has_bias ? b.const_data_ptr<float>() : nullptr, g, relu, out,
+                   idx.numel() ? &idx : nullptr);
+    return {out, idx};
+  }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_forward_cpu", [&] {
+    forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
+                           path == ForwardPath::kVendor, out, idx.numel() ? &idx : nullptr);
+  });
+  return {out, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_meta(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    bool relu, int64_t pool, bool return_indices) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const Conv2dGeom g = check_conv2d_args("wide_conv2d", input, weight, has_bias ? &*bias : nullptr,
+                                         stride, padding, dilation, groups, pool);
+  const auto fmt = out_format(input);
+  const std::vector<int64_t> shape{g.N, conv2d_out_channels(g), g.PH, g.PW};
+  at::Tensor out = at::empty(shape, input.options().memory_format(fmt));
+  at::Tensor idx = pool == 2 && return_indices
+                       ? at::empty(shape, input.options().dtype(at::kByte).memory_format(fmt))
+                       : at::empty({0}, input.options().dtype(at::kByte));
+  return {out, idx};
+}
+
+}  // namespace cpu
+}  // namespace shallowkern
