@@ -7,6 +7,7 @@ sweeps, the CLI, reports and plots learn which families exist; see its docstring
 from .registry import Family, Param, families, get_family, parse_model_spec, register_family
 from .quadric import QuadricMLP
 from .shallow import GeneralizedLeNet, GeneralizedVGG16, layer_report
+from .vgg5 import VGG5, SpinalVGG5, spinal_head
 
 __all__ = ["Family", "GeneralizedLeNet", "GeneralizedVGG16", "Param", "QuadricMLP", "families", "get_family",
-           "layer_report", "parse_model_spec", "register_family"]
+           "layer_report", "parse_model_spec", "register_family", "SpinalVGG5", "VGG5", "spinal_head"]
