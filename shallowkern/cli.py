@@ -223,6 +223,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .reports import summary_rows, usable
 
     loaded = _load(args.results)
+    if getattr(args, "study", False):  # the study report (shallowkern/reports/study.py)
+        from .reports.study import write_study_report
+
+        for p in write_study_report(loaded.records, args.out or "study_report",
+                                    n_boot=args.n_boot, level=args.level):
+            print(f"wrote {p}")
+        return 0
     rows = summary_rows(loaded.records, args.metric)
     if args.json:
         print(json.dumps(rows, indent=2, default=float))
@@ -502,6 +509,16 @@ def _do_sweep(configs, args: argparse.Namespace) -> Any:
             raise CLIError("--retry-diverged: this version of the scheduler cannot retry")
         extra["retry_diverged"] = True
     try:
+        if getattr(args, "pack", 1) > 1:  # packed trials run in this process (sweep/packed.py)
+            if args.backend != "local" or args.trial_timeout is not None:
+                raise CLIError("--pack runs in this process: not with --backend other than "
+                               "local, nor with --trial-timeout")
+            from .sweep.packed import run_packed_sweep
+
+            summary = run_packed_sweep(configs, results, pack=args.pack, data_root=root,
+                                       progress=not args.no_progress, **extra)
+            print(summary.describe(), flush=True)
+            return summary
         summary = run_sweep(configs, results, workers=args.workers, backend=args.backend,
                             data_root=root, progress=not args.no_progress,
                             backend_options=_backend_options(args.backend_opt),
@@ -553,6 +570,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{c.trial_id}  {c.label()}  recipe={c.recipe} {dict(c.overrides) or ''}")
         print(f"{est['trials']} trials {est['per_family']}, {est['epochs']} epochs in all, "
               f"~{est['train_macs']:.3g} training MACs")
+        from .sweep.presets import estimate_time
+
+        t = estimate_time(configs)
+        print(f"estimated time on one CPU worker of this project's 2-core VM (docs/study.md): "
+              f"~{t['hours_single']:.1f} h one trial at a time, ~{t['hours_packed']:.1f} h with "
+              f"--pack 3")
         return 0
     if not args.results:
         raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")
@@ -770,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list the trials and their cost only (no --results needed)")
     p.add_argument("--index", action="store_true",
                    help="afterwards write <results>.sqlite and <results>.csv")
+    p.add_argument("--pack", type=_positive_int(1), default=1, metavar="N",
+                   help="train up to N seeds of one network at once in this process (grouped "
+                        "convs; records of a pack are written when it finishes; docs/study.md)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("fit", help="power law of error vs width, with bootstrap CI",
@@ -801,6 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
     p.add_argument("--index", action="store_true",
                    help="also write <results>.sqlite and <results>.csv")
+    p.add_argument("--study", action="store_true",
+                   help="write the study report (Markdown + PNG/SVG figures: width law with CI "
+                        "and floor, k-scan, LeNet vs VGG-16 FLOPs to error, pilot) into --out")
+    p.add_argument("--out", metavar="DIR", help="folder of --study (default ./study_report)")
+    _add_boot(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="run `pytest benchmarks/` (extra args passed through)",

@@ -493,3 +493,64 @@ def run_packed_sweep(configs: Iterable[TrialConfig | Mapping[str, Any]],
         os.close(lock)
     summary.wall_time = time.perf_counter() - t0
     return summary
+
+
+def measure_throughput(d1s: Sequence[int] = (4, 8, 16), pack: int = 3, batch: int = 100,
+                       steps: int = 30, k: float = 2.8, device: str = "cpu"
+                       ) -> list[dict[str, Any]]:
+    """Training throughput (images/s summed over trials) of ``pack`` LeNet trials at each d1:
+    packed vs one at a time (each trial its own fused model and optimiser, run in turn, as a
+    sequential sweep does). Synthetic CIFAR-shaped batches; median of 3 rounds of ``steps``."""
+    from .trial import build_model
+
+    rows = []
+    for d1 in d1s:
+        models = []
+        for s in range(pack):
+            torch.manual_seed(s)
+            models.append(build_model(TrialConfig("lenet", d1=d1, k=k)).to(device))
+        packed = PackedNet(models).to(device)
+        x = torch.randn(pack, batch, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (pack, batch), device=device)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+                for m in models]
+        popt = torch.optim.SGD(packed.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+        def single_round() -> None:
+            for p, (m, o) in enumerate(zip(models, opts)):
+                for _ in range(steps):
+                    loss = F.cross_entropy(m(x[p]), y[p])
+                    o.zero_grad(set_to_none=True)
+                    loss.backward()
+                    o.step()
+
+        def packed_round() -> None:
+            for _ in range(steps):
+                loss = _cross_entropy_sum(packed(x), y)
+                popt.zero_grad(set_to_none=True)
+                loss.backward()
+                popt.step()
+
+        row: dict[str, Any] = {"d1": d1, "pack": pack, "batch": batch}
+        for name, fn in (("single", single_round), ("packed", packed_round)):
+            fn()  # warm-up
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            row[f"{name}_images_per_s"] = pack * steps * batch / sorted(times)[1]
+        row["speedup"] = row["packed_images_per_s"] / row["single_images_per_s"]
+        rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":  # python -m shallowkern.sweep.packed [PACK] [D1 ...]
+    import sys
+
+    args = [int(a) for a in sys.argv[1:]]
+    res = measure_throughput(args[1:] or (4, 8, 16), pack=args[0] if args else 3)
+    print(f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
+    for r in res:
+        print(f"d1={r['d1']:4d} pack={r['pack']} single {r['single_images_per_s']:8.0f} img/s  "
+              f"packed {r['packed_images_per_s']:8.0f} img/s  x{r['speedup']:.2f}")

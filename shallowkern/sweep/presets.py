@@ -7,6 +7,15 @@ paper — generalized LeNet, d1 in {6, 16, 32, 64, 128, 256, 512, 768} x k in {2
     3 seeds (72 trials), plus width-scaled VGG-16 (with BatchNorm) at width in
     {0.125, 0.25, 0.5, 1.0} (8 to 64 first-layer filters), 3 seeds (12 trials); all with the
     ``lab`` recipe (100 epochs on 45,000 images, 5,000 held out for validation).
+study-pilot — the curves that choose the study's epoch count: LeNet d1 in {4, 16, 64} and
+    VGG-16 bn width 1/8, seed 0, the study's schedule run for PILOT_EPOCHS epochs; its
+    *validation* curves (records' ``history``) give the epoch count
+    (``shallowkern.reports.study.choose_epochs``), never the test error.
+study — the converged study sized for a 2-core CPU (docs/study.md): LeNet d1 in STUDY_D1 (4..64,
+    1.2 decades, sqrt(2) steps), k = 2.8, 3 seeds; a k-scan at d1 = 16, k in {1, 2, 4, 8} (2.8
+    is in the width grid), 3 seeds; width-scaled VGG-16 (BatchNorm) at widths 1/16, 1/8, 1/4,
+    3 seeds. All on the full training set less 5,000 validation images, the ``lab`` optimiser
+    with the study schedule (STUDY_LR_STEP), STUDY_EPOCHS epochs unless ``--set epochs=N``.
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ from typing import Any
 
 from .config import TrialConfig, canonical_json
 
-__all__ = ["PRESETS", "describe_preset", "estimate", "get_preset", "lenet_grid", "paper", "quick",
-           "register_preset", "vgg_grid"]
+__all__ = ["PRESETS", "describe_preset", "estimate", "estimate_time", "get_preset", "lenet_grid",
+           "paper", "quick", "register_preset", "study", "study_pilot", "vgg_grid"]
 
 
 def lenet_grid(d1s: Iterable[int], ks: Iterable[float] = (2.8,), seeds: Iterable[int] = (0,), *,
@@ -56,13 +65,92 @@ def paper(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10") -> list[Tr
             + vgg_grid(PAPER_VGG_WIDTHS, seeds, dataset=dataset, recipe="lab"))
 
 
-PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {"quick": quick, "paper": paper}
+# The study (issue 15). The schedule is the lab optimiser with lr halved every STUDY_LR_STEP
+# epochs; the pilot runs it for PILOT_EPOCHS and the study stops at STUDY_EPOCHS, so a study
+# trial follows exactly the first STUDY_EPOCHS epochs of the pilot's schedule. STUDY_EPOCHS is
+# provisional until the pilot has run: replace it by what choose_epochs says (or pass
+# --set epochs=N), and say so in docs/study.md.
+STUDY_D1 = (4, 6, 8, 11, 16, 23, 32, 45, 64)
+STUDY_K_D1 = 16
+STUDY_K = (1.0, 2.0, 4.0, 8.0)  # plus 2.8, already in the width grid at d1 = 16
+STUDY_VGG_WIDTHS = (0.0625, 0.125, 0.25)
+STUDY_LR_STEP = 8
+STUDY_EPOCHS = 24
+PILOT_EPOCHS = 48
+PILOT_D1 = (4, 16, 64)
+
+
+def _study_overrides(epochs: int) -> dict[str, Any]:
+    return {"epochs": epochs, "lr_step": STUDY_LR_STEP}
+
+
+def study(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10",
+          epochs: int = STUDY_EPOCHS) -> list[TrialConfig]:
+    """The study sized for this machine (see the module docstring and docs/study.md)."""
+    o = _study_overrides(epochs)
+    return (lenet_grid(STUDY_D1, (2.8,), seeds, dataset=dataset, recipe="lab", overrides=o)
+            + lenet_grid((STUDY_K_D1,), STUDY_K, seeds, dataset=dataset, recipe="lab",
+                         overrides=o)
+            + vgg_grid(STUDY_VGG_WIDTHS, seeds, dataset=dataset, recipe="lab", overrides=o))
+
+
+def study_pilot(seeds: Sequence[int] = (0,), dataset: str = "cifar10") -> list[TrialConfig]:
+    """The pilot whose validation curves choose the study's epoch count."""
+    o = _study_overrides(PILOT_EPOCHS)
+    return (lenet_grid(PILOT_D1, (2.8,), seeds, dataset=dataset, recipe="lab", overrides=o)
+            + vgg_grid((0.125,), seeds, dataset=dataset, recipe="lab", overrides=o))
+
+
+PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {
+    "quick": quick, "paper": paper, "study": study, "study-pilot": study_pilot}
 _DESCRIPTIONS: dict[str, str] = {
     "quick": "LeNet d1 in {4,8,16,32}, k=2.8, 2 seeds, quick recipe (8 epochs, 10k images): "
              "minutes on a CPU",
     "paper": "LeNet d1 6..768 x k {2,2.8,4} + VGG-16 bn width 1/8..1, 3 seeds, lab recipe "
              "(100 epochs): the full study (GPU)",
+    "study": f"LeNet d1 4..64 (9 widths) k=2.8 + k-scan at d1=16 + VGG-16 bn 1/16..1/4, 3 seeds, "
+             f"45k images, {STUDY_EPOCHS} epochs (provisional until the pilot): the CPU study",
+    "study-pilot": f"LeNet d1 {{4,16,64}} + VGG-16 bn 1/8, seed 0, {PILOT_EPOCHS} epochs: "
+                   "validation curves that choose the study's epoch count",
 }
+
+
+# Measured training throughput on this project's 2-core AMD EPYC (Zen 4) VM, batch 100, one
+# trial at a time, images/s (see docs/study.md for the conditions, which were loaded). Used by
+# estimate_time; a family/width not listed is extrapolated from its forward MACs.
+MEASURED_IMAGES_PER_S: dict[str, float] = {}
+# Packed-over-single speedup by d1 (same doc); widths not listed get 1.0 (no claim).
+MEASURED_PACK_SPEEDUP: dict[int, float] = {}
+
+
+def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 20e9,
+                  step_overhead_s: float = 4e-3, pack_speedup: Mapping[int, float] | None = None,
+                  n_train_full: int | None = None) -> dict[str, float]:
+    """Hours a sweep takes on one CPU worker, one trial at a time and packed.
+
+    Per image: ``3 * forward MACs / mac_rate`` (training = forward + two backward GEMMs) plus
+    ``step_overhead_s / batch`` (the host overhead of one optimiser step), plus one validation
+    pass per epoch (forward only). ``mac_rate`` and ``step_overhead_s`` default to what was
+    measured on this project's 2-core VM (docs/study.md); packing divides a LeNet trial's time
+    by ``pack_speedup[d1]`` (measured; widths not listed: no gain).
+    """
+    from .config import train_images
+
+    speed = dict(MEASURED_PACK_SPEEDUP if pack_speedup is None else pack_speedup)
+    single = packed = 0.0
+    for cfg in configs:
+        r = cfg.resolved_recipe()
+        full = n_train_full or train_images(cfg.dataset) or 50000
+        n = max(0, min(r.train_subset or full, full - r.val_size))
+        shape = _image_shape(cfg.dataset, cfg.family_spec.input_shape)
+        macs = cfg.family_spec.account(cfg.params, shape)["macs"]
+        per_epoch = (n * (3 * macs / mac_rate + step_overhead_s / r.batch_size)
+                     + r.val_size * (macs / mac_rate + step_overhead_s / r.eval_batch_size))
+        t = per_epoch * r.epochs
+        single += t
+        gain = speed.get(cfg.d1, 1.0) if cfg.family == "lenet" else 1.0
+        packed += t / max(gain, 1e-9)
+    return {"hours_single": single / 3600, "hours_packed": packed / 3600}
 
 
 def register_preset(name: str, build: Callable[..., list[TrialConfig]], description: str, *,

@@ -145,4 +145,5 @@ def test_packed_sweep_is_resumable(tmp_path):
     assert again.skipped == 2 and again.completed == [cfgs[2].trial_id]
     recs = load_results(res)
     assert len(recs.records) == 3
-    assert all(r["pack"]["size"] in (2, 1) for r in recs.records)
+    sizes = {r["trial_id"]: r.get("pack", {}).get("size", 1) for r in recs.records}
+    assert [sizes[c.trial_id] for c in cfgs] == [2, 2, 1]  # a lone trial runs as run_trial
