@@ -60,6 +60,19 @@ def _check_mask(mask, shape: tuple[int, int], who: str) -> Tensor:
     return mask
 
 
+def afcc_conv2d_module_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None,
+                               stride, padding, dilation, padding_mode: str,
+                               reversed_padding) -> Tensor:
+    """AFCCConv2d.forward's body: one leaf for torch.fx.symbolic_trace (the functional checks
+    shapes in Python)."""
+    if padding_mode != "zeros":
+        input, padding = F.pad(input, reversed_padding, mode=padding_mode), (0, 0)
+    return afcc_conv2d(input, weight, mask, bias, stride, padding, dilation)
+
+
+torch.fx.wrap("afcc_conv2d_module_forward")
+
+
 class AFCCConv2d(nn.Conv2d):
     """nn.Conv2d with a fixed (out_channels, in_channels) kernel-pair mask.
 
@@ -135,9 +148,9 @@ class AFCCConv2d(nn.Conv2d):
         return F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
 
     def forward(self, input: Tensor) -> Tensor:
-        x, padding = self._pad(input)
-        return afcc_conv2d(x, self.weight, self.mask, self.bias, self.stride, padding,
-                           self.dilation)
+        return afcc_conv2d_module_forward(input, self.weight, self.mask, self.bias, self.stride,
+                                          self.padding, self.dilation, self.padding_mode,
+                                          self._reversed_padding_repeated_twice)
 
     def explain(self, input: Tensor):
         """Which backend ``forward(input)`` runs on, and why (nothing runs)."""

@@ -44,7 +44,7 @@ from ._common import register_flop_formula  # deferred: flop_counter imports Tri
 
 from .. import _knobs, flops
 from ._backend import Backend, OpDispatch
-from ._common import needs_composite, register_autocast
+from ._common import cast_for_autocast, needs_composite, register_autocast
 from ._geometry import check_conv_geometry, pair
 
 OP = "afcc_conv2d"
@@ -544,6 +544,8 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     """
     stride, padding, dilation = (pair(stride, "stride", OP), pair(padding, "padding", OP),
                                  pair(dilation, "dilation", OP))
+    if isinstance(input, Tensor):  # under torch.autocast: the region's dtype, as F.conv2d
+        input, weight, bias = cast_for_autocast(input.device.type, input, weight, bias)
     check_args(input, weight, mask, bias, stride, padding, dilation)
     if needs_composite(input, weight, bias):
         return afcc_conv2d_reference(input, weight, mask, bias, stride, padding, dilation)
