@@ -573,9 +573,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .sweep.presets import estimate_time
 
         t = estimate_time(configs)
-        print(f"estimated time on one CPU worker of this project's 2-core VM (docs/study.md): "
-              f"~{t['hours_single']:.1f} h one trial at a time, ~{t['hours_packed']:.1f} h with "
-              f"--pack 3")
+        print(f"estimated wall time on this project's 2-core VM, 2 single-threaded workers "
+              f"(a rough guide from measured throughput, docs/study.md): "
+              f"~{t['hours_single']:.2f} h one trial at a time, ~{t['hours_packed']:.2f} h "
+              f"with --pack 3")
         return 0
     if not args.results:
         raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")

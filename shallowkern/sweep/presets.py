@@ -123,16 +123,21 @@ MEASURED_IMAGES_PER_S: dict[str, float] = {}
 MEASURED_PACK_SPEEDUP: dict[int, float] = {}
 
 
-def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 20e9,
+def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
                   step_overhead_s: float = 4e-3, pack_speedup: Mapping[int, float] | None = None,
-                  n_train_full: int | None = None) -> dict[str, float]:
-    """Hours a sweep takes on one CPU worker, one trial at a time and packed.
+                  n_train_full: int | None = None, workers: int = 2) -> dict[str, float]:
+    """Wall hours of a sweep on ``workers`` single-threaded CPU workers, one trial at a time
+    and packed.
 
     Per image: ``3 * forward MACs / mac_rate`` (training = forward + two backward GEMMs) plus
     ``step_overhead_s / batch`` (the host overhead of one optimiser step), plus one validation
-    pass per epoch (forward only). ``mac_rate`` and ``step_overhead_s`` default to what was
-    measured on this project's 2-core VM (docs/study.md); packing divides a LeNet trial's time
-    by ``pack_speedup[d1]`` (measured; widths not listed: no gain).
+    pass per epoch (forward only). ``mac_rate`` (per single-threaded worker, in these 3 x
+    forward-MAC units; the fused kernels skip 3/4 of the backward work behind a max-pool, so it
+    exceeds the hardware's MAC rate) comes from the quick run measured on this project's 2-core
+    VM (docs/sweeps.md: LeNet d1 = 32, 80,000 training images in 39 s wall per trial, 2 workers
+    x 1 thread, including evaluation): a rough guide extrapolated from small widths, not a
+    promise (docs/study.md). Packing divides a LeNet trial's time by ``pack_speedup[d1]``
+    (measured; widths not listed: no gain).
     """
     from .config import train_images
 
@@ -150,7 +155,8 @@ def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 20e9,
         single += t
         gain = speed.get(cfg.d1, 1.0) if cfg.family == "lenet" else 1.0
         packed += t / max(gain, 1e-9)
-    return {"hours_single": single / 3600, "hours_packed": packed / 3600}
+    w = max(1, workers)
+    return {"hours_single": single / 3600 / w, "hours_packed": packed / 3600 / w}
 
 
 def register_preset(name: str, build: Callable[..., list[TrialConfig]], description: str, *,
