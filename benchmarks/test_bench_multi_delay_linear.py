@@ -5,6 +5,8 @@ Providers, each its own benchmark on the same seeded inputs (benchmarks/common.p
   shallowkern  shallowkern.ops.multi_delay_linear.multi_delay_linear (registered op; reference
                backend = the batched aten composition: one GEMM over all delays, one
                index_add over time)
+  batched      the same batched composition called directly (no registered op): the gap to
+               ``shallowkern`` is the custom op's Python overhead (dispatch, checks, autograd)
   loop         the per-delay loop: for each m, F.linear(x, W[m]) added into the output shifted by
                tau_m (M GEMMs, M strided adds) -- what one writes first
   conv1d       F.conv1d with a dense zero-filled kernel of length max(tau)+1 (the "sparse-tap
@@ -81,6 +83,8 @@ BENCH = OpBench(
     providers={
         "shallowkern": lambda case, dev, dtype: (_with(multi_delay_linear, case),
                                                  _inputs(case, dev, dtype)),
+        "batched": lambda case, dev, dtype: (_with(multi_delay_linear_reference, case),
+                                             _inputs(case, dev, dtype)),
         "loop": lambda case, dev, dtype: (_with(multi_delay_linear_loop, case),
                                           _inputs(case, dev, dtype)),
         "conv1d": lambda case, dev, dtype: (_with(_conv1d, case), _inputs(case, dev, dtype)),
