@@ -71,7 +71,7 @@ def pack_symmetric(a: Tensor) -> Tensor:
 
 
 def unpack_symmetric(p: Tensor, n: int) -> Tensor:
-    """(..., n(n+1)/2) packed coefficients -> (..., n, n) symmetric A with x^T A x = sum P x_i x_j."""
+    """(..., n(n+1)/2) packed coefficients -> (..., n, n) symmetric A, x^T A x = sum P x_i x_j."""
     i, j = triu_indices(n, p.device)
     a = p.new_zeros(*p.shape[:-1], n, n)
     half = torch.where(i == j, p, p / 2)
@@ -84,10 +84,6 @@ def outer_packed(x: Tensor) -> Tensor:
     """Z[b, t(i,j)] = x[b,i] * x[b,j] for (B, n) x: (B, n(n+1)/2). Test/reference helper only."""
     i, j = triu_indices(x.shape[-1], x.device)
     return x[:, i] * x[:, j]
-
-
-def rank_of(form: str, weight_quad: Tensor, out_features: int) -> int:
-    return weight_quad.shape[0] // out_features if form == "lowrank" and out_features else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +132,8 @@ def check_args(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Tensor 
         if weight_quad2 is None:
             raise ValueError("quadric_linear: form='lowrank' needs weight_quad2 (the second "
                              "factor, shape (rank*out_features, in_features))")
-        if weight_quad.dim() != 2 or k == 0 or weight_quad.shape[0] % k or weight_quad.shape[0] == 0:
+        if (weight_quad.dim() != 2 or k == 0 or weight_quad.shape[0] % k
+                or weight_quad.shape[0] == 0):
             raise ValueError(f"quadric_linear: lowrank weight_quad must be (rank*{k}, {n}) with "
                              f"rank >= 1, got {_shape(weight_quad)}")
         rank = weight_quad.shape[0] // k
@@ -486,7 +483,8 @@ def init_parameters(weight_quad: Tensor, weight: Tensor, bias: Tensor | None, fo
         torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if form == "full":  # nn.Bilinear's U(+-1/sqrt(n)) on the full A, then packed
             k = weight.shape[0]
-            a = torch.empty(k, n, n, dtype=weight.dtype, device=weight.device).uniform_(-bound, bound)
+            a = torch.empty(k, n, n, dtype=weight.dtype, device=weight.device)
+            a.uniform_(-bound, bound)
             weight_quad.copy_(pack_symmetric(a))
         else:
             torch.nn.init.kaiming_uniform_(weight_quad, a=math.sqrt(5))
