@@ -252,6 +252,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     global DEVICE
     DEVICE = a.device
+    if DEVICE == "cpu":  # Triton backends on CPU run in the interpreter (set before kernels load)
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     if DEVICE == "cuda" and not torch.cuda.is_available():
         print("ops_check: no CUDA device", file=sys.stderr)
         Path(a.out).write_text(json.dumps(dict(summary="no CUDA device", rows=[])))
