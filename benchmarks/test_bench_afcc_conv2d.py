@@ -8,8 +8,10 @@ speedups):
 * ``shallowkern``  the op (C++ block-sparse kernel on CPU, Triton on CUDA; ``routed`` says which)
 * ``dense``        conv2d with the masked weight (oneDNN / cuDNN): what masking the dense
                    weights, as the lab's code does, costs
-* ``bsr``          torch.sparse BSR weight (channel-ordered, blocks of 16 out x 16*R*S) times the
-                   im2col of the input (F.unfold)
+* ``bsr``          torch.sparse BSR weight (channel-ordered, 16 x 16 blocks: MKL takes square
+                   ones) times the im2col of the input (F.unfold); its backward computes the
+                   input gradient only (torch has no CPU BSR weight gradient), so its fwdbwd
+                   rows flatter it
 * ``grouped``      conv2d with groups = L on the label-ordered channels: the ideal for a
                    perfectly block-diagonal mask with equal groups (a lower bound, not a general
                    method)
@@ -68,18 +70,32 @@ def _dense(case, dev, dtype):
     return (lambda x, w: F.conv2d(x, w * mask[:, :, None, None], None, 1, 1)), (x, w)
 
 
+class _BsrMatmul(torch.autograd.Function):
+    """bsr @ cols with the input gradient bsr^T @ g (CPU torch has no BSR backward)."""
+
+    @staticmethod
+    def forward(ctx, cols, bsr, bsr_t):
+        ctx.bsr_t = bsr_t
+        return bsr @ cols
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.bsr_t @ g, None, None
+
+
 def _bsr(case, dev, dtype):
     x, w, mask, lo, li = _inputs(case, dev, dtype)
     po, pi = torch.argsort(lo, stable=True), torch.argsort(li, stable=True)
     wp = (w * mask[:, :, None, None]).detach()[po][:, pi].reshape(case["k"], -1)
+    n, hw = case["n"], case["hw"]
+    xp = x.detach()[:, pi].requires_grad_()
     try:
-        bsr = wp.to_sparse_bsr((16, 16 * 9))
-        n, hw = case["n"], case["hw"]
-        xp = x.detach()[:, pi].requires_grad_()
+        # 16 x 16 blocks (MKL takes square ones only): 16 channels x 9 taps = 9 aligned blocks
+        bsr, bsr_t = wp.to_sparse_bsr((16, 16)), wp.t().contiguous().to_sparse_bsr((16, 16))
 
         def fn(xp):
             cols = F.unfold(xp, 3, padding=1).transpose(0, 1).reshape(case["c"] * 9, -1)
-            return (bsr @ cols).view(case["k"], n, hw, hw)
+            return _BsrMatmul.apply(cols, bsr, bsr_t).view(case["k"], n, hw, hw)
 
         fn(xp)
     except (RuntimeError, NotImplementedError) as exc:
