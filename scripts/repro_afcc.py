@@ -163,6 +163,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine more threads "
                         "mostly spin)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU recipe)")
     p.add_argument("--summary", action="store_true", help="print the tables of --out and exit")
     args = p.parse_args(argv)
     if args.summary:
@@ -179,18 +180,19 @@ def main(argv=None):
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)  # noqa: E731
     ckpt = out / "base.pt"
     torch.manual_seed(0)
-    base = VGG11Star(args.width, num_classes=int(train[1].max()) + 1)
+    dev = torch.device(args.device)
+    base = VGG11Star(args.width, num_classes=int(train[1].max()) + 1).to(dev)
     if "base" not in records or not ckpt.exists():
         t = time.perf_counter()
-        train_epochs(base, train, args.epochs, lr=0.05, seed=0, progress=log)
+        train_epochs(base, train, args.epochs, lr=0.05, device=dev, seed=0, progress=log)
         torch.save(base.state_dict(), ckpt)
         records["base"] = {"seconds": time.perf_counter() - t,
-                           "test_accuracy": accuracy(base, test),
-                           "val_accuracy": accuracy(base, val),
+                           "test_accuracy": accuracy(base, test, dev),
+                           "val_accuracy": accuracy(base, val, dev),
                            "params": sum(p.numel() for p in base.parameters())}
         save(rec_path, records)
         log(f"base: {records['base']}")
-    base.load_state_dict(torch.load(ckpt))
+    base.load_state_dict(torch.load(ckpt, map_location=dev))
     base.eval()
     layers = base.conv_names()[-args.layers:]
     pruned_last = None
@@ -206,7 +208,7 @@ def main(argv=None):
             pruned, rep = prune(base, train, val, layers=layers, threshold=args.threshold,
                                 method=method, retrain_epochs=args.retrain_epochs,
                                 feature_cache=features,
-                                test_data=test, seed=seed, progress=log,
+                                test_data=test, seed=seed, progress=log, device=dev,
                                 label_sets={n: torch.tensor(v) for n, v in sets.items()}
                                 if sets else None)
             if method == "afcc":
@@ -222,9 +224,9 @@ def main(argv=None):
         if pruned_last is None:  # resumed after pruning: rebuild seed 0's masks, no retraining
             sets = records[f"labels/{args.seeds[0]}"]
             pruned_last, _ = prune(base, train, val, layers=layers, retrain_epochs=0,
-                                   test_data=test, label_sets={n: torch.tensor(v)
+                                   test_data=test, device=dev, label_sets={n: torch.tensor(v)
                                                                for n, v in sets.items()})
-        records["speed"] = speed(base, pruned_last, layers)
+        records["speed"] = speed(base.cpu(), pruned_last.cpu(), layers)
         save(rec_path, records)
         log(f"speed: {records['speed']}")
 
