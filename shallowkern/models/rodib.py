@@ -1,7 +1,8 @@
 """VGG-6-style networks with a RoDiB head or a standard J-output head (issue 14).
 
 VGG-6 here: 4 conv layers + 2 FC layers. Backbone ``conv(c) conv(c) pool conv(2c) conv(2c)
-pool global-average-pool`` (3x3 convs, padding 1, BatchNorm, ReLU, 2x2 max pools) gives 2c features; the
+pool global-average-pool`` (3x3 convs, padding 1, BatchNorm, ReLU, 2x2 max pools) gives 2c
+features; the
 head's two FC stages then map 2c -> D -> labels:
 
 * ``head="standard"``: Linear(2c, D) -> ReLU -> Linear(D, J): J outputs, one per label.
@@ -109,7 +110,7 @@ def _build(p, *, in_channels, input_size, num_classes):
 
 def _cost(p, input_shape) -> dict:
     model = RoDiBVGG6(p["width"], p["fc"], 10, p["head"], num_delays=p["delays"],
-                      in_channels=input_shape[0], bn=p["bn"])  # cost() has no class count: 10 labels
+                      in_channels=input_shape[0], bn=p["bn"])  # no class count here: 10 labels
     acts = []
     hooks = [m.register_forward_hook(lambda m, i, o: acts.append(o.numel()))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
@@ -135,7 +136,8 @@ def _register() -> None:
                 Param("delays", int, default=4, minimum=1, help="M delays of the RoDiB head "
                       "(greedy B_2 set; ignored by the standard head)"),
                 Param("bn", bool, default=True, help="BatchNorm2d after each conv")),
-        build=_build, width_param="width", cost=_cost, flags={"nobn": ("bn", False)}, input_shape=(3, 32, 32)), replace=True)
+        build=_build, width_param="width", cost=_cost, flags={"nobn": ("bn", False)},
+        input_shape=(3, 32, 32)), replace=True)
 
 
 _register()

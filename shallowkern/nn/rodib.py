@@ -211,8 +211,8 @@ class RoDiBHead(nn.Module):
         """(B, F) features -> (B, 1 + L*max(delays)) values of the single output unit."""
         if not isinstance(features, Tensor) or features.dim() != 2 \
                 or features.shape[1] != self.in_features:
-            raise ValueError(f"RoDiBHead: features must be (B, {self.in_features}), got "
-                             f"{tuple(features.shape) if isinstance(features, Tensor) else features!r}")
+            got = tuple(features.shape) if isinstance(features, Tensor) else repr(features)
+            raise ValueError(f"RoDiBHead: features must be (B, {self.in_features}), got {got}")
         h = features.unsqueeze(1)                      # impulse at t = 0: (B, 1, F)
         for i, stage in enumerate(self.stages):
             h = stage(h)

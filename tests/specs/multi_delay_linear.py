@@ -96,7 +96,7 @@ def bad_inputs() -> list[BadInput]:
         BadInput(S((x, w, b, (0, 1, 1))), ValueError, "delays must be distinct"),
         BadInput(S((x, w, b, (0, -1, 2))), ValueError, "delays must be non-negative"),
         BadInput(S((x, w[:0], b, ())), ValueError, r"at least one delay \(M >= 1\)"),
-        BadInput(S((x, w, b, (0, 1))), ValueError, "weight.shape\\[0\\] must equal len\\(delays\\)"),
+        BadInput(S((x, w, b, (0, 1))), ValueError, r"weight.shape\[0\] must equal len\(delays\)"),
         BadInput(S((x[0, 0], w, b, d)), ValueError, "input must be a tensor of shape"),
         BadInput(S((x, w[0], b, d)), ValueError, "weight must be a 3-D"),
         BadInput(S((torch.randn(2, 3, 6), w, b, d)), ValueError, "in_features=4"),
