@@ -55,7 +55,8 @@ def _inputs(case, dev, dtype):
     lo, li = _labels(case["k"], case["labels"], g), _labels(case["c"], case["labels"], g)
     mask = (lo[:, None] == li[None, :]).to(dev)
     x = torch.randn(case["n"], case["c"], case["hw"], case["hw"], generator=g).to(dev, dtype)
-    w = (torch.randn(case["k"], case["c"], 3, 3, generator=g) / (case["c"] * 9) ** 0.5).to(dev, dtype)
+    w = torch.randn(case["k"], case["c"], 3, 3, generator=g) / (case["c"] * 9) ** 0.5
+    w = w.to(dev, dtype)
     return x.requires_grad_(), w.requires_grad_(), mask, lo.to(dev), li.to(dev)
 
 

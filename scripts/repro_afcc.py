@@ -69,7 +69,8 @@ def timed(fn, reps=7):
 
 
 def speed(base, pruned, layers, batch=128):
-    """Median seconds: pruned layers (sum) and the whole net, dense-masked vs AFCC, fwd and fwd+bwd."""
+    """Seconds (min of runs) of each pruned layer, dense-masked vs AFCC (fwd, fwd+bwd), and of
+    the whole network's forward."""
     x = torch.randn(batch, 3, 32, 32)
     res = {}
     feats = {}
@@ -174,7 +175,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     rec_path = out / "records.json"
     records = load(rec_path)
-    records.setdefault("config", vars(args) | {"machine": platform.processor() or platform.machine(),
+    machine = platform.processor() or platform.machine()
+    records.setdefault("config", vars(args) | {"machine": machine,
                                                "torch": torch.__version__})
     train, val, test = splits(args)
     log = lambda s: print(time.strftime("%H:%M:%S"), s, flush=True)  # noqa: E731

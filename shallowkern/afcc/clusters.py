@@ -28,6 +28,10 @@ import torch
 from torch import Tensor
 
 
+def _shape(t) -> object:
+    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+
+
 def single_filter_performance(features: Tensor, labels: Tensor, weight: Tensor,
                               num_classes: int | None = None, normalize: bool = True) -> Tensor:
     """SFP matrices V_n of every filter.
@@ -44,13 +48,13 @@ def single_filter_performance(features: Tensor, labels: Tensor, weight: Tensor,
     """
     if not isinstance(features, Tensor) or features.dim() not in (3, 4):
         raise ValueError("single_filter_performance: features must be (B, F, S) or (B, F, H, W), "
-                         f"got {tuple(features.shape) if isinstance(features, Tensor) else type(features)}")
+                         f"got {_shape(features)}")
     h = features.flatten(2).double()
     b, f, s = h.shape
     if not isinstance(labels, Tensor) or labels.shape != (b,) or labels.dtype not in (
             torch.int64, torch.int32, torch.uint8):
-        raise ValueError(f"single_filter_performance: labels must be an int tensor of shape ({b},), "
-                         f"got {getattr(labels, 'dtype', type(labels))} {tuple(getattr(labels, 'shape', ()))}")
+        raise ValueError(f"single_filter_performance: labels must be an int tensor of shape "
+                         f"({b},), got {getattr(labels, 'dtype', type(labels))} {_shape(labels)}")
     if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.shape[1] != f * s:
         raise ValueError(f"single_filter_performance: weight must be (classes, {f}*{s}={f * s}) "
                          f"for features of {f} filters x {s} positions, got "
@@ -98,7 +102,7 @@ class FilterClusters:
                     mean_clusters=sum(len(c) for c in self.clusters) / n,
                     multi_cluster_filters=sum(len(c) > 1 for c in self.clusters),
                     empty_filters=int((self.labels.sum(1) == 0).sum().item()),
-                    mean_noise=float(self.noise.double().mean().item()) if len(self.clusters) else 0.0)
+                    mean_noise=float(self.noise.double().mean()) if len(self.clusters) else 0.0)
 
 
 def clusters(sfp: Tensor, threshold: float = 0.3) -> FilterClusters:

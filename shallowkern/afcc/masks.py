@@ -46,7 +46,8 @@ def connection_masks(out_labels: Tensor, in_labels: Tensor | None = None) -> Ten
     return (out_labels.double() @ in_labels.double().t()) > 0
 
 
-def random_labels(num_filters: int, num_labels: int, labels_per_filter: int | Sequence[int] | Tensor,
+def random_labels(num_filters: int, num_labels: int,
+                  labels_per_filter: int | Sequence[int] | Tensor,
                   generator: torch.Generator | None = None) -> Tensor:
     """Random-AFCC label sets: filter n gets ``labels_per_filter`` distinct labels (one int for
     all, or one count per filter, e.g. an AFCC layer's ``labels.sum(1)``) and every label is used
@@ -63,8 +64,8 @@ def random_labels(num_filters: int, num_labels: int, labels_per_filter: int | Se
     if num_filters < 0 or num_labels < 1 or len(per) != num_filters or not all(
             0 <= k <= num_labels for k in per):
         raise ValueError(f"random_labels: need num_filters ({num_filters}) >= 0, num_labels "
-                         f"({num_labels}) >= 1 and 0 <= labels per filter <= num_labels for each of "
-                         f"the {num_filters} filters")
+                         f"({num_labels}) >= 1 and 0 <= labels per filter <= num_labels for "
+                         f"each of the {num_filters} filters")
     member = torch.zeros(num_filters, num_labels, dtype=torch.bool)
     used = torch.zeros(num_labels)
     for n in torch.randperm(num_filters, generator=generator).tolist():

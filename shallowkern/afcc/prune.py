@@ -234,7 +234,8 @@ def prune(model: nn.Module, train_data: Split, val_data: Split, layers: Sequence
     layers = list(layers) if layers is not None else names[-3:]
     for n in layers:
         if n not in names:
-            raise ValueError(f"prune: layers: {n!r} is not a conv layer of the model; convs: {names}")
+            raise ValueError(f"prune: layers: {n!r} is not a conv layer of the model; "
+                             f"convs: {names}")
         if names.index(n) == 0:
             raise ValueError(f"prune: layers: {n!r} reads the image (no filter labels to match)")
     ro = _readout(model)
@@ -275,7 +276,8 @@ def prune(model: nn.Module, train_data: Split, val_data: Split, layers: Sequence
         fc = found.get(n)
         reports.append(LayerReport(
             n, (conv.out_channels, conv.in_channels), mask.float().mean().item(),
-            float(sets[n].sum(1).float().mean()), fc.summary()["mean_noise"] if fc else float("nan"),
+            float(sets[n].sum(1).float().mean()),
+            fc.summary()["mean_noise"] if fc else float("nan"),
             fc.summary()["multi_cluster_filters"] if fc else 0,
             int((sets[n].sum(1) == 0).sum())))
     ro_density = None

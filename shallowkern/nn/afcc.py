@@ -87,7 +87,8 @@ class AFCCConv2d(nn.Conv2d):
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
                  device=None, dtype=None, mask: Tensor | None = None):
         if groups != 1:
-            raise ValueError(f"AFCCConv2d: groups must be 1 (use a block-diagonal mask), got {groups}")
+            raise ValueError(f"AFCCConv2d: groups must be 1 (use a block-diagonal mask), got "
+                             f"{groups}")
         if isinstance(padding, str):
             raise ValueError("AFCCConv2d: padding must be an int or a pair (no 'same'/'valid')")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 1,
@@ -103,7 +104,8 @@ class AFCCConv2d(nn.Conv2d):
     def from_conv(cls, conv: nn.Conv2d, mask: Tensor) -> "AFCCConv2d":
         """An AFCCConv2d with ``conv``'s configuration and weights (pruned pairs zeroed)."""
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"AFCCConv2d.from_conv: conv must be an nn.Conv2d, got {type(conv).__name__}")
+            raise TypeError("AFCCConv2d.from_conv: conv must be an nn.Conv2d, got "
+                            f"{type(conv).__name__}")
         w = conv.weight
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                   conv.padding, conv.dilation, conv.groups, conv.bias is not None,
@@ -175,9 +177,11 @@ class AFCCLinear(nn.Linear):
                  dtype=None, mask: Tensor | None = None, in_blocks: int | None = None):
         super().__init__(in_features, out_features, bias, device, dtype)
         if in_blocks is None:
-            in_blocks = mask.shape[1] if isinstance(mask, Tensor) and mask.dim() == 2 else in_features
+            two_d = isinstance(mask, Tensor) and mask.dim() == 2
+            in_blocks = mask.shape[1] if two_d else in_features
         if in_blocks < 1 or in_features % in_blocks:
-            raise ValueError(f"AFCCLinear: in_blocks={in_blocks} must divide in_features={in_features}")
+            raise ValueError(f"AFCCLinear: in_blocks={in_blocks} must divide "
+                             f"in_features={in_features}")
         self.in_blocks = in_blocks
         full = torch.ones(out_features, in_blocks, dtype=torch.bool, device=self.weight.device)
         self.register_buffer("block_mask", full)
@@ -194,7 +198,8 @@ class AFCCLinear(nn.Linear):
     def from_linear(cls, linear: nn.Linear, mask: Tensor) -> "AFCCLinear":
         """An AFCCLinear with ``linear``'s weights; mask (out_features, in_blocks)."""
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"AFCCLinear.from_linear: expected an nn.Linear, got {type(linear).__name__}")
+            raise TypeError("AFCCLinear.from_linear: expected an nn.Linear, got "
+                            f"{type(linear).__name__}")
         w = linear.weight
         new = cls(linear.in_features, linear.out_features, linear.bias is not None,
                   device=w.device, dtype=w.dtype, mask=mask)

@@ -2,7 +2,7 @@
 
 Math (zero padding, cross-correlation as nn.Conv2d, groups = 1):
 
-    y[n,k,p,q] = b[k] + sum_{c : M[k,c]} sum_{r,s} x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] w[k,c,r,s]
+    y[n,k,p,q] = b[k] + sum_{c: M[k,c]} sum_{r,s} x[n, c, p*sh-ph+r*dh, q*sw-pw+s*dw] w[k,c,r,s]
 
 i.e. ``conv2d(x, w * M[:, :, None, None], b)``. Backward:
 

@@ -23,7 +23,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _mask(k, c, labels, density, g):
     if labels:
-        lo, li = torch.randint(0, labels, (k,), generator=g), torch.randint(0, labels, (c,), generator=g)
+        lo = torch.randint(0, labels, (k,), generator=g)
+        li = torch.randint(0, labels, (c,), generator=g)
         return lo[:, None] == li[None, :]
     return torch.rand(k, c, generator=g) < density
 
@@ -56,7 +57,8 @@ def test_triton_vs_reference(dtype, case):
     ref = F.conv2d(xd, wd * m[:, :, None, None], bd, st, pd, dl)
     rx, rw, rb = torch.autograd.grad(ref, (xd, wd, bd), gy.double())
     torch_lp = F.conv2d(x.detach(), w.detach() * m[:, :, None, None], b.detach(), st, pd, dl)
-    assert_close(y, ref, dtype, reduction=c * 9, torch_result=torch_lp if dtype != torch.float32 else None)
+    assert_close(y, ref, dtype, reduction=c * 9,
+                 torch_result=torch_lp if dtype != torch.float32 else None)
     assert_close(gx, rx, dtype, reduction=k * 9)
     assert_close(gw, rw * m[:, :, None, None], dtype, reduction=2 * 30)
     assert_close(gb, rb, dtype, reduction=2 * 30)

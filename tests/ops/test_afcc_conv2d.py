@@ -132,8 +132,10 @@ def test_native_nan_in_pruned_weight_and_empty_batch():
     m = torch.tensor([[True, False], [False, True]])
     w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     w[0, 1] = float("nan")
-    assert _run("native", torch.randn(0, 2, 5, 5, dtype=torch.float64), w, m, None).shape == (0, 2, 5, 5)
-    assert torch.isfinite(_run("native", torch.randn(1, 2, 5, 5, dtype=torch.float64), w, m, None)).all()
+    empty = torch.randn(0, 2, 5, 5, dtype=torch.float64)
+    assert _run("native", empty, w, m, None).shape == (0, 2, 5, 5)
+    one = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    assert torch.isfinite(_run("native", one, w, m, None)).all()
 
 
 def test_dense_fallback_is_visible():
