@@ -126,3 +126,18 @@ def test_compile_module():
     x = torch.randn(2, 6, 5, 5)
     y = torch.compile(layer, fullgraph=True)(x)
     assert_close(y, layer(x), torch.float32, reduction=54)
+
+
+def test_profile_reports_dense_effective_executed():
+    lab = torch.arange(64) % 4  # 4 groups of 16 channels: variable blocks fit exactly
+    m = lab[:, None] == lab[None, :]
+    net = nn.Sequential(AFCCConv2d(64, 64, 3, padding=1, mask=m), nn.ReLU())
+    x = torch.randn(2, 64, 6, 6)
+    row = shallowkern.profile(net, x).row("0")
+    dense = 2 * 2 * 36 * 64 * 64 * 9
+    assert row.flops == dense
+    assert row.effective_flops == dense // 4
+    if shallowkern.ops.explain("afcc_conv2d", x, net[0].weight, m, None).backend == "native":
+        assert row.executed_flops == dense // 4  # group-aligned blocks: no padding
+    else:
+        assert row.executed_flops == dense  # dense fallback
