@@ -15,9 +15,10 @@
 //
 // Design. Everything that is O(B K n) or more is one MKL GEMM through ATen (multi-threaded by
 // ATen's pool); the kernels here only build GEMM operands and epilogues, in parallel over rows.
-// * diagonal: the operand [x*x | x] is built while packing (the square is never a tensor of its
-//   own) and the two weights sit side by side, so the forward is ONE GEMM with a reduction of 2n
-//   (bias folded in by addmm's beta), and the backward one GEMM per gradient.
+// * diagonal: y = addmm(b, x, W^T) then y += (x*x) Wq^T in the same output (MKL beta = 1; no
+//   intermediate B x K results, no add pass); the backward's input gradient is ONE GEMM
+//   gy [Wq | W] (reduction K, 2n outputs) with the 2x* epilogue fused, then one GEMM per
+//   weight gradient. (On GPU the Triton kernel squares x in its operand load instead.)
 // * full: B x K x n is never built. The triangle is cut into chunks of whole rows (~kChunkCols
 //   packed columns) and the batch into blocks of kRowBlock rows; per (chunk, block) the outer
 //   products Z (block x chunk) are formed in a thread-local-sized buffer and multiplied by the
@@ -105,25 +106,6 @@ at::Tensor linear_start(const at::Tensor& x, const at::Tensor& w,
   return (bias.has_value() && bias->defined()) ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
-// [x*x | x] (B, 2n), the diagonal form's GEMM operand.
-at::Tensor square_concat(const at::Tensor& x) {
-  const int64_t b = x.size(0), n = x.size(1);
-  at::Tensor out = at::empty({b, 2 * n}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_square_concat", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* xr = xp + r * n;
-        scalar_t* o = op + r * 2 * n;
-        for (int64_t j = 0; j < n; ++j) o[j] = xr[j] * xr[j];
-        std::copy(xr, xr + n, o + n);
-      }
-    });
-  });
-  return out;
-}
-
 // Z[r, t] = x[r, i] x[r, j] for the chunk's packed columns, rows [r0, r0 + rows).
 template <typename scalar_t>
 void outer_rows(const scalar_t* xp, int64_t n, int64_t r0, int64_t rows, const RowChunk& c,
@@ -197,10 +179,11 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   const at::Tensor x = input.contiguous();
   const int64_t n = x.size(1), k = weight.size(0);
   if (form == "diagonal") {
-    at::Tensor wcat = at::cat({weight_quad, weight}, 1);  // (K, 2n)
-    at::Tensor xcat = square_concat(x);
-    return (bias.has_value() && bias->defined()) ? at::addmm(*bias, xcat, wcat.t())
-                                                 : at::mm(xcat, wcat.t());
+    // Two MKL GEMMs accumulating into one output (beta = 1): measured faster here than one
+    // GEMM over [x*x | x] and [Wq | W] (723 vs 856 us at B = 512, n = K = 256), which pays
+    // for concatenating the weights on every call; MKL cannot square in its operand load.
+    at::Tensor y = linear_start(x, weight, bias);
+    return y.addmm_(x * x, weight_quad.t());
   }
   if (form == "full") {
     return full_forward(x, weight_quad.contiguous(), linear_start(x, weight, bias));

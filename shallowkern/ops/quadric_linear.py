@@ -465,9 +465,12 @@ def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Ten
     if isinstance(input, Tensor) and autocast_dtype(input.device.type) is not None:
         input, weight_quad, weight_quad2, weight, bias = cast_for_autocast(
             input.device.type, input, weight_quad, weight_quad2, weight, bias)
-    check_args(input, weight_quad, weight, bias, form, weight_quad2)
     if needs_composite(input, weight_quad, weight_quad2, weight, bias):
+        check_args(input, weight_quad, weight, bias, form, weight_quad2)
         return quadric_linear_composite(input, weight_quad, weight_quad2, weight, bias, form)
+    if not isinstance(input, Tensor) or input.dim() < 1:
+        check_args(input, weight_quad, weight, bias, form, weight_quad2)  # raises, naming input
+    # the registered op validates everything else (it is public API): one check per call
     lead = input.shape[:-1]
     x = input.reshape(-1, input.shape[-1])
     y = quadric_linear_op(x, weight_quad, weight_quad2, weight, bias, form)
