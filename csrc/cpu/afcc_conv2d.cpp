@@ -42,46 +42,36 @@ int64_t chunk_images(const Geo& g) {
   return std::max<int64_t>(1, std::min<int64_t>(g.N, (int64_t(4) << 20) / per_image));
 }
 
+// For each tap (r, s) and output position q = oh * OW + ow: the input offset ih * W + iw inside
+// a channel plane, or -1 where the window reads the zero padding. im2col / col2im then move one
+// plane per (channel, tap, image) through this table: no index arithmetic or bounds tests in the
+// inner loop (on 4x4 maps the per-row bookkeeping used to cost more than the copies).
+std::vector<int64_t> tap_table(const Geo& g) {
+  std::vector<int64_t> tab(g.RS() * g.OHW());
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t ih = oh * g.sh - g.ph + r * g.dh, iw = ow * g.sw - g.pw + s * g.dw;
+          tab[(r * g.S + s) * g.OHW() + oh * g.OW + ow] =
+              (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? ih * g.W + iw : -1;
+        }
+  return tab;
+}
+
+// cols (C*R*S, nn*OH*OW): row c*R*S + tap, column n*OH*OW + q (channels in in_perm order).
 template <typename T>
 void im2col(const T* x, const int64_t* in_perm, T* cols, const Geo& g, int64_t n0, int64_t nn) {
-  const int64_t P = nn * g.OHW();
-  at::parallel_for(0, g.C * g.RS(), 1, [&](int64_t b, int64_t e) {
+  const int64_t P = nn * g.OHW(), ohw = g.OHW(), rs = g.RS();
+  const std::vector<int64_t> tab = tap_table(g);
+  at::parallel_for(0, g.C * rs, 1, [&](int64_t b, int64_t e) {
     for (int64_t row = b; row < e; ++row) {
-      const int64_t c = row / g.RS(), r = (row / g.S) % g.R, s = row % g.S;
-      T* dst = cols + row * P;
-      // stride 1, dilation 1 along W: the valid outputs of a row are one contiguous range
-      const bool unit = g.sw == 1 && g.dw == 1;
-      const int64_t lo = std::clamp<int64_t>(g.pw - s * g.dw, 0, g.OW);
-      const int64_t hi = std::clamp<int64_t>(g.W + g.pw - s * g.dw, lo, g.OW);
+      const int64_t c = row / rs;
+      const int64_t* tb = tab.data() + (row % rs) * ohw;
       for (int64_t n = 0; n < nn; ++n) {
         const T* plane = x + ((n0 + n) * g.C + in_perm[c]) * g.H * g.W;
-        if (unit) {
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-            T* d = dst + (n * g.OH + oh) * g.OW;
-            if (ih < 0 || ih >= g.H) {
-              std::fill(d, d + g.OW, T(0));
-              continue;
-            }
-            std::fill(d, d + lo, T(0));
-            std::copy(plane + ih * g.W + lo - g.pw + s, plane + ih * g.W + hi - g.pw + s, d + lo);
-            std::fill(d + hi, d + g.OW, T(0));
-          }
-          continue;
-        }
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-          T* d = dst + (n * g.OH + oh) * g.OW;
-          if (ih < 0 || ih >= g.H) {
-            std::fill(d, d + g.OW, T(0));
-            continue;
-          }
-          const T* src = plane + ih * g.W;
-          for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const int64_t iw = ow * g.sw - g.pw + s * g.dw;
-            d[ow] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
-          }
-        }
+        T* d = cols + row * P + n * ohw;
+        for (int64_t q = 0; q < ohw; ++q) d[q] = tb[q] >= 0 ? plane[tb[q]] : T(0);
       }
     }
   });
@@ -90,27 +80,20 @@ void im2col(const T* x, const int64_t* in_perm, T* cols, const Geo& g, int64_t n
 // Accumulate dcols into gx (rows of one channel only touch that channel's planes: no races).
 template <typename T>
 void col2im(const T* dcols, const int64_t* in_perm, T* gx, const Geo& g, int64_t n0, int64_t nn) {
-  const int64_t P = nn * g.OHW();
+  const int64_t P = nn * g.OHW(), ohw = g.OHW(), rs = g.RS();
+  const std::vector<int64_t> tab = tap_table(g);
   at::parallel_for(0, g.C, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      for (int64_t r = 0; r < g.R; ++r)
-        for (int64_t s = 0; s < g.S; ++s) {
-          const T* src = dcols + ((c * g.R + r) * g.S + s) * P;
-          for (int64_t n = 0; n < nn; ++n) {
-            T* plane = gx + ((n0 + n) * g.C + in_perm[c]) * g.H * g.W;
-            for (int64_t oh = 0; oh < g.OH; ++oh) {
-              const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-              if (ih < 0 || ih >= g.H) continue;
-              const T* sv = src + (n * g.OH + oh) * g.OW;
-              T* d = plane + ih * g.W;
-              for (int64_t ow = 0; ow < g.OW; ++ow) {
-                const int64_t iw = ow * g.sw - g.pw + s * g.dw;
-                if (iw >= 0 && iw < g.W) d[iw] += sv[ow];
-              }
-            }
-          }
+    for (int64_t c = b; c < e; ++c)
+      for (int64_t tap = 0; tap < rs; ++tap) {
+        const int64_t* tb = tab.data() + tap * ohw;
+        const T* src = dcols + (c * rs + tap) * P;
+        for (int64_t n = 0; n < nn; ++n) {
+          T* plane = gx + ((n0 + n) * g.C + in_perm[c]) * g.H * g.W;
+          const T* sv = src + n * ohw;
+          for (int64_t q = 0; q < ohw; ++q)
+            if (tb[q] >= 0) plane[tb[q]] += sv[q];
         }
-    }
+      }
   });
 }
 
