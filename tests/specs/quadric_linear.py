@@ -100,6 +100,38 @@ def bad_inputs() -> list[BadInput]:
     ]
 
 
+def _fuzz(rng) -> Sample:
+    """A raw registered-op call: random form, sizes (empty batch, n = 1, primes), dtype, bias,
+    strides; about one call in eight is impossible (a wrong quadratic-weight shape, a rank that
+    does not divide, a dtype mix) and must raise a clear error."""
+    form = rng.choice(("diagonal", "full", "lowrank"))
+    b, n, k, r = rng.choice((0, 1, 2, 7, 16)), rng.randint(1, 24), rng.randint(1, 40), rng.randint(1, 3)
+    dtype = rng.choice((torch.float32, torch.float64))
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    x = torch.randn(b, n, generator=g, dtype=dtype)
+    if rng.random() < 0.3 and b > 1:
+        x = torch.randn(n, b, generator=g, dtype=dtype).t()  # transposed strides
+    quad = {"diagonal": (k, n), "full": (k, packed_size(n)), "lowrank": (r * k, n)}[form]
+    wq = torch.randn(quad, generator=g, dtype=dtype)
+    wq2 = torch.randn(quad, generator=g, dtype=dtype) if form == "lowrank" else None
+    w = torch.randn(k, n, generator=g, dtype=dtype)
+    bias = torch.randn(k, generator=g, dtype=dtype) if rng.random() < 0.7 else None
+    if rng.random() < 0.125:
+        bad = rng.randrange(3)
+        if bad == 0:
+            wq = torch.randn(quad[0], quad[1] + 1, dtype=dtype)
+        elif bad == 1 and form == "lowrank":
+            wq = wq2 = torch.randn(r * k + 1, n, dtype=dtype)
+        else:
+            w = w.to(torch.float64 if dtype == torch.float32 else torch.float32)
+    return Sample((x, wq, wq2, w, bias, form), {}, f"fuzz-{form}")
+
+
+def fuzz_reference(input, weight_quad, weight_quad2, weight, bias, form):
+    """The registered op's signature on the differentiable composite."""
+    return quadric_linear_composite(input, weight_quad, weight_quad2, weight, bias, form)
+
+
 def module():
     torch.manual_seed(0)
     return QuadricLinear(7, 5, form="lowrank", rank=2), torch.randn(4, 7)
@@ -118,4 +150,6 @@ SPEC = OpSpec(
     reduction=reduction,
     triton_samples=triton_samples,
     module=module,
+    fuzz=_fuzz,
+    fuzz_reference=fuzz_reference,
 )
