@@ -35,22 +35,19 @@ SK_GEOM_HD int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t 
   return floor_div(in + 2 * pad - dil * (k - 1) - 1, stride) + 1;
 }
 
-#if !defined(__CUDA_ARCH__)
-// The same for untrusted arguments (host only): false when an intermediate overflows int64
-// (e.g. padding or dilation near 2^62), so that a hostile call gets an error, not UB.
-inline bool conv_out_size_checked(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil,
-                                  int64_t* out) {
-  if (stride < 1) return false;
-  int64_t two_pad, span, num;
-  if (__builtin_mul_overflow(pad, int64_t(2), &two_pad)) return false;
-  if (__builtin_mul_overflow(dil, k - 1, &span)) return false;
-  if (__builtin_add_overflow(in, two_pad, &num)) return false;
-  if (__builtin_sub_overflow(num, span, &num)) return false;
-  if (__builtin_sub_overflow(num, int64_t(1), &num)) return false;
-  *out = floor_div(num, stride) + 1;
+// The same for untrusted arguments: false when an argument is out of range (stride, kernel or
+// dilation < 1, padding or input < 0) or an intermediate would overflow int64 (e.g. padding or
+// dilation near 2^62), so that a hostile call gets an error, not undefined behaviour. Plain
+// comparisons (no compiler builtins), so every compiler of this header accepts it.
+SK_GEOM_HD bool conv_out_size_checked(int64_t in, int64_t k, int64_t stride, int64_t pad,
+                                      int64_t dil, int64_t* out) {
+  constexpr int64_t kMax = INT64_MAX;
+  if (stride < 1 || k < 1 || dil < 1 || pad < 0 || in < 0) return false;
+  if (pad > kMax / 2 || in > kMax - 2 * pad) return false;        // in + 2*pad
+  if (k > 1 && dil > kMax / (k - 1)) return false;                // dil*(k-1)
+  *out = floor_div(in + 2 * pad - dil * (k - 1) - 1, stride) + 1;  // >= -kMax: no overflow
   return true;
 }
-#endif
 
 // Validated geometry of a 2-D convolution followed by an optional 2x2/2 max-pool (floor mode):
 // what checks.h's check_conv2d_args returns and the CPU kernels take.
