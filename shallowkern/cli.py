@@ -855,6 +855,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plots and fit.json (default <results without .jsonl>_out/)")
     _add_boot(p)
     p.set_defaults(func=cmd_run)
+
+    from .afcc.cli import add_parser as add_prune_parser  # `prune`: shallowkern/afcc/cli.py
+
+    add_prune_parser(sub)
     return parser
 
 
