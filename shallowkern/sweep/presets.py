@@ -119,8 +119,11 @@ _DESCRIPTIONS: dict[str, str] = {
 # trial at a time, images/s (see docs/study.md for the conditions, which were loaded). Used by
 # estimate_time; a family/width not listed is extrapolated from its forward MACs.
 MEASURED_IMAGES_PER_S: dict[str, float] = {}
-# Packed-over-single speedup by d1 (same doc); widths not listed get 1.0 (no claim).
-MEASURED_PACK_SPEEDUP: dict[int, float] = {}
+# Packed-over-single training throughput by d1: `python -m shallowkern.sweep.packed 3 4 8 16`
+# on this project's 2-core VM, 2 threads, load average ~6-14 (docs/study.md). Below 1: packing
+# (grouped oneDNN convs) is slower than the fused C++ kernels of one trial at a time here.
+# Widths not listed get 1.0 (no claim).
+MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 0.74, 8: 0.76, 16: 0.38}
 
 
 def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
