@@ -88,8 +88,8 @@ def _x_for_error(A: Any, rho: Any, eps: Any, e: float) -> np.ndarray:
     A, rho, eps = (np.asarray(v, dtype=float) for v in (A, rho, eps))
     gap = e - eps
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = np.where((gap > 0) & (rho > 0) & (A > 0), (A / np.where(gap > 0, gap, 1)) ** (1 / rho),
-                       np.inf)
+        ok = (gap > 0) & (rho > 0) & (A > 0)
+        out = np.where(ok, (A / np.where(gap > 0, gap, 1)) ** (1 / rho), np.inf)
     return out
 
 
@@ -272,8 +272,9 @@ def _markdown(rep: dict[str, Any], figures: Sequence[str]) -> str:
              f"- vs forward FLOPs per image: rho_F = {L['rho_flops']:.3f} "
              f"{_fmt_ci(L['rho_flops_ci'])}"]
     if "aic_floor" in L:
-        lines.append(f"- with a floor: eps_inf = {L['eps_inf']:.4f} {_fmt_ci(L['eps_inf_ci'], '.4f')}"
-                     f", rho = {L['rho_floor']:.3f} {_fmt_ci(L['rho_floor_ci'])}; AIC-style score "
+        lines.append(f"- with a floor: eps_inf = {L['eps_inf']:.4f} "
+                     f"{_fmt_ci(L['eps_inf_ci'], '.4f')}, rho = {L['rho_floor']:.3f} "
+                     f"{_fmt_ci(L['rho_floor_ci'])}; AIC-style score "
                      f"(chi^2 + 2k) plain {L['aic_plain']:.1f} vs floor {L['aic_floor']:.1f} -> "
                      f"**{L['preferred']}** preferred")
     ho = L["holdout"]

@@ -54,8 +54,8 @@ from torch import nn
 
 from .config import TrialConfig, trial_id
 
-__all__ = ["PackedNet", "pack_key", "plan_packs", "run_pack", "run_packed_sweep",
-           "train_packed"]
+__all__ = ["PackedNet", "measure_throughput", "pack_key", "plan_packs", "run_pack",
+           "run_packed_sweep", "train_packed"]
 
 
 class _PackedConv(nn.Module):
