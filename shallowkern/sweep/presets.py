@@ -108,10 +108,10 @@ _DESCRIPTIONS: dict[str, str] = {
              "minutes on a CPU",
     "paper": "LeNet d1 6..768 x k {2,2.8,4} + VGG-16 bn width 1/8..1, 3 seeds, lab recipe "
              "(100 epochs): the full study (GPU)",
-    "study": f"LeNet d1 4..64 (9 widths) k=2.8 + k-scan at d1=16 + VGG-16 bn 1/16..1/4, 3 seeds, "
-             f"45k images, {STUDY_EPOCHS} epochs (provisional until the pilot): the CPU study",
+    "study": f"LeNet d1 4..64 + k-scan at d1=16 + VGG-16 bn 1/16..1/4, 3 seeds, 45k images, "
+             f"{STUDY_EPOCHS} epochs (provisional): the CPU study",
     "study-pilot": f"LeNet d1 {{4,16,64}} + VGG-16 bn 1/8, seed 0, {PILOT_EPOCHS} epochs: "
-                   "validation curves that choose the study's epoch count",
+                   "curves choosing the study's epochs",
 }
 
 
