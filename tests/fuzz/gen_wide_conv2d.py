@@ -281,7 +281,7 @@ def _geometry_violations(x, wt, b, stride, padding, dilation, groups, pool, publ
     big = 2**63
     if any(abs(p) * 2 + abs(d) * (kk - 1) + sz >= big
            for p, d, kk, sz in ((padding[0], dilation[0], r, h), (padding[1], dilation[1], s, w))):
-        return v + ["overflow|does not fit|padding|dilation"]
+        v.append("overflow|does not fit|padding|dilation")  # C++; Python's ints do not overflow
     oh = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
     ow = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
     if oh < 1 or ow < 1:

@@ -711,3 +711,21 @@ def test_cpp_knobs_read_once_and_set_through_the_registry(monkeypatch):
         _C.set_knob("SHALLOWKERN_CPU_FORWARD", "fastest")
     with pytest.raises(ValueError, match="unknown C\\+\\+ knob"):
         _C.set_knob("SHALLOWKERN_CPU_TURBO", "1")
+
+
+def test_irrelevant_huge_dilation_and_stride_are_harmless():
+    """Found by the fuzzer under UBSan: dilation 2^63-1 along a 1-wide kernel dimension, or a
+    huge stride along a 1-wide output dimension, is a valid call whose value cannot matter; the
+    kernels multiplied it by the padded row length (signed overflow). Now canonicalised."""
+    x, w = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(6, 4, 1, 3, dtype=torch.float64)
+    params = [[1, 2**62], [0, 0], [2**63 - 1, 1], 1]
+    out, _ = fwd(x, w, None, *params, False, 1, False)
+    ref = torch.nn.functional.conv2d(x, w)[..., :1]  # the same conv: stride/dilation unused
+    assert out.shape == (2, 6, 8, 1)
+    torch.testing.assert_close(out, ref)
+    gx, gw, _ = bwd(torch.ones_like(out), x, w, x.new_empty(0), *params, False, 1,
+                    [True, True, False])
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    rx, rw = torch.autograd.grad(torch.nn.functional.conv2d(xr, wr)[..., :1].sum(), [xr, wr])
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)

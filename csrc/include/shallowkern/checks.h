@@ -95,6 +95,14 @@ inline Conv2dGeom check_conv2d_args(const char* op, const at::Tensor& input,
   TORCH_CHECK(pool == 1 || g.C > 0, op,
               ": pool=2 with zero input channels: conv2d's (N, 0, OH, OW) output has no channel to "
               "pool (max_pool2d refuses it too)");
+  // Canonical form: a dilation along a 1-wide kernel dimension, or a stride along an output
+  // dimension of size 1, cannot change the result, but the kernels' index arithmetic multiplies
+  // them by the padded row length (dilation 2^63-1 with a 1x1 kernel is a valid conv2d call).
+  // Where they do matter they are bounded by the padded input (checked above and by the kernels).
+  if (g.R == 1) g.dh = 1;
+  if (g.S == 1) g.dw = 1;
+  if (g.OH == 1) g.sh = 1;
+  if (g.OW == 1) g.sw = 1;
   g.pool = pool;
   g.PH = g.OH / pool, g.PW = g.OW / pool;
   g.EH = g.PH * pool, g.EW = g.PW * pool;
