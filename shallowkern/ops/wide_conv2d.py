@@ -76,6 +76,8 @@ def check_args(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddi
     if weight.shape[1] * groups != input.shape[1]:
         raise ValueError(f"{op}: weight has {weight.shape[1]} input channels per group but "
                          f"input has {input.shape[1]} channels and groups={groups}")
+    if weight.shape[2] < 1 or weight.shape[3] < 1:  # oneDNN's error for it names nothing
+        raise ValueError(f"{op}: weight must have a non-empty kernel, got {tuple(weight.shape)}")
     if bias is not None:
         if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {_shape(bias)}")
