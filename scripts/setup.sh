@@ -11,6 +11,6 @@ venv="${SHALLOWKERN_VENV:-$here/.venv}"
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0" "triton==3.7.1" numpy scipy matplotlib \
-    pytest pytest-benchmark hypothesis pybind11 ninja setuptools wheel
+    tqdm pytest pytest-benchmark hypothesis pybind11 ninja setuptools wheel
 MAX_JOBS="${MAX_JOBS:-2}" python -m pip install -q --no-build-isolation -e "$here"
 python -c "import shallowkern._ext as e; print('shallowkern installed; native extension:', 'loaded' if e.available() else 'MISSING (' + str(e.load_error) + ')')"

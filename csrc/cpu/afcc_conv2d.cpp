@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "shallowkern/geometry.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -189,8 +191,10 @@ Geo geometry(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef 
   Geo g{input.size(0), input.size(1), input.size(2), input.size(3), weight.size(0),
         weight.size(2), weight.size(3), 0, 0, stride[0], stride[1], padding[0], padding[1],
         dilation[0], dilation[1]};
-  g.OH = (g.H + 2 * g.ph - g.dh * (g.R - 1) - 1) / g.sh + 1;
-  g.OW = (g.W + 2 * g.pw - g.dw * (g.S - 1) - 1) / g.sw + 1;
+  // floor division (shared with the fake and the wide_conv2d checks): a kernel larger than the
+  // padded input gives a size < 1, which check_inputs refuses, never a truncated "fit"
+  g.OH = shallowkern::conv_out_size(g.H, g.R, g.sh, g.ph, g.dh);
+  g.OW = shallowkern::conv_out_size(g.W, g.S, g.sw, g.pw, g.dw);
   return g;
 }
 
@@ -330,6 +334,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> afcc_conv2d_backward_cpu(
   const auto mask = mask_.contiguous();
   const auto grad_out = grad_out_.contiguous();
   const Geo g = geometry(input, weight, stride, padding, dilation);
+  TORCH_CHECK(g.OH >= 1 && g.OW >= 1,
+              "_afcc_conv2d_native_backward: the kernel does not fit the input");
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.K &&
                   grad_out.size(2) == g.OH && grad_out.size(3) == g.OW &&
                   grad_out.scalar_type() == input.scalar_type(),

@@ -89,7 +89,15 @@ def check_args(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddi
     oh, ow = check_conv_geometry(op, input.shape[2:], weight.shape[2:], stride, padding, dilation)
     if pool == 2 and (oh < 2 or ow < 2):
         raise ValueError(f"{op}: pool=2 needs a conv output of at least 2x2, got {oh}x{ow}")
+    if pool == 2 and input.shape[1] == 0:
+        raise ValueError(f"{op}: pool=2 with zero input channels: conv2d's (N, 0, OH, OW) output "
+                         "has no channel to pool (max_pool2d refuses it too)")
     return oh, ow, oh // pool, ow // pool
+
+
+def out_channels(input: Tensor, weight: Tensor) -> int:
+    """Output channels as aten's conv2d gives them: K, or 0 when the input has no channels."""
+    return 0 if input.shape[1] == 0 else weight.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +273,7 @@ def _run_forward(backend, input, weight, bias, stride, padding, dilation, groups
 def _wide_conv2d_fake(input, weight, bias, stride, padding, dilation, groups, relu, pool,
                       return_indices):
     _, _, ph, pw = check_args(input, weight, bias, stride, padding, dilation, groups, pool)
-    shape = (input.shape[0], weight.shape[0], ph, pw)
+    shape = (input.shape[0], out_channels(input, weight), ph, pw)
     fmt = out_memory_format(input)
     out = input.new_empty(shape).contiguous(memory_format=fmt)
     if pool == 2 and return_indices:
@@ -303,7 +311,7 @@ def _check_backward_args(grad_out, input, weight, saved, stride, padding, dilati
                          pool, output_mask):
     op = "wide_conv2d_backward"
     _, _, ph, pw = check_args(input, weight, None, stride, padding, dilation, groups, pool)
-    want = (input.shape[0], weight.shape[0], ph, pw)
+    want = (input.shape[0], out_channels(input, weight), ph, pw)
     if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != want:
         raise ValueError(f"{op}: grad_out must have shape {want}, got {_shape(grad_out)}")
     if grad_out.dtype != input.dtype or grad_out.device != input.device:

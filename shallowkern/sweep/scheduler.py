@@ -101,28 +101,29 @@ def visible_gpus() -> list[str]:
 
 
 class _Progress:
-    """A one-line text progress report on stderr (tqdm is not a dependency)."""
+    """The sweep's progress bar (tqdm on stderr): trials done, failed, elapsed and ETA.
+
+    On a terminal tqdm redraws one line; in a log file it prints a line per update at most every
+    30 s, so long sweeps leave a readable log.
+    """
 
     def __init__(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
         self.total, self.done, self.failed = total, 0, 0
         self.enabled = enabled and total > 0
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="[sweep]", unit="trial", file=sys.stderr,
+                        disable=not self.enabled, dynamic_ncols=True,
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     def update(self, what: str, ok: bool = True) -> None:
         self.done += 1
         self.failed += not ok
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / self.done * (self.total - self.done)
-        line = (f"[sweep] {self.done}/{self.total} ({self.failed} failed) "
-                f"{elapsed:6.0f}s elapsed, ~{eta:.0f}s left | {'done' if ok else 'FAILED'} {what}")
-        # On a terminal redraw one line; in a log file print one line per trial.
-        sys.stderr.write(("\r\033[K" + line) if self.tty else line + "\n")
-        if self.tty and self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        self.bar.set_postfix_str(f"{self.failed} failed | {'done' if ok else 'FAILED'} {what}",
+                                 refresh=False)
+        self.bar.update(1)
+        if self.done == self.total:
+            self.bar.close()
 
 
 class SweepBusy(RuntimeError):

@@ -234,3 +234,21 @@ def test_reference_indices_match_eager_gradient():
     out, idx = wide_conv2d_reference(x, w, b, [1, 1], [0, 0], [1, 1], 1, True, 2, True)
     assert_close(out, eager(x, w, b), torch.float64)
     assert idx.dtype == torch.uint8 and int(idx.max()) <= NO_GRAD
+
+
+def test_zero_input_channels_fake_agrees_with_eager():
+    """aten's conv2d gives (N, 0, OH, OW) for C_in = 0; the fake must say the same, and pool=2
+    (which max_pool2d refuses on that output) is a clear error on every path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from shallowkern.ops.wide_conv2d import wide_conv2d_op
+
+    x, w = torch.randn(2, 0, 8, 8), torch.randn(4, 0, 3, 3)
+    args = ([1, 1], [0, 0], [1, 1], 1, False, 1, False)
+    eager = wide_conv2d_op(x, w, None, *args)[0]
+    assert eager.shape == F.conv2d(x, w).shape == (2, 0, 6, 6)
+    with FakeTensorMode() as mode:
+        fake = wide_conv2d_op(mode.from_tensor(x), mode.from_tensor(w), None, *args)[0]
+    assert fake.shape == eager.shape
+    with pytest.raises(ValueError, match="zero input channels"):
+        wide_conv2d(x, w, activation="relu", pool=2)
