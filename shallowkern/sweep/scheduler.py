@@ -110,6 +110,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         from tqdm.auto import tqdm
 
+        tqdm.monitor_interval = 0  # no monitor thread: Ctrl-C must reach the driver's main thread
         self.total, self.done, self.failed = total, 0, 0
         self.enabled = enabled and total > 0
         self.bar = tqdm(total=total, desc="[sweep]", unit="trial", file=sys.stderr,
@@ -430,13 +431,19 @@ class _Worker:
         # Children start with SIGINT ignored (kept across exec, and Python then installs no
         # handler): Ctrl-C reaches the whole process group, and a worker interrupted while
         # importing torch would print a 30-line traceback. The driver stops its workers.
+        # SIGINT is also *blocked* meanwhile, so a Ctrl-C arriving while start() runs stays
+        # pending (Linux never discards a blocked signal) and interrupts the driver right after,
+        # instead of being ignored (a start under load can take a second).
         main = threading.current_thread() is threading.main_thread()
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        if main:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self.proc.start()
         finally:
             if main:
                 signal.signal(signal.SIGINT, old)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
