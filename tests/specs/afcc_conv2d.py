@@ -115,6 +115,53 @@ def module():
     return AFCCConv2d(6, 8, 3, padding=1, mask=_mask(8, 6, "clustered", g)), torch.randn(2, 6, 5, 5)
 
 
+
+def _fuzz(rng) -> Sample:
+    """A raw ``shallowkern::afcc_conv2d`` call: random geometry (empty batch, 1x1 maps, kernels
+    larger than the input, stride/padding/dilation), channel counts below and above one block,
+    mask densities from empty to full (random and label-clustered, so both the block-sparse
+    kernel and the dense fallback run), fp32/fp64, channels_last; about one call in six breaks a
+    rule on purpose (mask shape or dtype, dtype mix, negative padding, zero stride)."""
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    dtype = rng.choice((torch.float32, torch.float64))
+    n, c, k = rng.choice((0, 1, 2, 3)), rng.choice((1, 2, 5, 17, 40)), rng.choice((1, 3, 16, 33))
+    h, w = rng.randint(1, 10), rng.randint(1, 10)
+    r, s = rng.randint(1, 4), rng.randint(1, 4)
+    stride = [rng.randint(1, 3), rng.randint(1, 3)]
+    padding = [rng.randint(0, 2), rng.randint(0, 2)]
+    dilation = [rng.randint(1, 2), rng.randint(1, 2)]
+    x = torch.randn(n, c, h, w, generator=g, dtype=dtype)
+    if rng.random() < 0.2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(k, c, r, s, generator=g, dtype=dtype) * (c * r * s) ** -0.5
+    density = rng.choice((0.0, 0.05, 0.1, 0.25, 0.5, 1.0))
+    if rng.random() < 0.5:
+        mask = torch.rand(k, c, generator=g) < density
+    else:
+        groups = rng.randint(1, 4)
+        mask = (torch.randint(0, groups, (k, 1), generator=g)
+                == torch.randint(0, groups, (1, c), generator=g))
+    bias = torch.randn(k, generator=g, dtype=dtype) if rng.random() < 0.7 else None
+    if rng.random() < 1 / 6:
+        bad = rng.randrange(5)
+        if bad == 0:
+            mask = torch.ones(k, c + 1, dtype=torch.bool)
+        elif bad == 1:
+            mask = mask.to(dtype)
+        elif bad == 2:
+            wt = wt.to(torch.float32 if dtype == torch.float64 else torch.float64)
+        elif bad == 3:
+            padding = [-1, padding[1]]
+        else:
+            stride = [0, stride[1]]
+    return Sample((x, wt, mask, bias, stride, padding, dilation), {}, "fuzz")
+
+
+def fuzz_reference(input, weight, mask, bias, stride, padding, dilation):
+    """The registered op's signature: its own argument rules, then the aten composition."""
+    A.check_args(input, weight, mask, bias, stride, padding, dilation)
+    return A.afcc_conv2d_reference(input, weight, mask, bias, stride, padding, dilation)
+
 SPEC = OpSpec(
     name="afcc_conv2d",
     op=op,
@@ -128,4 +175,6 @@ SPEC = OpSpec(
     reduction=reduction,
     triton_samples=triton_samples,
     module=module,
+    fuzz=_fuzz,
+    fuzz_reference=fuzz_reference,
 )
