@@ -438,7 +438,10 @@ def test_ctrl_c_during_worker_start_up_is_one_line(tmp_path):
         [sys.executable, "-m", "shallowkern", "sweep", *map(str, SYNTH), "--d1", "3",
          "--train-subset", "200", "--results", str(tmp_path / "r.jsonl"), "--workers", "2",
          "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a terminal: a background job of a non-interactive shell (`bash .ci/run &`)
+        # starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()  # printed just before the workers are spawned
         assert line.startswith("sweep: "), line

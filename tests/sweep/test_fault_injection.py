@@ -36,7 +36,7 @@ pytestmark = [
 
 N_TRIALS = 240
 MIN_KILLS = 22
-KILL_PHASE_S = 40.0  # give up starting new drivers after this long (the test then fails)
+KILL_PHASE_S = 150.0  # give up starting new drivers after this long (the test then fails)
 
 
 def _fork_driver(results: Path, workers: int) -> int:
@@ -201,10 +201,14 @@ def test_ctrl_c_while_workers_start_prints_no_worker_traceback(tmp_path):
     import subprocess
 
     repo = Path(__file__).resolve().parents[2]
+    # A terminal's process gets SIGINT with the default action; a background job of a
+    # non-interactive shell (e.g. `bash .ci/run &`) starts with it ignored, and Python then
+    # installs no KeyboardInterrupt handler. Restore the terminal's case in the child.
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.sweep._fault_helpers", str(tmp_path / "r.jsonl"), "50",
          "2"], cwd=repo, start_new_session=True, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
