@@ -88,10 +88,15 @@ def study(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10",
           epochs: int = STUDY_EPOCHS) -> list[TrialConfig]:
     """The study sized for this machine (see the module docstring and docs/study.md)."""
     o = _study_overrides(epochs)
-    return (lenet_grid(STUDY_D1, (2.8,), seeds, dataset=dataset, recipe="lab", overrides=o)
-            + lenet_grid((STUDY_K_D1,), STUDY_K, seeds, dataset=dataset, recipe="lab",
-                         overrides=o)
-            + vgg_grid(STUDY_VGG_WIDTHS, seeds, dataset=dataset, recipe="lab", overrides=o))
+    # Seed-major: the study spans sessions, so after each seed the records already hold one
+    # whole law, k-scan and frontier (trial ids do not depend on the order).
+    out: list[TrialConfig] = []
+    for s in seeds:
+        out += (lenet_grid(STUDY_D1, (2.8,), (s,), dataset=dataset, recipe="lab", overrides=o)
+                + lenet_grid((STUDY_K_D1,), STUDY_K, (s,), dataset=dataset, recipe="lab",
+                             overrides=o)
+                + vgg_grid(STUDY_VGG_WIDTHS, (s,), dataset=dataset, recipe="lab", overrides=o))
+    return out
 
 
 def study_pilot(seeds: Sequence[int] = (0,), dataset: str = "cifar10") -> list[TrialConfig]:
