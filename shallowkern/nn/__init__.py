@@ -3,7 +3,8 @@
 from .afcc import AFCCConv2d, AFCCLinear
 from .fuse import fuse, unfuse
 from .quadric_linear import QuadricConv2d, QuadricLinear
-from .rodib import MultiDelayLinear, RoDiBHead
+from .multi_delay_linear import MultiDelayLinear
+from .rodib import RoDiBHead
 from .spinal_linear import SpinalLinear
 from .wide_conv2d import WideConv2d
 

@@ -36,8 +36,8 @@ multi_delay_linear`` and ``multi_delay_linear_backward`` are custom ops with fak
 "reference" backend exists: no native or Triton kernel is written for this op (the two GEMMs
 dominate and already run on MKL/cuBLAS; the scatter/gather are memory-bound copies).
 
-The RoDiB model built from it (arrival times, slots, labels) is in shallowkern/nn/rodib.py and
-docs/rodib.md.
+The module is shallowkern/nn/multi_delay_linear.py; the RoDiB model built from it (arrival
+times, slots, labels) is in shallowkern/nn/rodib.py and docs/rodib.md.
 """
 
 from __future__ import annotations
