@@ -32,15 +32,19 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "Tensor out_perm, Tensor in_perm, Tensor row_bounds, Tensor col_bounds, Tensor row_ptr, "
       "Tensor col_idx, int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
-  // Quadric neurons, form = "diagonal" | "full" | "lowrank"; see csrc/cpu/quadric_linear.cpp
-  // and shallowkern/ops/quadric_linear.py (full: weight_quad is the packed upper triangle).
+  // Quadric neurons, form = "diagonal" | "full" | "lowrank" (full: weight_quad is the packed
+  // upper triangle): the public ops, with C++ CPU kernels (csrc/cpu/quadric_linear.cpp) and C++
+  // autograd (csrc/cpu/quadric_linear_autograd.cpp); fakes and CUDA kernels come from
+  // shallowkern/ops/quadric_linear.py, whose SCHEMAS repeats these strings (a test keeps them
+  // equal). backend: the platform's choice, carried from the forward to the backward.
   m.def(
-      "_quadric_linear_native(Tensor input, Tensor weight_quad, Tensor? weight_quad2, "
-      "Tensor weight, Tensor? bias, str form) -> Tensor");
+      "quadric_linear(Tensor input, Tensor weight_quad, Tensor? weight_quad2, Tensor weight, "
+      "Tensor? bias, str form, str backend=\"\") -> Tensor");
   m.def(
-      "_quadric_linear_native_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
-      "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask) -> (Tensor grad_input, "
-      "Tensor grad_weight_quad, Tensor grad_weight_quad2, Tensor grad_weight, Tensor grad_bias)");
+      "quadric_linear_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
+      "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\") "
+      "-> (Tensor grad_input, Tensor grad_weight_quad, Tensor grad_weight_quad2, "
+      "Tensor grad_weight, Tensor grad_bias)");
 }
 
 // SpinalNet head, the whole chain in one op (csrc/cpu/spinal_linear.cpp; math in

@@ -1,5 +1,6 @@
-// C++ CPU kernels of shallowkern::_quadric_linear_native (forward) and
-// shallowkern::_quadric_linear_native_backward, float32 and float64, for the three forms of
+// C++ CPU kernels of shallowkern::quadric_linear (forward) and shallowkern::quadric_linear_backward
+// (schemas in csrc/registration.cpp; C++ autograd in quadric_linear_autograd.cpp), float32 and
+// float64 natively, float16/bfloat16 computed in float32, for the three forms of
 // shallowkern/ops/quadric_linear.py (x: (B, n), K outputs, T = n(n+1)/2, r = rank):
 //
 //   diagonal  y = (x*x) Wq^T + x W^T + b
@@ -46,7 +47,7 @@ namespace {
 constexpr int64_t kChunkCols = 4096;  // packed columns per chunk of the triangle (whole rows)
 constexpr int64_t kRowBlock = 512;    // batch rows per block in the full form
 
-const char* kOp = "_quadric_linear_native";
+const char* kOp = "quadric_linear";
 
 struct RowChunk {
   int64_t i0, i1, t0, t1;  // triangle rows [i0, i1) = packed columns [t0, t1)
@@ -67,27 +68,40 @@ std::vector<RowChunk> row_chunks(int64_t n) {
   return out;
 }
 
-void check_common(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w,
-                  const std::optional<at::Tensor>& bias, const std::string& form) {
+void check_common(const at::Tensor& x, const at::Tensor& wq,
+                  const std::optional<at::Tensor>& wq2, const at::Tensor& w,
+                  const std::optional<at::Tensor>& bias, const std::string& form,
+                  c10::string_view backend) {
   TORCH_CHECK(form == "diagonal" || form == "full" || form == "lowrank", kOp,
               ": form must be 'diagonal', 'full' or 'lowrank', got '", form, "'");
+  TORCH_CHECK(backend.empty() || backend == "native" || backend == "triton" ||
+                  backend == "reference",
+              kOp, ": backend must be '', 'native', 'triton' or 'reference', got '",
+              std::string(backend), "'");
   TORCH_CHECK(x.dim() == 2, kOp, ": input must be 2-D (B, n), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), kOp,
+              ": input must be a floating-point tensor, got ", x.scalar_type());
   TORCH_CHECK(w.dim() == 2 && w.size(1) == x.size(1), kOp, ": weight must be (K, ", x.size(1),
               "), got ", w.sizes());
   TORCH_CHECK(x.device().is_cpu(), kOp, ": input must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
-              ": input must be float32 or float64, got ", x.scalar_type());
-  for (const at::Tensor* t : {&wq, &w}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), kOp,
-                ": weights must be ", x.scalar_type(), " on ", x.device());
-  }
-  if (bias.has_value() && bias->defined()) {
+  const bool has_q2 = wq2.has_value() && wq2->defined();
+  const bool has_b = bias.has_value() && bias->defined();
+  auto same = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), kOp, ": ", name,
+                " must be ", x.scalar_type(), " on ", x.device(), " like input, got ",
+                t.scalar_type(), " on ", t.device());
+  };
+  same(wq, "weight_quad");
+  same(w, "weight");
+  if (has_q2) same(*wq2, "weight_quad2");
+  if (has_b) {
+    same(*bias, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.size(0), kOp, ": bias must be (",
                 w.size(0), ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), kOp, ": bias dtype must be ",
-                x.scalar_type());
   }
   const int64_t n = x.size(1), k = w.size(0);
+  TORCH_CHECK(form == "lowrank" || !has_q2, kOp,
+              ": weight_quad2 is only used by form='lowrank'");
   if (form == "diagonal") {
     TORCH_CHECK(wq.sizes() == w.sizes(), kOp, ": diagonal weight_quad must be (", k, ", ", n,
                 "), got ", wq.sizes());
@@ -98,7 +112,18 @@ void check_common(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w
     TORCH_CHECK(k > 0 && wq.dim() == 2 && wq.size(1) == n && wq.size(0) % k == 0 &&
                     wq.size(0) > 0, kOp, ": lowrank weight_quad must be (rank*", k, ", ", n,
                 "), got ", wq.sizes());
+    TORCH_CHECK(has_q2 && wq2->sizes() == wq.sizes(), kOp,
+                ": lowrank needs weight_quad2 of weight_quad's shape ", wq.sizes());
   }
+}
+
+bool native_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+}
+
+std::optional<at::Tensor> to_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->to(at::kFloat);
 }
 
 at::Tensor linear_start(const at::Tensor& x, const at::Tensor& w,
@@ -170,12 +195,34 @@ at::Tensor full_forward(const at::Tensor& x, const at::Tensor& p, at::Tensor y) 
   return y;
 }
 
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// x*x into a fresh (B, n) buffer in one pass (ATen's mul allocates the same, but through the
+// dispatcher: ~2 us that a batch-32 layer notices)
+at::Tensor squared(const at::Tensor& x) {
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_square", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t a, int64_t e) {
+      for (int64_t i = a; i < e; ++i) op[i] = xp[i] * xp[i];
+    });
+  });
+  return out;
+}
+
 at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight_quad,
                                const std::optional<at::Tensor>& weight_quad2,
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                               c10::string_view form_sv) {
+                               c10::string_view form_sv, c10::string_view backend) {
   const std::string form(form_sv);
-  check_common(input, weight_quad, weight, bias, form);
+  check_common(input, weight_quad, weight_quad2, weight, bias, form, backend);
+  if (!native_dtype(input)) {  // float16 / bfloat16: compute in float32, round once
+    return quadric_forward_cpu(input.to(at::kFloat), weight_quad.to(at::kFloat),
+                               to_float(weight_quad2), weight.to(at::kFloat), to_float(bias),
+                               form_sv, backend)
+        .to(input.scalar_type());
+  }
   const at::Tensor x = input.contiguous();
   const int64_t n = x.size(1), k = weight.size(0);
   if (form == "diagonal") {
@@ -183,13 +230,11 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
     // GEMM over [x*x | x] and [Wq | W] (723 vs 856 us at B = 512, n = K = 256), which pays
     // for concatenating the weights on every call; MKL cannot square in its operand load.
     at::Tensor y = linear_start(x, weight, bias);
-    return y.addmm_(x * x, weight_quad.t());
+    return y.addmm_(squared(x), weight_quad.t());
   }
   if (form == "full") {
     return full_forward(x, weight_quad.contiguous(), linear_start(x, weight, bias));
   }
-  TORCH_CHECK(weight_quad2.has_value() && weight_quad2->sizes() == weight_quad.sizes(), kOp,
-              ": lowrank needs weight_quad2 of weight_quad's shape ", weight_quad.sizes());
   const int64_t rk = weight_quad.size(0), r = rk / k, b = x.size(0);
   at::Tensor h = at::mm(x, at::cat({*weight_quad2, weight_quad, weight}, 0).t());  // [hb|ha|hl]
   at::Tensor y = at::empty({b, k}, x.options());
@@ -216,33 +261,43 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight_quad,
-    const std::optional<at::Tensor>& weight_quad2, const at::Tensor& weight,
-    c10::string_view form_sv, std::array<bool, 4> mask) {
+Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
+                           const at::Tensor& weight_quad,
+                           const std::optional<at::Tensor>& weight_quad2,
+                           const at::Tensor& weight, c10::string_view form_sv,
+                           std::array<bool, 4> mask, c10::string_view backend) {
   const std::string form(form_sv);
-  check_common(input, weight_quad, weight, std::nullopt, form);
+  check_common(input, weight_quad, weight_quad2, weight, std::nullopt, form, backend);
+  const int64_t b = input.size(0), n = input.size(1), k = weight.size(0);
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == b && grad_out.size(1) == k &&
+                  grad_out.scalar_type() == input.scalar_type(),
+              kOp, "_backward: grad_out must be ", input.scalar_type(), " of shape (", b, ", ", k,
+              "), got ", grad_out.scalar_type(), " ", grad_out.sizes());
+  if (!native_dtype(input)) {
+    const auto dt = input.scalar_type();
+    auto [gx, gq, gq2, gw, gb] =
+        quadric_backward_cpu(grad_out.to(at::kFloat), input.to(at::kFloat),
+                             weight_quad.to(at::kFloat), to_float(weight_quad2),
+                             weight.to(at::kFloat), form_sv, mask, backend);
+    return {gx.to(dt), gq.to(dt), gq2.to(dt), gw.to(dt), gb.to(dt)};
+  }
   const at::Tensor x = input.contiguous(), gy = grad_out.contiguous();
-  const int64_t b = x.size(0), n = x.size(1), k = weight.size(0);
-  TORCH_CHECK(gy.dim() == 2 && gy.size(0) == b && gy.size(1) == k, kOp,
-              "_backward: grad_out must be (", b, ", ", k, "), got ", gy.sizes());
   at::Tensor gx, gq, gq2, gw, gb;
   if (form == "diagonal") {
     if (mask[0]) {
-      at::Tensor d = at::mm(gy, at::cat({weight_quad, weight}, 1));  // (B, 2n): [gq | gl]
-      gx = at::empty_like(x);
+      // gx = gy W, then gx += 2 x * (gy Wq) in one pass (no [Wq | W] concatenation per call)
+      gx = at::mm(gy, weight);
+      at::Tensor d = at::mm(gy, weight_quad);
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_diag_gx", [&] {
         const scalar_t* xp = x.const_data_ptr<scalar_t>();
         const scalar_t* dp = d.const_data_ptr<scalar_t>();
         scalar_t* gp = gx.data_ptr<scalar_t>();
-        at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r)
-            for (int64_t j = 0; j < n; ++j)
-              gp[r * n + j] = dp[r * 2 * n + n + j] + 2 * xp[r * n + j] * dp[r * 2 * n + j];
+        at::parallel_for(0, b * n, 1 << 16, [&](int64_t a, int64_t e) {
+          for (int64_t i = a; i < e; ++i) gp[i] += 2 * xp[i] * dp[i];
         });
       });
     }
-    if (mask[1]) gq = at::mm(gy.t(), x * x);
+    if (mask[1]) gq = at::mm(gy.t(), squared(x));
     if (mask[2]) gw = at::mm(gy.t(), x);
   } else if (form == "full") {
     const at::Tensor p = weight_quad.contiguous();
@@ -285,8 +340,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_b
       });
     }
   } else {
-    TORCH_CHECK(weight_quad2.has_value() && weight_quad2->sizes() == weight_quad.sizes(), kOp,
-                "_backward: lowrank needs weight_quad2 of weight_quad's shape");
     const int64_t rk = weight_quad.size(0), r = rk / k;
     at::Tensor wcat = at::cat({weight_quad, *weight_quad2, weight}, 0);  // (2rK + K, n)
     at::Tensor h = at::mm(x, wcat.narrow(0, 0, 2 * rk).t());            // [ha | hb]
@@ -328,6 +381,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> quadric_b
 }  // namespace shallowkern
 
 TORCH_LIBRARY_IMPL(shallowkern, CPU, m) {
-  m.impl("_quadric_linear_native", &shallowkern::quadric_forward_cpu);
-  m.impl("_quadric_linear_native_backward", &shallowkern::quadric_backward_cpu);
+  m.impl("quadric_linear", &shallowkern::quadric_forward_cpu);
+  m.impl("quadric_linear_backward", &shallowkern::quadric_backward_cpu);
 }

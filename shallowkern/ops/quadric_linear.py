@@ -20,15 +20,18 @@ Backward (gy = dL/dy, (B, K)):
     lowrank   ga = gy*hb, gb = gy*ha (per rank s), gx = ga Wa + gb Wb + gy W,
               gWa = ga^T x, gWb = gb^T x, gW = gy^T x;  gbias = sum_b gy always
 
-Layers (CONVENTIONS.md §2, docs/adding_an_op.md): the references below are the CPU fallback, the
-test oracle and the benchmark baseline. ``shallowkern::quadric_linear`` and
-``quadric_linear_backward`` are custom ops with fakes, autograd (double backward through the
-composite), autocast and FLOP formulas (shallowkern.flops). ``FORWARD`` / ``BACKWARD`` declare
-the backends: "native" (C++ CPU kernels, csrc/cpu/quadric_linear.cpp; on CUDA the full-form C++
-forward, csrc/cuda/quadric_linear.cu, when forced), "triton" (shallowkern/triton/
-quadric_linear.py), "reference". The forward's choice is saved on the autograd ctx and passed to
-the backward op, so both run the same road. ``shallowkern.ops.explain("quadric_linear", ...)``
-and ``last_backend("quadric_linear")`` say which.
+Layers (CONVENTIONS.md §2, docs/adding_an_op.md). ``shallowkern::quadric_linear(input,
+weight_quad, weight_quad2, weight, bias, form, backend="")`` and ``quadric_linear_backward`` have
+C++ schemas (csrc/registration.cpp; ``SCHEMAS`` below repeats them and defines them when the
+extension is missing), C++ CPU kernels (csrc/cpu/quadric_linear.cpp) and a C++ autograd
+(csrc/cpu/quadric_linear_autograd.cpp), so a CPU training call is one C++ node; fakes, CUDA
+kernels (Triton, or the CUDA C++ full-form forward, csrc/cuda/quadric_linear.cu, when forced),
+autocast and FLOP formulas (shallowkern.flops) are registered here. ``FORWARD`` / ``BACKWARD``
+declare the backends: "native", "triton", "reference" (the aten formulas of
+ops/_quadric_reference.py). The functional picks one, passes it to the op as ``backend`` (saved
+for the backward, so both run the same road); on CPU the Triton interpreter and the reference
+run through ``_PythonPath`` instead of the C++ kernel. ``shallowkern.ops.explain("quadric_linear",
+...)`` and ``last_backend("quadric_linear")`` say which.
 """
 
 from __future__ import annotations
@@ -37,209 +40,32 @@ import math
 
 import torch
 from torch import Tensor
-from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
 from .. import flops as _flops
 from ._backend import Backend, OpDispatch
-from ._common import autocast_dtype, cast_for_autocast, needs_composite, register_autocast
+from ._common import (autocast_dtype, cast_for_autocast, needs_composite, register_autocast,
+                      register_flop_formula)
+from ._quadric_reference import (FORMS, check_args, outer_packed, pack_symmetric, packed_size,
+                                 quadric_linear_backward_reference, quadric_linear_composite,
+                                 quadric_linear_reference, triu_indices, unpack_symmetric)
 
-FORMS = ("diagonal", "full", "lowrank")
+__all__ = ["BACKWARD", "FORMS", "FORWARD", "NATIVE_CPU", "SCHEMAS", "check_args", "init_parameters",
+           "outer_packed", "pack_symmetric", "packed_size", "quadric_linear",
+           "quadric_linear_backward_reference", "quadric_linear_composite",
+           "quadric_linear_reference", "triu_indices", "unpack_symmetric"]
+
 _NATIVE_CPU_DTYPES = (torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-# ---------------------------------------------------------------------------------------------
-# layout helpers
-# ---------------------------------------------------------------------------------------------
-def packed_size(n: int) -> int:
-    """Number of packed upper-triangle entries of an n x n symmetric matrix: n(n+1)/2."""
-    return n * (n + 1) // 2
+def _has_kernel(name: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"shallowkern::{name}", key)
 
 
-def triu_indices(n: int, device=None) -> tuple[Tensor, Tensor]:
-    """(i, j) of the packed order: row-major over i <= j (int64 tensors of length n(n+1)/2)."""
-    idx = torch.triu_indices(n, n, device=device)
-    return idx[0], idx[1]
-
-
-def pack_symmetric(a: Tensor) -> Tensor:
-    """(..., n, n) matrices -> (..., n(n+1)/2) packed coefficients of x^T a x (see module doc)."""
-    n = a.shape[-1]
-    i, j = triu_indices(n, a.device)
-    s = a + a.transpose(-1, -2)
-    return torch.where(i == j, a[..., i, j], s[..., i, j])
-
-
-def unpack_symmetric(p: Tensor, n: int) -> Tensor:
-    """(..., n(n+1)/2) packed coefficients -> (..., n, n) symmetric A, x^T A x = sum P x_i x_j."""
-    i, j = triu_indices(n, p.device)
-    a = p.new_zeros(*p.shape[:-1], n, n)
-    half = torch.where(i == j, p, p / 2)
-    a[..., i, j] = half
-    a[..., j, i] = half
-    return a
-
-
-def outer_packed(x: Tensor) -> Tensor:
-    """Z[b, t(i,j)] = x[b,i] * x[b,j] for (B, n) x: (B, n(n+1)/2). Test/reference helper only."""
-    i, j = triu_indices(x.shape[-1], x.device)
-    return x[:, i] * x[:, j]
-
-
-# ---------------------------------------------------------------------------------------------
-# checks
-# ---------------------------------------------------------------------------------------------
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def check_args(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Tensor | None,
-               form: str, weight_quad2: Tensor | None) -> int:
-    """Validate a call (input (*, n)); returns the rank (1 unless form='lowrank')."""
-    if form not in FORMS:
-        raise ValueError(f"quadric_linear: form must be one of {FORMS}, got {form!r}")
-    if not isinstance(input, Tensor) or input.dim() < 1:
-        raise ValueError(f"quadric_linear: input must be a tensor of shape (*, in_features), got "
-                         f"{_shape(input)}")
-    if not input.is_floating_point():
-        raise TypeError(f"quadric_linear: input must be a floating-point tensor, got {input.dtype}")
-    if not isinstance(weight, Tensor) or weight.dim() != 2:
-        raise ValueError(f"quadric_linear: weight must be a 2-D (out_features, in_features) "
-                         f"tensor, got {_shape(weight)}")
-    k, n = weight.shape
-    if input.shape[-1] != n:
-        raise ValueError(f"quadric_linear: input has {input.shape[-1]} features in its last "
-                         f"dimension but weight expects in_features={n}")
-    named = [("weight_quad", weight_quad), ("weight", weight), ("bias", bias),
-             ("weight_quad2", weight_quad2)]
-    for name, t in named:
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"quadric_linear: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"quadric_linear: {name} dtype {t.dtype} != input dtype {input.dtype}")
-        if t.device != input.device:
-            raise ValueError(f"quadric_linear: {name} is on {t.device}, input on {input.device}")
-    if bias is not None and tuple(bias.shape) != (k,):
-        raise ValueError(f"quadric_linear: bias must have shape ({k},), got {tuple(bias.shape)}")
-    rank = 1
-    if form == "diagonal":
-        want = (k, n)
-    elif form == "full":
-        want = (k, packed_size(n))
-    else:
-        if weight_quad2 is None:
-            raise ValueError("quadric_linear: form='lowrank' needs weight_quad2 (the second "
-                             "factor, shape (rank*out_features, in_features))")
-        if (weight_quad.dim() != 2 or k == 0 or weight_quad.shape[0] % k
-                or weight_quad.shape[0] == 0):
-            raise ValueError(f"quadric_linear: lowrank weight_quad must be (rank*{k}, {n}) with "
-                             f"rank >= 1, got {_shape(weight_quad)}")
-        rank = weight_quad.shape[0] // k
-        want = (rank * k, n)
-        if tuple(weight_quad2.shape) != want:
-            raise ValueError(f"quadric_linear: weight_quad2 must have shape {want} (same as "
-                             f"weight_quad), got {_shape(weight_quad2)}")
-    if form != "lowrank" and weight_quad2 is not None:
-        raise ValueError(f"quadric_linear: weight_quad2 is only used by form='lowrank', got it "
-                         f"with form={form!r}")
-    if tuple(weight_quad.shape) != want:
-        layout = {"diagonal": "(out_features, in_features)",
-                  "full": "(out_features, in_features*(in_features+1)/2) packed upper triangle",
-                  "lowrank": "(rank*out_features, in_features)"}[form]
-        raise ValueError(f"quadric_linear: form={form!r} needs weight_quad of shape {want} "
-                         f"{layout}, got {_shape(weight_quad)}")
-    return rank
-
-
-# ---------------------------------------------------------------------------------------------
-# references (aten compositions; 2-D input)
-# ---------------------------------------------------------------------------------------------
-def quadric_linear_reference(input: Tensor, weight_quad: Tensor, weight_quad2: Tensor | None,
-                             weight: Tensor, bias: Tensor | None, form: str) -> Tensor:
-    """The forward in aten ops for (B, n) input. The full form is chunked over the packed index
-    so that extra memory stays O(B * (n + K)) per chunk of rows of the triangle."""
-    y = torch.nn.functional.linear(input, weight, bias)
-    if form == "diagonal":
-        return y.addmm_(input * input, weight_quad.t())
-    if form == "lowrank":
-        k = weight.shape[0]
-        r = weight_quad.shape[0] // max(k, 1)
-        ha = input @ weight_quad.t()
-        hb = input @ weight_quad2.t()
-        return y.add_((ha * hb).view(-1, r, k).sum(1))
-    n = input.shape[1]
-    for i0, i1, t0, t1 in _row_chunks(n):
-        z = _outer_rows(input, i0, i1)
-        y.addmm_(z, weight_quad[:, t0:t1].t())
-    return y
-
-
-def _row_chunks(n: int, target: int = 4096):
-    """Split the triangle's rows into chunks of about ``target`` packed entries:
-    yields (i0, i1, t0, t1) with packed columns [t0, t1) = rows i0..i1-1."""
-    i0, t0 = 0, 0
-    while i0 < n:
-        i1, t1 = i0, t0
-        while i1 < n and (t1 - t0 < target or i1 == i0):
-            t1 += n - i1
-            i1 += 1
-        yield i0, i1, t0, t1
-        i0, t0 = i1, t1
-
-
-def _outer_rows(x: Tensor, i0: int, i1: int) -> Tensor:
-    """Z columns of packed rows i0..i1-1: [x_i * x[:, i:] for i in range(i0, i1)] -> (B, sum)."""
-    return torch.cat([x[:, i:i + 1] * x[:, i:] for i in range(i0, i1)], dim=1)
-
-
-def quadric_linear_backward_reference(grad_out: Tensor, input: Tensor, weight_quad: Tensor,
-                                      weight_quad2: Tensor | None, weight: Tensor, form: str,
-                                      output_mask: list[bool]) -> tuple[Tensor, ...]:
-    """Gradients (input, weight_quad, weight_quad2, weight, bias) in aten ops; masked-off or
-    unused (weight_quad2 outside lowrank) gradients are empty tensors."""
-    gy, x = grad_out, input
-    gx = gq = gq2 = gw = gb = None
-    if form == "diagonal":
-        if output_mask[0]:
-            gx = gy @ weight + 2 * x * (gy @ weight_quad)
-        if output_mask[1]:
-            gq = gy.t() @ (x * x)
-    elif form == "lowrank":
-        k = weight.shape[0]
-        r = weight_quad.shape[0] // max(k, 1)
-        ha, hb = x @ weight_quad.t(), x @ weight_quad2.t()
-        gyr = gy.repeat(1, r)
-        ga, gbq = gyr * hb, gyr * ha
-        if output_mask[0]:
-            gx = gy @ weight + ga @ weight_quad + gbq @ weight_quad2
-        if output_mask[1]:
-            gq = ga.t() @ x
-            gq2 = gbq.t() @ x
-    else:
-        n = x.shape[1]
-        if output_mask[0]:
-            gx = gy @ weight
-        if output_mask[1]:
-            gq = torch.empty_like(weight_quad)
-        for i0, i1, t0, t1 in _row_chunks(n):
-            if output_mask[1]:
-                torch.mm(gy.t(), _outer_rows(x, i0, i1), out=gq[:, t0:t1])
-            if output_mask[0]:
-                g = gy @ weight_quad[:, t0:t1]  # (B, chunk)
-                off = 0
-                for i in range(i0, i1):
-                    seg = g[:, off:off + n - i]
-                    off += n - i
-                    gx[:, i] += (seg * x[:, i:]).sum(1)  # d/dx_i of x_i x_j (j >= i)
-                    gx[:, i:] += seg * x[:, i:i + 1]      # d/dx_j of x_i x_j (diag: 2 x_i)
-    if output_mask[2]:
-        gw = gy.t() @ x
-    if output_mask[3]:
-        gb = gy.sum(0)
-    empty = x.new_empty(0)
-    return tuple(t if t is not None else empty.clone() for t in (gx, gq, gq2, gw, gb))
+# True when shallowkern._C carries the C++ op (CPU kernels + autograd); checked on the dispatcher
+# before anything below registers Python kernels (a _C built before the op has neither)
+NATIVE_CPU = (hasattr(torch.ops.shallowkern, "quadric_linear")
+              and _has_kernel("quadric_linear", "CPU") and _has_kernel("quadric_linear", "Autograd"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,13 +77,9 @@ def _triton():
     return tk
 
 
-def _has_kernel(name: str, key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"shallowkern::{name}", key)
-
-
 def _native_cpu_supports(input, *args) -> str | None:
-    if not _has_kernel("_quadric_linear_native", "CPU"):
-        return "shallowkern._C was built without the quadric_linear CPU kernel"
+    if not NATIVE_CPU:
+        return "shallowkern._C was built without the quadric_linear C++ kernels"
     return None
 
 
@@ -302,8 +124,20 @@ BACKWARD = OpDispatch("quadric_linear_backward", [
 
 
 # ---------------------------------------------------------------------------------------------
-# registered ops
+# registered ops: schemas (C++; defined here when _C lacks them), fakes, CUDA and fallback kernels
 # ---------------------------------------------------------------------------------------------
+SCHEMAS = {
+    "quadric_linear": (
+        "quadric_linear(Tensor input, Tensor weight_quad, Tensor? weight_quad2, Tensor weight, "
+        "Tensor? bias, str form, str backend=\"\") -> Tensor"),
+    "quadric_linear_backward": (
+        "quadric_linear_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
+        "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\") "
+        "-> (Tensor grad_input, Tensor grad_weight_quad, Tensor grad_weight_quad2, "
+        "Tensor grad_weight, Tensor grad_bias)"),
+}
+
+
 def _check_op_args(input, weight_quad, weight_quad2, weight, bias, form) -> None:
     check_args(input, weight_quad, weight, bias, form, weight_quad2)
     if input.dim() != 2:
@@ -311,36 +145,7 @@ def _check_op_args(input, weight_quad, weight_quad2, weight, bias, form) -> None
                          f"got {tuple(input.shape)} (the functional flattens leading dimensions)")
 
 
-@torch.library.custom_op("shallowkern::quadric_linear", mutates_args=())
-def quadric_linear_op(input: Tensor, weight_quad: Tensor, weight_quad2: Tensor | None,
-                      weight: Tensor, bias: Tensor | None, form: str) -> Tensor:
-    """Quadric layer forward on (B, n) input -> (B, K); the kernel is chosen by ``FORWARD``."""
-    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
-    choice = FORWARD.select(input, weight_quad, weight_quad2, weight, bias, form)
-    if choice.backend == "native":
-        if input.device.type == "cuda":
-            return torch.ops.shallowkern._quadric_linear_full_cuda(input, weight_quad, weight, bias)
-        return torch.ops.shallowkern._quadric_linear_native(
-            input, weight_quad, weight_quad2, weight, bias, form)
-    if choice.backend == "triton":
-        return _triton().forward(input, weight_quad, weight_quad2, weight, bias, form)
-    return quadric_linear_reference(input, weight_quad, weight_quad2, weight, bias, form)
-
-
-@quadric_linear_op.register_fake
-def _quadric_linear_fake(input, weight_quad, weight_quad2, weight, bias, form):
-    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
-    return input.new_empty(input.shape[0], weight.shape[0])
-
-
-@torch.library.custom_op("shallowkern::quadric_linear_backward", mutates_args=())
-def quadric_linear_backward_op(grad_out: Tensor, input: Tensor, weight_quad: Tensor,
-                               weight_quad2: Tensor | None, weight: Tensor, form: str,
-                               output_mask: list[bool], backend: str = ""
-                               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients w.r.t. (input, weight_quad, weight_quad2, weight, bias). ``output_mask``: 4
-    flags (input, the quadratic weights, weight, bias); off or unused gradients come back empty.
-    ``backend``: the forward's choice (autograd passes it), honoured where eligible."""
+def _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask):
     _check_op_args(input, weight_quad, weight_quad2, weight, None, form)
     if grad_out.shape != (input.shape[0], weight.shape[0]) or grad_out.dtype != input.dtype:
         raise ValueError(f"quadric_linear_backward: grad_out must be {input.dtype} of shape "
@@ -348,11 +153,26 @@ def quadric_linear_backward_op(grad_out: Tensor, input: Tensor, weight_quad: Ten
                          f"{tuple(grad_out.shape)}")
     if len(output_mask) != 4:
         raise ValueError(f"quadric_linear_backward: output_mask needs 4 flags, got {output_mask}")
+
+
+def _py_forward(input, weight_quad, weight_quad2, weight, bias, form, backend=""):
+    """The op's kernel where no C++ one runs it: CUDA (Triton / CUDA C++), CPU without _C."""
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
+    choice = FORWARD.select(input, weight_quad, weight_quad2, weight, bias, form,
+                            backend=backend or None)
+    if choice.backend == "native" and input.device.type == "cuda":
+        return torch.ops.shallowkern._quadric_linear_full_cuda(input, weight_quad, weight, bias)
+    if choice.backend == "triton":
+        return _triton().forward(input, weight_quad, weight_quad2, weight, bias, form)
+    return quadric_linear_reference(input, weight_quad, weight_quad2, weight, bias, form)
+
+
+def _py_backward(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
+                 backend=""):
+    """Gradients (input, weight_quad, weight_quad2, weight, bias); off or unused ones empty."""
+    _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask)
     choice = BACKWARD.select(grad_out, input, weight_quad, weight_quad2, weight, form,
                              backend=backend or None)
-    if choice.backend == "native":
-        return torch.ops.shallowkern._quadric_linear_native_backward(
-            grad_out, input, weight_quad, weight_quad2, weight, form, output_mask)
     if choice.backend == "triton":
         return _triton().backward(grad_out, input, weight_quad, weight_quad2, weight, form,
                                   output_mask)
@@ -360,9 +180,13 @@ def quadric_linear_backward_op(grad_out: Tensor, input: Tensor, weight_quad: Ten
                                              form, output_mask)
 
 
-@quadric_linear_backward_op.register_fake
-def _quadric_linear_backward_fake(grad_out, input, weight_quad, weight_quad2, weight, form,
-                                  output_mask, backend=""):
+def _fake_forward(input, weight_quad, weight_quad2, weight, bias, form, backend=""):
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, form)
+    return input.new_empty(input.shape[0], weight.shape[0])
+
+
+def _fake_backward(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
+                   backend=""):
     e = lambda: input.new_empty(0)  # noqa: E731
     lr = form == "lowrank"
     return (input.new_empty(input.shape) if output_mask[0] else e(),
@@ -372,20 +196,13 @@ def _quadric_linear_backward_fake(grad_out, input, weight_quad, weight_quad2, we
             weight.new_empty(weight.shape[0]) if output_mask[3] else e())
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight_quad, weight_quad2, weight, bias, form = inputs
-    ctx.save_for_backward(input, weight_quad, weight_quad2, weight, bias)
-    ctx.form, ctx.has_bias = form, bias is not None
-    # the forward's choice, carried to the backward (autograd may run it on another thread)
-    ctx.backend = FORWARD.choose(input, weight_quad, weight_quad2, weight, bias, form).backend
-
-
-def _backward(ctx, grad_out):
+def _grads(ctx, grad_out, backward):
+    """The autograd formula shared by the Python paths: ``backward`` is the backward kernel."""
     input, weight_quad, weight_quad2, weight, bias = ctx.saved_tensors
     ng = ctx.needs_input_grad
     mask = [ng[0], ng[1] or ng[2], ng[3], ctx.has_bias and ng[4]]
     if torch.is_grad_enabled():
-        # create_graph=True (double backward): the reference composition, differentiable again
+        # create_graph=True (double backward): the composition, differentiable again
         leaves = (input, weight_quad, weight_quad2, weight, bias)
         with torch.enable_grad():
             y = quadric_linear_composite(*leaves, ctx.form)
@@ -394,22 +211,58 @@ def _backward(ctx, grad_out):
         out = [None] * 5
         for i, g in zip(want, grads):
             out[i] = g
-        return (*out, None)
-    gx, gq, gq2, gw, gb = quadric_linear_backward_op(
-        grad_out.contiguous(), input, weight_quad, weight_quad2, weight, ctx.form, mask,
-        ctx.backend)
+        return (*out, None, None)
+    gx, gq, gq2, gw, gb = backward(grad_out.contiguous(), input, weight_quad, weight_quad2,
+                                   weight, ctx.form, mask, ctx.backend)
     return (gx if mask[0] else None, gq if ng[1] else None,
             gq2 if ng[2] and ctx.form == "lowrank" else None, gw if mask[2] else None,
-            gb if mask[3] else None, None)
+            gb if mask[3] else None, None, None)
 
 
-quadric_linear_op.register_autograd(_backward, setup_context=_setup_context)
+def _setup_context(ctx, inputs, output):
+    input, weight_quad, weight_quad2, weight, bias, form, backend = inputs
+    ctx.save_for_backward(input, weight_quad, weight_quad2, weight, bias)
+    ctx.form, ctx.has_bias = form, bias is not None
+    # the forward's choice, carried to the backward (autograd may run it on another thread)
+    ctx.backend = backend or FORWARD.choose(input, weight_quad, weight_quad2, weight, bias,
+                                            form).backend
+
+
+class _PythonPath(torch.autograd.Function):
+    """CPU, eager, backend "reference" or "triton" (interpreter, tests): the Python kernels with
+    the op's autograd formula. (The registered op's CPU kernel is the C++ one.)"""
+
+    @staticmethod
+    def forward(input, weight_quad, weight_quad2, weight, bias, form, backend):
+        return _py_forward(input, weight_quad, weight_quad2, weight, bias, form, backend)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _grads(ctx, grad_out, _py_backward)
+
+
+_LIB = torch.library.Library("shallowkern", "FRAGMENT")  # noqa: TOR901
+if not hasattr(torch.ops.shallowkern, "quadric_linear"):  # pragma: no cover - no-extension job
+    for _schema in SCHEMAS.values():
+        _LIB.define(_schema)
+for _key in ("CPU",) * (not _has_kernel("quadric_linear", "CPU")) + ("CUDA",):
+    _LIB.impl("quadric_linear", _py_forward, _key)
+    _LIB.impl("quadric_linear_backward", _py_backward, _key)
+torch.library.register_fake("shallowkern::quadric_linear", _fake_forward, lib=_LIB)
+torch.library.register_fake("shallowkern::quadric_linear_backward", _fake_backward, lib=_LIB)
+if not _has_kernel("quadric_linear", "Autograd"):  # pragma: no cover - no-extension job
+    torch.library.register_autograd(
+        "shallowkern::quadric_linear",
+        lambda ctx, g: _grads(ctx, g, torch.ops.shallowkern.quadric_linear_backward),
+        setup_context=_setup_context, lib=_LIB)
 register_autocast("shallowkern::quadric_linear")
 
 
 @register_flop_formula(torch.ops.shallowkern.quadric_linear)
 def _quadric_linear_flops(input_shape, weight_quad_shape, weight_quad2_shape, weight_shape,
-                          bias_shape, form, out_shape=None, **kwargs) -> int:
+                          bias_shape, form, *args, out_shape=None, **kwargs) -> int:
     k = weight_shape[0]
     return _flops.quadric_linear_flops(input_shape[0], input_shape[1], k, form,
                                        weight_quad_shape[0] // max(k, 1) if form == "lowrank" else 1)
@@ -428,24 +281,6 @@ def _quadric_linear_backward_flops(grad_shape, input_shape, weight_quad_shape, w
 # ---------------------------------------------------------------------------------------------
 # functional
 # ---------------------------------------------------------------------------------------------
-def quadric_linear_composite(input: Tensor, weight_quad: Tensor, weight_quad2: Tensor | None,
-                             weight: Tensor, bias: Tensor | None, form: str) -> Tensor:
-    """The same function in differentiable aten ops (any leading dims): what function
-    transforms and double backward run. The full form goes through the packed outer product
-    (B x n(n+1)/2 memory: fine for transforms, not a fast path)."""
-    y = torch.nn.functional.linear(input, weight, bias)
-    if form == "diagonal":
-        return y + torch.nn.functional.linear(input * input, weight_quad)
-    if form == "lowrank":
-        k = weight.shape[0]
-        r = weight_quad.shape[0] // max(k, 1)
-        prod = torch.nn.functional.linear(input, weight_quad) * torch.nn.functional.linear(
-            input, weight_quad2)
-        return y + prod.unflatten(-1, (r, k)).sum(-2)
-    i, j = triu_indices(input.shape[-1], input.device)
-    return y + torch.nn.functional.linear(input[..., i] * input[..., j], weight_quad)
-
-
 def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Tensor | None = None,
                    *, form: str = "diagonal", weight_quad2: Tensor | None = None) -> Tensor:
     """Quadratic neurons (see the module docstring for the math and the packed layout).
@@ -460,7 +295,8 @@ def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Ten
     Returns:
         (*, K) in the input's dtype. Under ``torch.autocast`` the inputs are cast to the
         region's dtype first; under ``torch.func`` transforms and forward-mode AD the aten
-        composition runs (exact derivatives).
+        composition runs (exact derivatives). Bad arguments raise ValueError/TypeError naming
+        the argument.
     """
     if isinstance(input, Tensor) and autocast_dtype(input.device.type) is not None:
         input, weight_quad, weight_quad2, weight, bias = cast_for_autocast(
@@ -470,11 +306,27 @@ def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Ten
         return quadric_linear_composite(input, weight_quad, weight_quad2, weight, bias, form)
     if not isinstance(input, Tensor) or input.dim() < 1:
         check_args(input, weight_quad, weight, bias, form, weight_quad2)  # raises, naming input
-    # the registered op validates everything else (it is public API): one check per call
     lead = input.shape[:-1]
     x = input.reshape(-1, input.shape[-1])
-    y = quadric_linear_op(x, weight_quad, weight_quad2, weight, bias, form)
-    return y.view(*lead, weight.shape[0])
+    if torch.compiler.is_compiling():
+        # traced: one opaque node (fake, autograd), the kernel chooses at run time
+        y = torch.ops.shallowkern.quadric_linear(x, weight_quad, weight_quad2, weight, bias, form)
+        return y.view(*lead, weight.shape[0])
+    try:
+        choice = FORWARD.select(x, weight_quad, weight_quad2, weight, bias, form)
+        if NATIVE_CPU and x.device.type == "cpu" and choice.backend != "native":
+            # the op's CPU kernel is the C++ one: other CPU choices run beside it (without _C
+            # the op's CPU kernel is _py_forward itself, and the op runs)
+            y = _PythonPath.apply(x, weight_quad, weight_quad2, weight, bias, form, choice.backend)
+        else:
+            # the C++ op validates everything itself: no Python checks on the fast path
+            y = torch.ops.shallowkern.quadric_linear.default(x, weight_quad, weight_quad2, weight,
+                                                             bias, form, choice.backend)
+    except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
+        # say what is wrong in Python's words (the argument's name) when the inputs are at fault
+        check_args(input, weight_quad, weight, bias, form, weight_quad2)
+        raise
+    return y if input.dim() == 2 else y.view(*lead, weight.shape[0])
 
 
 def init_parameters(weight_quad: Tensor, weight: Tensor, bias: Tensor | None, form: str,

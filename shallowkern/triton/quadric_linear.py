@@ -15,10 +15,9 @@ Forward kernels (one program = BLOCK_M rows x BLOCK_N outputs, fp32 accumulators
 Backward:
   diagonal  gx = dot(gy, W) + 2 x * dot(gy, Wq) in one kernel (two accumulators);
             gWq = gy^T (x*x) and gW = gy^T x by _mm_kernel with the square in its operand load.
-  full      gP = gy^T Z with Z formed on the fly (_full_grad_p); gx by _full_grad_x: per input
-            feature c, G[m, j] = sum_k gy[m,k] S_k[c,j] with S_k = P_k + P_k^T gathered from the
-            packed P, reduced against x[m, j] (n^2 K per row: the dense count, see the FLOP
-            formulas' "executed"); gW = gy^T x.
+  full      gP = gy^T Z with Z formed on the fly (_full_grad_p); gx by _full_grad_x over the
+            packed triangle: G[m, t(i,j)] = gy P[:, t] once per entry (K n(n+1)/2 per row, half
+            of the dense n^2 K), then G x_j -> gx_i and G x_i -> gx_j; + gy W; gW = gy^T x.
   lowrank   _lowrank_dh recomputes ha, hb per tile and writes da = gy*hb, db = gy*ha (epilogue);
             gx = [da|db|gy] [Wa;Wb;W] and [gWa;gWb;gW] = [da|db|gy]^T x by _mm_kernel.
 fp32 uses TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is on, IEEE fp32
@@ -184,40 +183,44 @@ def _full_grad_p(g_ptr, x_ptr, ii_ptr, jj_ptr, gp_ptr, M, N, T, sgm, sgn, sxm, s
 
 
 @triton.jit
-def _full_grad_x(g_ptr, x_ptr, p_ptr, w_ptr, gx_ptr, M, N, KD, sgm, sgn, sxm, sxk, spn, spt,
-                 swn, swk, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _full_grad_x(g_ptr, x_ptr, p_ptr, part_ptr, M, N, KD, S, sgm, sgn, sxm, sxk, spn, spt,
+                 PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_J: tl.constexpr):
-    """gx[m, c] = sum_k gy[m,k] (W[k,c] + sum_j S_k[c,j] x[m,j]), S_k = P_k + P_k^T unpacked
-    on the fly (diagonal 2 P[k, t(c,c)]). Program: BLOCK_M rows x one feature c."""
-    pm, c = tl.program_id(0), tl.program_id(1)
+    """The packed half of gx: part[s, m, :] += contributions of triangle rows i = s, s+S, ...
+
+    G[m, t(i,j)] = sum_k gy[m,k] P[k,t(i,j)] for j >= i (one dot per chunk of row i, which is
+    contiguous in the packed order), each entry computed ONCE and used twice: the row term
+    G x_j goes to feature i (reduced in registers), the column term G x_i to feature j (the
+    diagonal gets both: 2 G x_i). Program (row block, split s) owns rows rm of part[s], so the
+    read-modify-writes need no atomics, only a barrier between them."""
+    pm, s = tl.program_id(0), tl.program_id(1)
     rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    mrow = rm[:, None] < M
-    out = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for j0 in range(0, KD, BLOCK_J):
-        rj = j0 + tl.arange(0, BLOCK_J)
-        lo = tl.minimum(rj, c)
-        hi = tl.maximum(rj, c)
-        t = lo * KD - (lo * (lo - 1)) // 2 + (hi - lo)
-        scale = tl.where(rj == c, 2.0, 1.0)
-        gacc = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
-        for k0 in range(0, N, BLOCK_N):
-            rk = k0 + tl.arange(0, BLOCK_N)
-            g = tl.load(g_ptr + rm[:, None] * sgm + rk[None, :] * sgn,
-                        mask=mrow & (rk[None, :] < N), other=0.0)
-            s = tl.load(p_ptr + rk[:, None].to(tl.int64) * spn + t[None, :] * spt,
-                        mask=(rk[:, None] < N) & (rj[None, :] < KD), other=0.0)
-            s = (s.to(tl.float32) * scale[None, :]).to(s.dtype)
-            gacc += tl.dot(g, s, input_precision=PREC)
-        xj = tl.load(x_ptr + rm[:, None] * sxm + rj[None, :] * sxk,
-                     mask=mrow & (rj[None, :] < KD), other=0.0)
-        out += tl.sum(gacc * xj.to(tl.float32), axis=1)
-    for k0 in range(0, N, BLOCK_N):
-        rk = k0 + tl.arange(0, BLOCK_N)
-        g = tl.load(g_ptr + rm[:, None] * sgm + rk[None, :] * sgn,
-                    mask=mrow & (rk[None, :] < N), other=0.0)
-        w = tl.load(w_ptr + rk * swn + c * swk, mask=rk < N, other=0.0)
-        out += tl.sum(g.to(tl.float32) * w.to(tl.float32)[None, :], axis=1)
-    tl.store(gx_ptr + rm * KD + c, out.to(gx_ptr.dtype.element_ty), mask=rm < M)
+    mrow = rm < M
+    prow = part_ptr + s.to(tl.int64) * M * KD + rm.to(tl.int64) * KD
+    for i in range(s, KD, S):
+        xi = tl.load(x_ptr + rm * sxm + i * sxk, mask=mrow, other=0.0).to(tl.float32)
+        racc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        tbase = i * KD - (i * (i - 1)) // 2 - i  # t(i, j) = tbase + j
+        for j0 in range(i, KD, BLOCK_J):
+            rj = j0 + tl.arange(0, BLOCK_J)
+            jmask = rj < KD
+            g = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
+            for k0 in range(0, N, BLOCK_N):
+                rk = k0 + tl.arange(0, BLOCK_N)
+                gy = tl.load(g_ptr + rm[:, None] * sgm + rk[None, :] * sgn,
+                             mask=mrow[:, None] & (rk[None, :] < N), other=0.0)
+                pt = tl.load(p_ptr + rk[:, None].to(tl.int64) * spn + (tbase + rj)[None, :] * spt,
+                             mask=(rk[:, None] < N) & jmask[None, :], other=0.0)
+                g += tl.dot(gy, pt, input_precision=PREC)
+            m2 = mrow[:, None] & jmask[None, :]
+            xj = tl.load(x_ptr + rm[:, None] * sxm + rj[None, :] * sxk, mask=m2,
+                         other=0.0).to(tl.float32)
+            racc += tl.sum(g * xj, axis=1)
+            ptrs = prow[:, None] + rj[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=m2, other=0.0) + g * xi[:, None], mask=m2)
+            tl.debug_barrier()
+        tl.store(prow + i, tl.load(prow + i, mask=mrow, other=0.0) + racc, mask=mrow)
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -282,6 +285,16 @@ def packed_index(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.triu_indices(n, n, device=device).to(torch.int32)
         _INDEX_CACHE[key] = (idx[0].contiguous(), idx[1].contiguous())
     return _INDEX_CACHE[key]
+
+
+def grad_x_splits(m: int, n: int, device) -> int:
+    """Programs per row block of the full-form gx kernel (triangle rows dealt round-robin):
+    enough programs for ~2 waves of the GPU, at most 16 (each adds an (m, n) fp32 partial);
+    2 in the interpreter (the split logic is exercised, few programs)."""
+    if device.type != "cuda":
+        return max(1, min(2, n))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(16, n, triton.cdiv(2 * sms, triton.cdiv(m, BM))))
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, square_b=False,
@@ -361,10 +374,14 @@ def backward(gy: torch.Tensor, x: torch.Tensor, wq: torch.Tensor, wq2: torch.Ten
         if mask[0]:
             gx = torch.empty(m, n, dtype=x.dtype, device=x.device)
             if m:
-                _full_grad_x[(triton.cdiv(m, BM), n)](
-                    gy, x, wq, w, gx, m, k, n, gy.stride(0), gy.stride(1), x.stride(0),
-                    x.stride(1), wq.stride(0), wq.stride(1), w.stride(0), w.stride(1), PREC=prec,
-                    BLOCK_M=BM, BLOCK_N=BK, BLOCK_J=BK, num_warps=NUM_WARPS)
+                splits = grad_x_splits(m, n, x.device)
+                part = torch.zeros(splits, m, n, dtype=f32, device=x.device)
+                _full_grad_x[(triton.cdiv(m, BM), splits)](
+                    gy, x, wq, part, m, k, n, splits, gy.stride(0), gy.stride(1), x.stride(0),
+                    x.stride(1), wq.stride(0), wq.stride(1), PREC=prec, BLOCK_M=BM, BLOCK_N=BK,
+                    BLOCK_J=BK, num_warps=NUM_WARPS)
+                acc = part.sum(0) if splits > 1 else part[0]
+                gx = mm(gy, w, out=acc, accumulate=True).to(x.dtype)
         if mask[1]:
             gq = torch.empty(k, t, dtype=f32, device=x.device)
             _full_grad_p[_grid(k, t, BN, BN)](gy, x, ii, jj, gq, m, k, t, gy.stride(0),
