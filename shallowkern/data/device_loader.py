@@ -144,7 +144,9 @@ class DeviceLoader:
         """Random translate (zero fill) + horizontal flip of a uint8 (B, C, H, W) batch.
 
         Pads the batch once, then gathers every output pixel with per-image row/column
-        indices (flip = reversed column indices), so the whole batch is one indexing op.
+        indices (flip = reversed column indices), so the whole batch is one ``gather`` over the
+        flattened padded planes (measured ~10x faster on CPU than the equivalent 4-index
+        advanced indexing, which was 30% of a d1 = 4 LeNet training step; same values).
         """
         b, c, h, w = xb.shape
         dev, p = xb.device, self.pad
@@ -159,13 +161,12 @@ class DeviceLoader:
         if self.flip:
             flipped = torch.rand(b, device=dev, generator=self.generator) < 0.5
             cols = torch.where(flipped[:, None], cols.flip(1), cols)
-        batch = torch.arange(b, device=dev)[:, None, None, None]
-        channel = torch.arange(c, device=dev)[None, :, None, None]
-        return xb[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+        flat = (rows[:, :, None] * xb.shape[3] + cols[:, None, :]).view(b, 1, h * w)
+        return xb.reshape(b, c, -1).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
     def _to_float(self, xb: torch.Tensor) -> torch.Tensor:
-        out = (xb.to(self._divisor.dtype) - self._offset) / self._divisor
-        out = out.to(self.dtype)
+        out = xb.to(self._divisor.dtype)  # a fresh tensor: normalised in place (same values)
+        out = out.sub_(self._offset).div_(self._divisor).to(self.dtype)
         if self.channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
