@@ -18,10 +18,14 @@ from torch import Tensor
 
 from .. import _knobs
 
+
 for _k in (
     _knobs.Knob("afcc_conv2d.max_executed", "SHALLOWKERN_AFCC_MAX_EXECUTED", 0.4, float,
-                "dense fallback when kept blocks cover more than this share of the dense work",
-                values="0..1"),
+                "CUDA (Triton): dense fallback when kept blocks cover more than this share of "
+                "the dense work (CPU: the measured cost model decides)", values="0..1"),
+    _knobs.Knob("afcc_conv2d.cpu_path", "SHALLOWKERN_AFCC_CPU_PATH", None, _knobs._choice("gemm", "subconv"),
+                "force the CPU block-sparse path (default: the cheaper by the cost model, or "
+                "the dense conv)", values="`gemm`, `subconv`"),
     _knobs.Knob("afcc_conv2d.block", "SHALLOWKERN_AFCC_BLOCK", None, int,
                 "block size (out and in channels) of the block-sparse kernels (default: by cost)",
                 values="`16`, `32`, `64`"),
@@ -30,8 +34,10 @@ for _k in (
         _knobs.register(_k)
 
 # Relative cost per executed FLOP of a block size (GEMM efficiency of small tiles, call count).
-# Measured on the 2-core Zen 4 VM with the C++ kernel (512->512, 4x4 maps, batch 32).
-_BLOCK_COST = {"cpu": {64: 1.0, 32: 1.25, 16: 2.0}, "cuda": {64: 1.0, 32: 1.2, 16: 1.8}}
+# CPU: MKL's single-thread GEMM rate at M = 64 / 32 / 16 on the 2-core Zen 4 VM (90 / 70 / 45
+# GFLOP/s, scripts/afcc_calibrate.py), damped because the sub-conv path (one oneDNN conv per
+# group of kept blocks, whose cost depends on the group, not the tile) runs the same plans.
+_BLOCK_COST = {"cpu": {64: 1.0, 32: 1.1, 16: 1.3}, "cuda": {64: 1.0, 32: 1.2, 16: 1.8}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,3 +72,32 @@ def check_conv_geometry(op: str, in_hw: Sequence[int], weight_hw: Sequence[int],
                          f"{list(dilation)}) does not fit the {in_hw[0]}x{in_hw[1]} input padded by "
                          f"{list(padding)} (output would be {oh}x{ow})")
     return oh, ow
+
+
+def _shape_of(t) -> object:
+    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+
+
+def check_conv_tensors(op: str, input, weight, bias=None,
+                       weight_dims: str = "(K, C, R, S)") -> None:
+    """The tensor checks every conv-shaped op shares, each error naming the argument: input
+    (N, C, H, W) and weight ``weight_dims`` 4-D, input floating-point, weight of the input's
+    dtype and device, and (when given) bias (K,) of the input's dtype and device."""
+    if not isinstance(input, Tensor) or input.dim() != 4:
+        raise ValueError(f"{op}: input must be a 4-D (N, C, H, W) tensor, got {_shape_of(input)}")
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        raise ValueError(f"{op}: weight must be a 4-D {weight_dims} tensor, got "
+                         f"{_shape_of(weight)}")
+    if not input.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"{op}: weight dtype {weight.dtype} != input dtype {input.dtype}")
+    if weight.device != input.device:
+        raise ValueError(f"{op}: weight is on {weight.device}, input on {input.device}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got "
+                             f"{_shape_of(bias)}")
+        if bias.dtype != input.dtype or bias.device != input.device:
+            raise TypeError(f"{op}: bias must be {input.dtype} on {input.device}, got "
+                            f"{bias.dtype} on {bias.device}")

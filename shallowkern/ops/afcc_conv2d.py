@@ -32,6 +32,7 @@ effective from the module's ``mask`` buffer, see ``shallowkern.profile.effective
 from __future__ import annotations
 
 import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,9 @@ from ._common import register_flop_formula  # deferred: flop_counter imports Tri
 from .. import _knobs, flops
 from ._backend import Backend, OpDispatch
 from ._common import cast_for_autocast, needs_composite, register_autocast
-from ._afcc_plan import BlockPlan, block_plan, channel_order  # noqa: F401 (re-exported)
-from ._geometry import check_conv_geometry, pair
+from . import _afcc_subconv as _subconv
+from ._afcc_plan import BlockPlan, block_plan, channel_order  # noqa: F401  (re-exported)
+from ._geometry import check_conv_geometry, check_conv_tensors, pair
 
 OP = "afcc_conv2d"
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -56,16 +58,7 @@ _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def check_args(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride,
                padding, dilation) -> tuple[int, int]:
     """Validate a call; returns (OH, OW)."""
-    for name, t, dims in (("input", input, "(N, C, H, W)"), ("weight", weight, "(K, C, R, S)")):
-        if not isinstance(t, Tensor) or t.dim() != 4:
-            raise ValueError(f"{OP}: {name} must be a 4-D {dims} tensor, got "
-                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"{OP}: input must be a floating-point tensor, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"{OP}: weight dtype {weight.dtype} != input dtype {input.dtype}")
-    if weight.device != input.device:
-        raise ValueError(f"{OP}: weight is on {weight.device}, input on {input.device}")
+    check_conv_tensors(OP, input, weight, bias)
     if weight.shape[1] != input.shape[1]:
         raise ValueError(f"{OP}: weight has {weight.shape[1]} input channels, input has "
                          f"{input.shape[1]} (groups are not supported: use the mask)")
@@ -79,13 +72,6 @@ def check_args(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None,
                          f"(out, in) = {tuple(weight.shape[:2])}")
     if mask.device != input.device:
         raise ValueError(f"{OP}: mask is on {mask.device}, input on {input.device}")
-    if bias is not None:
-        if not isinstance(bias, Tensor) or bias.shape != (weight.shape[0],):
-            raise ValueError(f"{OP}: bias must have shape ({weight.shape[0]},), got "
-                             f"{tuple(bias.shape) if isinstance(bias, Tensor) else type(bias)}")
-        if bias.dtype != input.dtype or bias.device != input.device:
-            raise TypeError(f"{OP}: bias must be {input.dtype} on {input.device}, got "
-                            f"{bias.dtype} on {bias.device}")
     return check_conv_geometry(OP, input.shape[2:], weight.shape[2:], stride, padding, dilation)
 
 
@@ -113,10 +99,55 @@ def afcc_conv2d_backward_reference(grad_out, input, weight, mask, stride, paddin
 # ---------------------------------------------------------------------------------------------
 # backend choice
 # ---------------------------------------------------------------------------------------------
-def _fill_ok(input, weight, mask, *rest) -> str | None:
-    if mask.numel() == 0 or is_fake(mask):
+def _out_hw(input, weight, stride, padding, dilation) -> tuple[int, int]:
+    if padding is None:  # explain() without geometry: assume a "same" conv
+        return int(input.shape[2]), int(input.shape[3])
+    return check_conv_geometry(OP, input.shape[2:], weight.shape[2:], stride, padding, dilation)
+
+
+def cpu_path(input, weight, mask, stride=(1, 1), padding=None, dilation=(1, 1),
+             backward: bool = False) -> tuple[str, dict[str, float]]:
+    """The CPU path for these inputs: "subconv", "gemm" (the cheaper modelled block-sparse path,
+    or the ``afcc_conv2d.cpu_path`` knob) or "dense" (neither models <= 0.9x the dense conv),
+    with the modelled seconds of each (``_afcc_subconv.cpu_costs``). Cached per mask and shape
+    (it runs twice a call: in the dispatch and in the native backend)."""
+    forced = _knobs.get("afcc_conv2d.cpu_path")
+    key = (id(mask), mask._version, tuple(input.shape), tuple(weight.shape), str(stride),
+           str(padding), str(dilation), backward, forced)
+    with _path_lock:
+        hit = _path_cache.get(key)
+    if hit is not None and hit[0] is mask:
+        return hit[1]
+    costs = _subconv.cpu_costs(block_plan(mask), mask, input.shape, weight.shape,
+                               _out_hw(input, weight, stride, padding, dilation), backward)
+    best = min(("gemm", "subconv"), key=costs.__getitem__)
+    path = forced or ("dense" if costs[best] > _subconv.DENSE_MARGIN * costs["dense"] else best)
+    with _path_lock:
+        _path_cache[key] = (mask, (path, costs))  # holding the mask keeps id(mask) from reuse
+        while len(_path_cache) > 256:
+            _path_cache.pop(next(iter(_path_cache)))
+    return path, costs
+
+
+_path_cache: dict = {}
+_path_lock = threading.Lock()
+
+
+def _costs_text(costs: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in costs.items())
+
+
+def _fill_ok(input, weight, mask, bias=None, stride=(1, 1), padding=None, dilation=(1, 1),
+             backward=False) -> str | None:
+    if mask.numel() == 0 or is_fake(mask) or is_fake(input):
         return None
     plan = block_plan(mask)
+    if input.device.type == "cpu":
+        path, costs = cpu_path(input, weight, mask, stride, padding, dilation, backward)
+        if path == "dense":
+            return (f"block-sparse is slower here: {plan.describe()}; modelled one-thread "
+                    f"times {_costs_text(costs)}: dense conv with the masked weight is faster")
+        return None
     limit = _knobs.get("afcc_conv2d.max_executed")
     if plan.executed_fraction > limit:
         return (f"block fill after permutation is poor: {plan.describe()} (> {limit:.0%}; kept "
@@ -125,10 +156,28 @@ def _fill_ok(input, weight, mask, *rest) -> str | None:
     return None
 
 
+def _fill_ok_bwd(*args) -> str | None:
+    return _fill_ok(*args, backward=True)
+
+
 def _native_supports(*args) -> str | None:
     if not hasattr(torch.ops.shallowkern, "_afcc_conv2d_native"):
         return "shallowkern._C was built without the afcc_conv2d kernel (rebuild it)"
     return None
+
+
+def _subconv_supports(input, weight, mask, bias=None, stride=(1, 1), padding=None,
+                      dilation=(1, 1), backward=False) -> str | None:
+    if mask.numel() == 0 or is_fake(mask) or is_fake(input):
+        return "no mask values to plan from (traced)"
+    path, costs = cpu_path(input, weight, mask, stride, padding, dilation, backward)
+    if path == "gemm" or (path == "dense" and costs["gemm"] <= costs["subconv"]):
+        return f"sub-convs model slower than the C++ GEMM kernel ({_costs_text(costs)})"
+    return None
+
+
+def _subconv_supports_bwd(*args) -> str | None:
+    return _subconv_supports(*args, backward=True)
 
 
 def _triton_prefer(input, weight, mask, *rest) -> str | None:
@@ -143,11 +192,18 @@ def _triton_supports(input, weight, *rest) -> str | None:
     return tk.supports(input, weight)
 
 
-def _backends() -> list[Backend]:
+def _backends(backward: bool = False) -> list[Backend]:
+    # "native" is the CPU block-sparse backend with two paths (the first eligible one runs):
+    # one oneDNN conv per group of kept blocks, or the C++ kernel (im2col + GEMM per run of
+    # kept blocks); the cost model (cpu_path) picks, and falls back to the dense conv
+    fill = _fill_ok_bwd if backward else _fill_ok
     return [
+    Backend("native", devices=("cpu",), dtypes=_CPU_DTYPES,
+            supports=_subconv_supports_bwd if backward else _subconv_supports, prefer=fill,
+            description="block-sparse: one oneDNN conv per group of kept blocks (sub-convs)"),
     Backend("native", devices=("cpu",), dtypes=_CPU_DTYPES, needs_ext=True,
-            supports=_native_supports, prefer=_fill_ok,
-            description="C++ CPU block-sparse kernel"),
+            supports=_native_supports, prefer=fill,
+            description="block-sparse: C++ kernel (im2col + GEMM per run of kept blocks)"),
     Backend("triton", devices=("cuda", "cpu"), dtypes=_CUDA_DTYPES, needs_triton=True,
             supports=_triton_supports, prefer=_triton_prefer,
             description="Triton block-sparse implicit GEMM"),
@@ -157,7 +213,13 @@ def _backends() -> list[Backend]:
 
 
 DISPATCH = OpDispatch(OP, _backends())
-BACKWARD = OpDispatch(OP + "_backward", _backends())
+BACKWARD = OpDispatch(OP + "_backward", _backends(backward=True))
+
+
+def _runs_subconv(*args, backward=False) -> bool:
+    """Whether the native backend runs its sub-conv path (the same rule as its dispatch)."""
+    return _subconv_supports(*args, backward=backward) is None or not hasattr(
+        torch.ops.shallowkern, "_afcc_conv2d_native")
 
 
 def _native_args(plan: BlockPlan):
@@ -173,11 +235,14 @@ def afcc_conv2d_op(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
                    stride: list[int], padding: list[int], dilation: list[int]) -> Tensor:
     """conv2d(input, weight * mask, bias), block-sparse where the mask allows."""
     check_args(input, weight, mask, bias, stride, padding, dilation)
-    choice = DISPATCH.select(input, weight, mask, bias)
+    choice = DISPATCH.select(input, weight, mask, bias, stride, padding, dilation)
     return _forward(choice.backend, input, weight, mask, bias, stride, padding, dilation)
 
 
 def _forward(backend, input, weight, mask, bias, stride, padding, dilation) -> Tensor:
+    if backend == "native" and _runs_subconv(input, weight, mask, None, stride, padding, dilation):
+        return _subconv.forward(input, weight, mask, bias, block_plan(mask), stride, padding,
+                                dilation, _out_hw(input, weight, stride, padding, dilation))
     if backend == "native":
         return torch.ops.shallowkern._afcc_conv2d_native(
             input.contiguous(), weight, mask, bias, *_native_args(block_plan(mask)), stride,
@@ -203,7 +268,12 @@ def afcc_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, mas
                             ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of afcc_conv2d; masked-off ones are empty.
     ``backend``: the forward's choice (honoured when eligible)."""
-    choice = BACKWARD.select(input, weight, mask, None, backend=backend or None)
+    choice = BACKWARD.select(input, weight, mask, None, stride, padding, dilation,
+                             backend=backend or None)
+    if choice.backend == "native" and _runs_subconv(input, weight, mask, None, stride,
+                                                    padding, dilation, backward=True):
+        return _subconv.backward(grad_out, input, weight, mask, block_plan(mask), stride,
+                                 padding, dilation, output_mask)
     if choice.backend == "native":
         return torch.ops.shallowkern._afcc_conv2d_native_backward(
             grad_out.contiguous(), input.contiguous(), weight, mask,
@@ -234,7 +304,8 @@ def _setup_context(ctx, inputs, output):
     # the forward's choice, carried to the backward (autograd may run it on another thread,
     # where a thread-local use_backend would not reach). Traced (fake) masks have no values to
     # plan from: the backward then chooses at run time.
-    ctx.backend = "" if is_fake(mask) else DISPATCH.choose(input, weight, mask, bias).backend
+    ctx.backend = "" if is_fake(mask) else DISPATCH.choose(input, weight, mask, bias, stride,
+                                                           padding, dilation).backend
 
 
 def _backward(ctx, grad_out):
@@ -297,14 +368,15 @@ def register_executed_flops() -> None:
 
     @register_executed_flop_formula(torch.ops.shallowkern.afcc_conv2d)
     def _fwd(input, weight, mask, bias, stride, padding, dilation, out_val=None, **kw) -> int:
-        choice = DISPATCH.choose(input, weight, mask, bias)
+        choice = DISPATCH.choose(input, weight, mask, bias, stride, padding, dilation)
         return flops.masked_conv2d_flops(input.shape, weight.shape, stride, padding, dilation,
                                          executed_pairs(mask, choice.backend))
 
     @register_executed_flop_formula(torch.ops.shallowkern.afcc_conv2d_backward)
     def _bwd(grad_out, input, weight, mask, stride, padding, dilation, output_mask, backend,
              out_val=None, **kw) -> int:
-        choice = BACKWARD.choose(input, weight, mask, None, backend=backend or None)
+        choice = BACKWARD.choose(input, weight, mask, None, stride, padding, dilation,
+                                 backend=backend or None)
         return flops.masked_conv2d_flops(input.shape, weight.shape, stride, padding, dilation,
                                          executed_pairs(mask, choice.backend)) * (
             int(bool(output_mask[0])) + int(bool(output_mask[1])))

@@ -33,7 +33,8 @@ from ._common import register_flop_formula  # deferred: flop_counter imports Tri
 from .. import flops as _flops
 from ._backend import Backend, OpDispatch
 from ._common import needs_composite, register_autocast
-from ._geometry import NO_GRAD, check_conv_geometry, conv_out_hw, out_memory_format, pair
+from ._geometry import (NO_GRAD, check_conv_geometry, check_conv_tensors, conv_out_hw,
+                        out_memory_format, pair)
 
 __all__ = ["wide_conv2d", "wide_conv2d_reference", "check_args", "conv_out_hw",
            "out_memory_format", "NO_GRAD", "FORWARD", "BACKWARD"]
@@ -56,17 +57,7 @@ def check_args(input: Tensor, weight: Tensor, bias: Tensor | None, stride, paddi
                groups: int, pool: int) -> tuple[int, int, int, int]:
     """Validate a call; returns (OH, OW, PH, PW): conv output and pooled output sizes."""
     op = "wide_conv2d"
-    if not isinstance(input, Tensor) or input.dim() != 4:
-        raise ValueError(f"{op}: input must be a 4-D (N, C, H, W) tensor, got {_shape(input)}")
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ValueError(f"{op}: weight must be a 4-D (K, C/groups, R, S) tensor, got "
-                         f"{_shape(weight)}")
-    if not input.is_floating_point():
-        raise TypeError(f"{op}: input must be a floating-point tensor, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"{op}: weight dtype {weight.dtype} != input dtype {input.dtype}")
-    if weight.device != input.device:
-        raise ValueError(f"{op}: weight is on {weight.device}, input on {input.device}")
+    check_conv_tensors(op, input, weight, None, "(K, C/groups, R, S)")
     stride, padding, dilation = (pair(stride, "stride", op), pair(padding, "padding", op),
                                  pair(dilation, "dilation", op))
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 \

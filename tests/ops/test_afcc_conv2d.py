@@ -52,12 +52,16 @@ def reference(x, w, m, b, stride, padding, dilation):
 
 
 def _run(backend, x, w, m, b, stride=1, padding=1, dilation=1, block=None):
+    """``backend``: a backend name, or "native:gemm" / "native:subconv" (the CPU path forced)."""
+    backend, _, path = backend.partition(":")
     with shallowkern.use_backend(backend), shallowkern._knobs.override(
-            {"afcc_conv2d.block": block, "afcc_conv2d.max_executed": 1.0}):
+            {"afcc_conv2d.block": block, "afcc_conv2d.max_executed": 1.0,
+             "afcc_conv2d.cpu_path": path or None}):
         return A.afcc_conv2d(x, w, m, b, stride, padding, dilation)
 
 
-BACKENDS = [pytest.param("native", marks=requires_ext), "vendor", "reference"]
+BACKENDS = [pytest.param("native:gemm", marks=requires_ext), "native:subconv", "vendor",
+            "reference"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -72,12 +76,13 @@ def test_forward_backward(backend, kind, arg, dtype):
     b = torch.randn(k, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
     for block in (16, 32):
         y = _run(backend, x, w, m, b, block=block)
-        assert shallowkern.last_backend("afcc_conv2d").backend == backend
+        assert shallowkern.last_backend("afcc_conv2d").backend == backend.partition(":")[0]
         ref = reference(x, w, m, b, 1, 1, 1)
         assert_close(y, ref, dtype, reduction=c * 9)
         gy = torch.randn_like(y)
         gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy)
-        assert shallowkern.last_backend("afcc_conv2d_backward").backend == backend
+        assert shallowkern.last_backend("afcc_conv2d_backward").backend == backend.partition(
+            ":")[0]
         rx, rw, rb = torch.autograd.grad(ref, (x, w, b), gy.double())
         assert_close(gx, rx, dtype, reduction=k * 9)
         assert_close(gw, rw * m[:, :, None, None], dtype, reduction=3 * 42)
@@ -110,8 +115,10 @@ def test_gradcheck(backend):
     x = torch.randn(2, 5, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    backend, _, path = backend.partition(":")
     with shallowkern.use_backend(backend), shallowkern._knobs.override(
-            {"afcc_conv2d.block": 16, "afcc_conv2d.max_executed": 1.0}):
+            {"afcc_conv2d.block": 16, "afcc_conv2d.max_executed": 1.0,
+             "afcc_conv2d.cpu_path": path or None}):
         torch.autograd.gradcheck(lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1), (x, w, b))
         torch.autograd.gradgradcheck(lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1), (x, w, b))
 
@@ -133,9 +140,10 @@ def test_native_nan_in_pruned_weight_and_empty_batch():
     w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
     w[0, 1] = float("nan")
     empty = torch.randn(0, 2, 5, 5, dtype=torch.float64)
-    assert _run("native", empty, w, m, None).shape == (0, 2, 5, 5)
     one = torch.randn(1, 2, 5, 5, dtype=torch.float64)
-    assert torch.isfinite(_run("native", one, w, m, None)).all()
+    for backend in ("native:gemm", "native:subconv"):
+        assert _run(backend, empty, w, m, None).shape == (0, 2, 5, 5)
+        assert torch.isfinite(_run(backend, one, w, m, None)).all()
 
 
 def test_dense_fallback_is_visible():
@@ -144,10 +152,30 @@ def test_dense_fallback_is_visible():
     x, w = torch.randn(2, 64, 4, 4), torch.randn(64, 64, 3, 3)
     A.afcc_conv2d(x, w, m, None, 1, 1)
     choice = shallowkern.last_backend("afcc_conv2d")
-    assert choice.backend == "vendor" and "block fill" in choice.reason
+    assert choice.backend == "vendor" and "masked weight is faster" in choice.reason
+    assert "executed 100% of dense" in choice.reason  # the plan and the modelled times, named
     bd = clustered_mask(64, 64, 8, g)
     p = A.block_plan(bd)
     assert p.kept_pairs == int(bd.sum()) and p.executed_pairs >= p.kept_pairs
+
+
+def test_cpu_path_follows_the_cost_model():
+    """Few large kept-block groups run as oneDNN sub-convs, many small blocks in the C++ GEMM
+    kernel, a mask without blocks densely; explain names the path; forward and backward of
+    each path agree with the dense reference (the paths themselves: test_forward_backward)."""
+    g = torch.Generator().manual_seed(2)
+    lab_o, lab_i = torch.randperm(512, generator=g) % 2, torch.randperm(512, generator=g) % 2
+    half = lab_o[:, None] == lab_i[None, :]  # 2 clusters of 256: density 0.5
+    x, w = torch.empty(32, 512, 4, 4), torch.empty(512, 512, 3, 3)
+    assert A.cpu_path(x, w, half, (1, 1), (1, 1), (1, 1))[0] == "subconv"
+    why = shallowkern.ops.explain("afcc_conv2d", x, w, half, None, [1, 1], [1, 1], [1, 1])
+    assert why.backend == "native" and "sub-convs" in why.reason
+    twenty = (torch.randperm(512, generator=g) % 20)[:, None] == (
+        torch.randperm(512, generator=g) % 20)[None, :]  # 20 clusters of ~26: density 0.05
+    assert A.cpu_path(x, w, twenty, (1, 1), (1, 1), (1, 1))[0] == "gemm"
+    scattered = torch.rand(64, 64, generator=g) < 0.3  # unstructured: no block to skip
+    assert A.cpu_path(torch.empty(128, 64, 4, 4), torch.empty(64, 64, 3, 3), scattered,
+                      (1, 1), (1, 1), (1, 1))[0] == "dense"
 
 
 def test_block_plan_orders_block_diagonal():
