@@ -171,15 +171,23 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
 // up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
 // padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
-// groups 1, pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// groups 1, 2, 4, 8 or 16 (below), pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
 // forces a path (tests run all three).
 // Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
 // 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
 constexpr int64_t kDirectMaxCRS = 512;
 
+// Groups: G in {1, 2, 4, 8, 16} (a divisor of the 16 lanes; packed trials, shallowkern.sweep.packed).
+// The image's groups are interleaved in the padded buffer, (Cg, Hp, Wp, G), and lane L of the
+// channel vectors is group L % G, channel L / G of that group, so one load broadcasts the G
+// groups' values of a position across the 16 lanes (G = 1: one value, as before) and the lanes
+// fill up with channels of all groups (LeNet conv1 at d1 = 4: 4 lanes of 16 alone, 16 of 16 for
+// 4 packed trials).
+bool direct_groups_fit(int64_t G) { return G == 1 || G == 2 || G == 4 || G == 8 || G == 16; }
+
 bool direct_forward_fits(const Conv2dGeom& g) {
-  return has_avx512f() && g.pool == 2 && g.G == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
-         g.dw == 1 && g.crs() <= kDirectMaxCRS;
+  return has_avx512f() && g.pool == 2 && direct_groups_fit(g.G) && g.sh == 1 && g.sw == 1 &&
+         g.dh == 1 && g.dw == 1 && g.crs() <= kDirectMaxCRS;
 }
 
 #ifdef SK_X86_SIMD
@@ -190,7 +198,22 @@ bool direct_forward_fits(const Conv2dGeom& g) {
 // broadcast per FMA, ran at 59 GFLOP/s per core against 107 for this one on the dev machine's
 // Zen 4, below MKL's GEMM: the broadcasts compete with the FMAs for issue. Without AVX-512 the
 // fused GEMM path runs.)
-template <int kW>
+// The G values at p (G consecutive floats: one position of each group) repeated across 16 lanes.
+template <int G>
+__attribute__((target("avx512f"))) inline __m512 bcast_groups(const float* p) {
+  if constexpr (G == 1) return _mm512_set1_ps(*p);
+  if constexpr (G == 2) {
+    double d;
+    std::memcpy(&d, p, sizeof d);
+    return _mm512_castpd_ps(_mm512_set1_pd(d));
+  }
+  if constexpr (G == 4) return _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+  if constexpr (G == 8) return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+                                   reinterpret_cast<const double*>(p))));
+  if constexpr (G == 16) return _mm512_loadu_ps(p);
+}
+
+template <int kW, int G>
 __attribute__((target("avx512f"))) void direct_windows_avx512(
     const float* xp, int64_t C, int64_t Hp, int64_t Wp, int64_t R, int64_t S, const float* wt,
     int64_t Kp, int64_t k0, const float* bias, int64_t i, int64_t j0, int32_t act, float* tv,
@@ -200,18 +223,18 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
   for (int a = 0; a < 4 * kW; ++a) acc[a] = _mm512_setzero_ps();
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t r = 0; r < R; ++r) {
-      const float* row0 = xp + (c * Hp + 2 * i + r) * Wp + 2 * j0;  // conv row 2i, column 2j0
-      const float* row1 = row0 + Wp;                               // conv row 2i + 1
+      const float* row0 = xp + ((c * Hp + 2 * i + r) * Wp + 2 * j0) * G;  // row 2i, column 2j0
+      const float* row1 = row0 + Wp * G;                                  // conv row 2i + 1
       const float* wr = wt + (c * R + r) * S * Kp + k0;
       for (int64_t s = 0; s < S; ++s) {
         const __m512 wv = _mm512_loadu_ps(wr + s * Kp);
 #pragma GCC unroll 3
         for (int t = 0; t < kW; ++t) {  // window j0 + t: positions (0,0), (0,1), (1,0), (1,1)
-          const int64_t o = 2 * t + s;
-          acc[4 * t + 0] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o]), acc[4 * t + 0]);
-          acc[4 * t + 1] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row0[o + 1]), acc[4 * t + 1]);
-          acc[4 * t + 2] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o]), acc[4 * t + 2]);
-          acc[4 * t + 3] = _mm512_fmadd_ps(wv, _mm512_set1_ps(row1[o + 1]), acc[4 * t + 3]);
+          const int64_t o = (2 * t + s) * G;
+          acc[4 * t + 0] = _mm512_fmadd_ps(wv, bcast_groups<G>(row0 + o), acc[4 * t + 0]);
+          acc[4 * t + 1] = _mm512_fmadd_ps(wv, bcast_groups<G>(row0 + o + G), acc[4 * t + 1]);
+          acc[4 * t + 2] = _mm512_fmadd_ps(wv, bcast_groups<G>(row1 + o), acc[4 * t + 2]);
+          acc[4 * t + 3] = _mm512_fmadd_ps(wv, bcast_groups<G>(row1 + o + G), acc[4 * t + 3]);
         }
       }
     }
@@ -241,17 +264,20 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
 }
 #endif
 
-void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
-                    const Conv2dGeom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
+template <int G>
+void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float* bias,
+                      const Conv2dGeom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
 #ifdef SK_X86_SIMD
-  const int64_t CRS = g.crs(), Kp = div_up(g.K, 16) * 16;
+  // Lane L = k * G + p: channel k of group p, i.e. output channel p * Kg + k (G = 1: lane k).
+  const int64_t CRS = g.crs(), KL = g.Kg * G, Kp = div_up(KL, 16) * 16;
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
-  // (K, C, R, S) -> (C*R*S, Kp), zero-padded lanes; bias likewise.
+  // (K, Cg, R, S) -> (Cg*R*S, Kp), zero-padded lanes; bias likewise.
   std::vector<float> wt(CRS * Kp, 0.f), bp(Kp, 0.f);
   const float* w = weight.const_data_ptr<float>();
-  for (int64_t k = 0; k < g.K; ++k) {
-    for (int64_t e = 0; e < CRS; ++e) wt[e * Kp + k] = w[k * CRS + e];
-    if (bias) bp[k] = bias[k];
+  for (int64_t L = 0; L < KL; ++L) {
+    const int64_t ch = (L % G) * g.Kg + L / G;
+    for (int64_t e = 0; e < CRS; ++e) wt[e * Kp + L] = w[ch * CRS + e];
+    if (bias) bp[L] = bias[ch];
   }
   const float* xdata = x.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
@@ -259,37 +285,40 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
   const auto xs = x.strides();
   const auto os = out.strides();
   const int32_t act = relu ? 1 : 0;
-  constexpr int64_t KB = 16, WB = 3;  // channels and windows per kernel call
+  constexpr int64_t KB = 16, WB = 3;  // lanes and windows per kernel call
   const int64_t PHW = g.PH * g.PW;
   const bool dense = os[3] == 1 && os[2] == g.PW;  // each (n, k) plane is contiguous
   at::parallel_for(0, g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
-    std::vector<float> xpad(g.C * Hp * Wp, 0.f);  // borders stay zero
-    // One channel block's pooled planes, window-major ([i*PW + j][lane]; 12.5 KB for LeNet's
+    std::vector<float> xpad(g.Cg * Hp * Wp * G, 0.f);  // (Cg, Hp, Wp, G); borders stay zero
+    // One lane block's pooled planes, window-major ([i*PW + j][lane]; 12.5 KB for LeNet's
     // 14x14): vector stores from the kernel, transposed into the output once per block.
     std::vector<float> tv(PHW * KB);
     std::vector<uint8_t> ti(PHW * KB);
     for (int64_t n = begin; n < end; ++n) {
       const float* xn = xdata + n * xs[0];
-      for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t c = 0; c < g.Cg; ++c)
         for (int64_t h = 0; h < g.H; ++h) {
-          float* d = xpad.data() + (c * Hp + h + g.ph) * Wp + g.pw;
-          const float* src = xn + c * xs[1] + h * xs[2];
-          for (int64_t w2 = 0; w2 < g.W; ++w2) d[w2] = src[w2 * xs[3]];
+          float* d = xpad.data() + ((c * Hp + h + g.ph) * Wp + g.pw) * G;
+          for (int64_t p = 0; p < G; ++p) {
+            const float* src = xn + (p * g.Cg + c) * xs[1] + h * xs[2];
+            for (int64_t w2 = 0; w2 < g.W; ++w2) d[w2 * G + p] = src[w2 * xs[3]];
+          }
         }
-      for (int64_t k0 = 0; k0 < g.K; k0 += KB) {
+      for (int64_t k0 = 0; k0 < KL; k0 += KB) {
         for (int64_t i = 0; i < g.PH; ++i)
           for (int64_t j0 = 0; j0 < g.PW; j0 += WB) {
             const int64_t at = (i * g.PW + j0) * KB;
-            const auto kernel = g.PW - j0 >= 3   ? direct_windows_avx512<3>
-                                : g.PW - j0 == 2 ? direct_windows_avx512<2>
-                                                 : direct_windows_avx512<1>;
-            kernel(xpad.data(), g.C, Hp, Wp, g.R, g.S, wt.data(), Kp, k0, bp.data(), i, j0, act,
+            const auto kernel = g.PW - j0 >= 3   ? direct_windows_avx512<3, G>
+                                : g.PW - j0 == 2 ? direct_windows_avx512<2, G>
+                                                 : direct_windows_avx512<1, G>;
+            kernel(xpad.data(), g.Cg, Hp, Wp, g.R, g.S, wt.data(), Kp, k0, bp.data(), i, j0, act,
                    tv.data() + at, ti.data() + at);
           }
-        const int64_t lanes = std::min<int64_t>(KB, g.K - k0);
+        const int64_t lanes = std::min<int64_t>(KB, KL - k0);
         for (int64_t l = 0; l < lanes; ++l) {
-          float* o = op + n * os[0] + (k0 + l) * os[1];
-          uint8_t* ix = ip ? ip + n * os[0] + (k0 + l) * os[1] : nullptr;
+          const int64_t L = k0 + l, ch = (L % G) * g.Kg + L / G;
+          float* o = op + n * os[0] + ch * os[1];
+          uint8_t* ix = ip ? ip + n * os[0] + ch * os[1] : nullptr;
           if (dense) {
             for (int64_t p = 0; p < PHW; ++p) o[p] = tv[p * KB + l];
             if (ix)
@@ -308,6 +337,18 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
 #else
   TORCH_INTERNAL_ASSERT(false, "forward_direct: built without the AVX-512 kernels");
 #endif
+}
+
+void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
+                    const Conv2dGeom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
+  switch (g.G) {
+    case 1: return forward_direct_g<1>(x, weight, bias, g, relu, out, idx);
+    case 2: return forward_direct_g<2>(x, weight, bias, g, relu, out, idx);
+    case 4: return forward_direct_g<4>(x, weight, bias, g, relu, out, idx);
+    case 8: return forward_direct_g<8>(x, weight, bias, g, relu, out, idx);
+    case 16: return forward_direct_g<16>(x, weight, bias, g, relu, out, idx);
+    default: TORCH_INTERNAL_ASSERT(false, "forward_direct: groups must be 1, 2, 4, 8 or 16");
+  }
 }
 
 // The forward's path: direct where it fits (forward_direct), else the vendor conv from a

@@ -311,13 +311,7 @@ def run_sweep(
     cfgs = _as_configs(configs)
     lock = _driver_lock(results, exclusive=backend != "local")
     try:
-        done = completed_ids(results)
-        div = diverged_ids(results) & done
-        if retry_diverged:
-            done -= div
-        pending = [c for c in cfgs if c.trial_id not in done]
-        summary = SweepSummary(results=results, total=len(cfgs), skipped=len(cfgs) - len(pending))
-        summary.skipped_diverged = 0 if retry_diverged else sum(c.trial_id in div for c in cfgs)
+        pending, summary = _pending(cfgs, results, retry_diverged)
         root = None if data_root is None else str(data_root)
         if pending:
             if backend == "local":
@@ -334,6 +328,20 @@ def run_sweep(
         os.close(lock)
     summary.wall_time = time.perf_counter() - t0
     return summary
+
+
+def _pending(cfgs: list[TrialConfig], results: Path, retry_diverged: bool
+             ) -> tuple[list[TrialConfig], SweepSummary]:
+    """The trials of ``cfgs`` still to run (diverged ones too with ``retry_diverged``) and the
+    sweep's summary counting the rest as skipped (run_sweep and the packed sweep share it)."""
+    done = completed_ids(results)
+    div = diverged_ids(results) & done
+    if retry_diverged:
+        done -= div
+    pending = [c for c in cfgs if c.trial_id not in done]
+    summary = SweepSummary(results=results, total=len(cfgs), skipped=len(cfgs) - len(pending))
+    summary.skipped_diverged = 0 if retry_diverged else sum(c.trial_id in div for c in cfgs)
+    return pending, summary
 
 
 def _record(summary: SweepSummary, cfg: TrialConfig, kind: str, why: str, bar) -> bool:

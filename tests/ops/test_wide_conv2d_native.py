@@ -218,7 +218,13 @@ DIRECT_CASES = {
     "pw1": (2, 3, 7, 3, 5, 3, 2, 1, 0, 1, 1, True),  # one window per row
     "pw5": (2, 3, 12, 14, 33, 3, 5, 1, 1, 1, 1, True),  # blocks of 3 + 2 windows, 3 chan blocks
     "many_chunks": CASES["many_chunks"],
+    # groups 2/4/8/16 (packed trials): interleaved groups, lane L = channel L // G of group L % G
+    "g2_k5": (3, 6, 12, 12, 10, 5, 5, 1, 0, 1, 2, True),  # 10 of 16 lanes
+    "g4_lenet": (2, 12, 12, 11, 16, 5, 5, 1, 1, 1, 4, True),  # conv1 of 4 trials: 16 lanes
+    "g8_two_blocks": (2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 8, False),  # 24 lanes: 2 blocks
+    "g16_cin1": (2, 16, 8, 8, 32, 3, 3, 1, 0, 1, 16, True),
 }
+GROUPED_DIRECT = ("g2_k5", "g4_lenet", "g8_two_blocks", "g16_cin1")
 
 
 @pytest.mark.parametrize("path", ["fused", "vendor", "direct"])
@@ -233,6 +239,26 @@ def test_forward_paths(case, relu, pool, layout, path):
         for dtype in DTYPES:
             x, w, b, params = make(DIRECT_CASES.get(case, case), dtype, layout)
             check_forward(x, w, b, params, relu, pool, True, dtype)
+
+
+@pytest.mark.skipif(not AVX512, reason="the direct forward needs an AVX-512 CPU")
+@pytest.mark.parametrize("case", GROUPED_DIRECT)
+def test_grouped_direct_is_default_and_each_group_is_its_own_conv(case):
+    """Groups of 2/4/8/16 take the direct kernel by default (not the fused GEMM path), and group
+    p's output is the ungrouped direct conv of group p's input and weights, bit for bit (same
+    summation order per lane: packed trials equal their one-at-a-time twins exactly)."""
+    x, w, b, params = make(DIRECT_CASES[case], torch.float32)
+    got = forward_by_path(("direct", "fused", None), x, w, b, params)
+    assert torch.equal(got[None][0], got["direct"][0]) and torch.equal(got[None][1],
+                                                                       got["direct"][1])
+    assert not torch.equal(got["direct"][0], got["fused"][0]), "the paths must differ"
+    G = params[-1]
+    one = list(params[:-1]) + [1]
+    for xg, wg, bg, og, ig in zip(x.chunk(G, 1), w.chunk(G, 0),
+                                  b.chunk(G) if b is not None else [None] * G,
+                                  got["direct"][0].chunk(G, 1), got["direct"][1].chunk(G, 1)):
+        o1, i1 = fwd(xg.contiguous(), wg.contiguous(), bg, *one, True, 2, True)
+        assert torch.equal(og, o1) and torch.equal(ig, i1)
 
 
 def forward_by_path(paths, x, w, b, params):
