@@ -67,6 +67,30 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "Tensor hidden, Tensor out_weight, int splits, str activation, str backend) "
       "-> (Tensor grad_input, Tensor[] grad_weight_x, Tensor[] grad_weight_h, Tensor[] grad_bias, "
       "Tensor grad_out_weight, Tensor grad_out_bias)");
+  // Training with BatchNorm batch statistics and/or dropout (csrc/cpu/spinal_linear_train.cpp):
+  // also returns the batch mean and unbiased variance (L, W) for the running-statistics update
+  // and the (B, M) dropout mask it used (drawn when dropout_mask is None). Seeded-random.
+  m.def(
+      "spinal_linear_train(Tensor input, Tensor[] weight_x, Tensor[] weight_h, Tensor[] bias, "
+      "Tensor out_weight, Tensor? out_bias, Tensor[] bn_weight, Tensor[] bn_bias, "
+      "Tensor? dropout_mask, bool batch_norm, float eps, float dropout, int splits, "
+      "str activation, str backend) -> (Tensor out, Tensor batch_mean, Tensor batch_var, "
+      "Tensor mask)",
+      {at::Tag::nondeterministic_seeded});
+  m.def(
+      "spinal_linear_train_forward(Tensor input, Tensor[] weight_x, Tensor[] weight_h, "
+      "Tensor[] bias, Tensor out_weight, Tensor? out_bias, Tensor[] bn_weight, Tensor[] bn_bias, "
+      "Tensor? dropout_mask, bool batch_norm, float eps, float dropout, int splits, "
+      "str activation, str backend) -> (Tensor out, Tensor batch_mean, Tensor batch_var, "
+      "Tensor hidden, Tensor xhat, Tensor rstd, Tensor mask)",
+      {at::Tag::nondeterministic_seeded});
+  m.def(
+      "spinal_linear_train_backward(Tensor grad_out, Tensor input, Tensor[] weight_x, "
+      "Tensor[] weight_h, Tensor out_weight, Tensor[] bn_weight, Tensor hidden, Tensor xhat, "
+      "Tensor rstd, Tensor mask, bool batch_norm, float dropout, int splits, str activation, "
+      "str backend) -> (Tensor grad_input, Tensor[] grad_weight_x, Tensor[] grad_weight_h, "
+      "Tensor[] grad_bias, Tensor grad_out_weight, Tensor grad_out_bias, "
+      "Tensor[] grad_bn_weight, Tensor[] grad_bn_bias)");
   // CUDA C++ fused forward (inference, BatchNorm folded): csrc/cuda/spinal_linear.cu, impl in
   // csrc/cuda/bindings.cu (CUDA builds only).
   m.def(

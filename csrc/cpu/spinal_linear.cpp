@@ -16,239 +16,12 @@
 // Autograd: a C++ torch::autograd::Function on the Autograd key, so a training call costs no
 // Python; it calls shallowkern::spinal_linear_forward / _backward through the dispatcher, which
 // routes CUDA tensors to the kernels registered from Python (Triton) and fake tensors to Meta.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/autograd.h>
-#include <torch/library.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdlib>
-#include <cstring>
-#include <limits>
-#include <string>
-#include <tuple>
-#include <vector>
-
-extern "C" {
-// MKL's Fortran-interface GEMMs (LP64), exported by the torch wheels built with MKL. Weak: absent
-// elsewhere, and then the at::mm_out path runs.
-void SGEMM(const char*, const char*, const int*, const int*, const int*, const float*,
-           const float*, const int*, const float*, const int*, const float*, float*,
-           const int*) __attribute__((weak));
-void DGEMM(const char*, const char*, const int*, const int*, const int*, const double*,
-           const double*, const int*, const double*, const int*, const double*, double*,
-           const int*) __attribute__((weak));
-}
+#include "spinal_linear_common.h"
 
 namespace shallowkern {
 namespace spinal {
 namespace {
 
-using at::Tensor;
-using at::TensorList;
-
-enum class Act { kRelu, kTanh, kSigmoid, kIdentity };
-
-Act parse_act(const std::string& s) {
-  if (s == "relu") return Act::kRelu;
-  if (s == "tanh") return Act::kTanh;
-  if (s == "sigmoid") return Act::kSigmoid;
-  if (s == "identity") return Act::kIdentity;
-  TORCH_CHECK(false, "spinal_linear: activation must be relu, tanh, sigmoid or identity, got '", s,
-              "'");
-}
-
-bool use_mkl() {
-  static const bool ok = [] {
-    const char* e = std::getenv("SHALLOWKERN_SPINAL_BLAS");
-    return !(e != nullptr && std::string(e) == "aten") && SGEMM != nullptr && DGEMM != nullptr;
-  }();
-  return ok;
-}
-
-// Row-major C (M x N, ldc) = alpha * op(A) op(B) + beta * C; op(A) is M x K, op(B) is K x N.
-// ta/tb: 'N' or 'T' for the row-major matrices. A row-major matrix is its column-major
-// transpose, so this is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
-template <typename T>
-void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  const int64_t lim = std::numeric_limits<int>::max();
-  // Direct MKL for small products, where ATen's ~2-4 us of dispatch is the cost; ATen's own
-  // GEMM for large ones (measured faster here from ~1M multiply-adds: 256x128x128 ran in ~95 us
-  // through at::mm and ~140 us through the Fortran SGEMM interface, 1 thread, Zen 4).
-  if (use_mkl() && M * N * K <= (int64_t{1} << 20) && M < lim && N < lim && K < lim &&
-      lda < lim && ldb < lim && ldc < lim && K > 0) {
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    if constexpr (std::is_same_v<T, float>) {
-      SGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-    } else {
-      DGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-    }
-    return;
-  }
-  // aten path on strided views (addmm_out writes into a strided C without a copy)
-  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto view = [&](const T* p, int64_t r, int64_t c, int64_t ld, char t) {
-    Tensor v = at::from_blob(const_cast<T*>(p), {r, c}, {ld, 1}, opts);
-    return t == 'T' ? v.t() : v;
-  };
-  Tensor a = ta == 'N' ? view(A, M, K, lda, 'N') : view(A, K, M, lda, 'T');
-  Tensor b = tb == 'N' ? view(B, K, N, ldb, 'N') : view(B, N, K, ldb, 'T');
-  Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
-  if (beta == T(0)) {
-    at::mm_out(c, a, b);
-    if (alpha != T(1)) c.mul_(alpha);
-  } else {
-    c.addmm_(a, b, beta, alpha);
-  }
-}
-
-// Branch-free, switch-free inner loops (one instantiation per activation): a data-dependent
-// branch per element (ReLU on random signs) cost ~5 ns/element, more than the GEMMs at B = 256.
-// tanh / sigmoid on large blocks go through ATen's vectorized in-place kernels on a strided view.
-template <Act A, typename T>
-inline T act_fwd(T z) {
-  if constexpr (A == Act::kRelu) return std::max(z, T(0));
-  if constexpr (A == Act::kTanh) return std::tanh(z);
-  if constexpr (A == Act::kSigmoid) return T(1) / (T(1) + std::exp(-z));
-  return z;
-}
-
-// act'(z) written with h = act(z) (all four activations allow it: nothing else is saved)
-template <Act A, typename T>
-inline T act_grad_from_out(T h) {
-  if constexpr (A == Act::kRelu) return h > T(0) ? T(1) : T(0);
-  if constexpr (A == Act::kTanh) return T(1) - h * h;
-  if constexpr (A == Act::kSigmoid) return h * (T(1) - h);
-  return T(1);
-}
-
-constexpr int64_t kAtenActMin = 8192;  // elements from which ATen's vectorized tanh/sigmoid pay
-
-// Z (n x W, row stride ld) <- act(Z + b)
-template <typename T>
-void bias_act(Act act, T* Z, int64_t n, int64_t W, int64_t ld, const T* b) {
-  if (b != nullptr) {
-    for (int64_t r = 0; r < n; ++r) {
-      T* z = Z + r * ld;
-      for (int64_t c = 0; c < W; ++c) z[c] += b[c];
-    }
-  }
-  auto rows = [&](auto f) {
-    for (int64_t r = 0; r < n; ++r) {
-      T* z = Z + r * ld;
-      for (int64_t c = 0; c < W; ++c) z[c] = f(z[c]);
-    }
-  };
-  const bool big = n * W >= kAtenActMin;
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  switch (act) {
-    case Act::kRelu: rows([](T z) { return act_fwd<Act::kRelu>(z); }); break;
-    case Act::kTanh:
-      if (big) at::from_blob(Z, {n, W}, {ld, 1}, opts).tanh_();
-      else rows([](T z) { return act_fwd<Act::kTanh>(z); });
-      break;
-    case Act::kSigmoid:
-      if (big) at::from_blob(Z, {n, W}, {ld, 1}, opts).sigmoid_();
-      else rows([](T z) { return act_fwd<Act::kSigmoid>(z); });
-      break;
-    default: break;
-  }
-}
-
-// G (n x W, ld) *= act'(h) with h (n x W, ld); gb (W) = column sums of the result
-template <Act A, typename T>
-void act_backward_rows(T* G, const T* h, int64_t n, int64_t W, int64_t ld, T* gb) {
-  std::fill(gb, gb + W, T(0));
-  for (int64_t r = 0; r < n; ++r) {
-    T* g = G + r * ld;
-    const T* hr = h + r * ld;
-    for (int64_t c = 0; c < W; ++c) {
-      g[c] *= act_grad_from_out<A>(hr[c]);
-      gb[c] += g[c];
-    }
-  }
-}
-
-template <typename T>
-void act_backward(Act act, T* G, const T* h, int64_t n, int64_t W, int64_t ld, T* gb) {
-  switch (act) {
-    case Act::kRelu: act_backward_rows<Act::kRelu>(G, h, n, W, ld, gb); break;
-    case Act::kTanh: act_backward_rows<Act::kTanh>(G, h, n, W, ld, gb); break;
-    case Act::kSigmoid: act_backward_rows<Act::kSigmoid>(G, h, n, W, ld, gb); break;
-    default: act_backward_rows<Act::kIdentity>(G, h, n, W, ld, gb); break;
-  }
-}
-
-struct Geom {
-  int64_t B, F, L, W, O, S;
-  std::vector<int64_t> off;  // split offsets, S + 1
-};
-
-Geom check(const char* op, const Tensor& x, TensorList wx, TensorList wh, TensorList bias,
-           const Tensor& wo, const std::optional<Tensor>& bo, int64_t splits) {
-  TORCH_CHECK(x.dim() == 2, op, ": input must be a 2-D (B, in_features) tensor, got ", x.dim(),
-              "-D");
-  Geom g;
-  g.B = x.size(0);
-  g.F = x.size(1);
-  g.L = static_cast<int64_t>(wx.size());
-  TORCH_CHECK(g.L >= 1, op, ": weight_x must hold one matrix per layer, got none");
-  TORCH_CHECK(splits >= 1 && splits <= g.F, op, ": splits must be in [1, in_features=", g.F,
-              "], got ", splits);
-  g.S = splits;
-  TORCH_CHECK(wx[0].dim() == 2, op, ": weight_x[0] must be 2-D");
-  g.W = wx[0].size(0);
-  TORCH_CHECK(static_cast<int64_t>(wh.size()) == g.L - 1, op, ": weight_h must hold ", g.L - 1,
-              " matrices, got ", wh.size());
-  TORCH_CHECK(bias.empty() || static_cast<int64_t>(bias.size()) == g.L, op, ": bias must hold ",
-              g.L, " vectors or none, got ", bias.size());
-  const int64_t q = g.F / g.S, r = g.F % g.S;
-  g.off.assign(1, 0);
-  for (int64_t s = 0; s < g.S; ++s) g.off.push_back(g.off.back() + q + (s < r ? 1 : 0));
-  auto same = [&](const Tensor& t, const char* name, int64_t i) {
-    TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(), op, ": ", name,
-                "[", i, "] must be ", x.scalar_type(), " on ", x.device(), " like input, got ",
-                t.scalar_type(), " on ", t.device());
-  };
-  for (int64_t i = 0; i < g.L; ++i) {
-    const int64_t s = i % g.S, k = g.off[s + 1] - g.off[s];
-    same(wx[i], "weight_x", i);
-    TORCH_CHECK(wx[i].dim() == 2 && wx[i].size(0) == g.W && wx[i].size(1) == k, op,
-                ": weight_x[", i, "] must have shape (", g.W, ", ", k, "), got ", wx[i].sizes());
-    if (i > 0) {
-      same(wh[i - 1], "weight_h", i - 1);
-      TORCH_CHECK(wh[i - 1].dim() == 2 && wh[i - 1].size(0) == g.W && wh[i - 1].size(1) == g.W,
-                  op, ": weight_h[", i - 1, "] must have shape (", g.W, ", ", g.W, "), got ",
-                  wh[i - 1].sizes());
-    }
-    if (!bias.empty()) {
-      same(bias[i], "bias", i);
-      TORCH_CHECK(bias[i].dim() == 1 && bias[i].size(0) == g.W, op, ": bias[", i,
-                  "] must have shape (", g.W, ",), got ", bias[i].sizes());
-    }
-  }
-  same(wo, "out_weight", 0);
-  TORCH_CHECK(wo.dim() == 2 && wo.size(1) == g.L * g.W, op, ": out_weight must be (O, ",
-              g.L * g.W, "), got ", wo.sizes());
-  g.O = wo.size(0);
-  if (bo.has_value() && bo->defined()) {
-    same(*bo, "out_bias", 0);
-    TORCH_CHECK(bo->dim() == 1 && bo->size(0) == g.O, op, ": out_bias must have shape (", g.O,
-                ",), got ", bo->sizes());
-  }
-  return g;
-}
-
-void check_cpu(const char* op, const Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), op, " (CPU kernel): input must be a CPU tensor, got ",
-              x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
-              " (CPU kernel): input must be float32 or float64, got ", x.scalar_type());
-}
 
 // Rows [r0, r1) of the whole chain: H rows and y rows.
 template <typename T>
@@ -272,15 +45,6 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
           g.O);
 }
 
-template <typename T>
-std::vector<const T*> ptrs(TensorList ts, std::vector<Tensor>& keep) {
-  std::vector<const T*> p;
-  for (const Tensor& t : ts) {
-    keep.push_back(t.contiguous());
-    p.push_back(keep.back().data_ptr<T>());
-  }
-  return p;
-}
 
 std::tuple<Tensor, Tensor> forward_cpu(const Tensor& input, TensorList wx, TensorList wh,
                                        TensorList bias, const Tensor& wo,
@@ -453,9 +217,6 @@ Tensor reference_forward(const Tensor& x, TensorList wx, TensorList wh, TensorLi
   return bo.has_value() && bo->defined() ? y + *bo : y;
 }
 
-c10::OperatorHandle op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
 
 struct SpinalFn : public torch::autograd::Function<SpinalFn> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& input, TensorList wx,

@@ -7,6 +7,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..ops import spinal_linear as _sl
+from ..ops import spinal_train as _st
 
 
 def spinal_linear_module_forward(input: Tensor, weight_x: list[Tensor], weight_h: list[Tensor],
@@ -42,8 +43,9 @@ class SpinalLinear(nn.Module):
     the concatenated [W_i^x | W_i^h].
 
     Input (B, F) -> (B, O). Eval mode (or training without BatchNorm and dropout) runs the fused
-    op with BatchNorm folded; training with BatchNorm or dropout > 0 runs the reference
-    composition (batch statistics and dropout masks are not fused).
+    op with BatchNorm folded; training with BatchNorm or dropout > 0 runs the fused training op
+    (batch statistics, running-statistics update as nn.BatchNorm1d, dropout masks; see
+    ``shallowkern.ops.spinal_train``).
     """
 
     def __init__(self, in_features: int, out_features: int, *, layer_width: int, num_layers: int = 4,
@@ -123,16 +125,20 @@ class SpinalLinear(nn.Module):
         return self._folded[1]
 
     def forward(self, input: Tensor) -> Tensor:
-        fused_ok = not self.training or (self.norms is None and self.dropout == 0.0)
-        if not fused_ok:
+        if self.training and (self.norms is not None or self.dropout > 0.0):
+            # batch statistics / dropout: the fused training op (shallowkern.ops.spinal_train)
             if input.dim() != 2 or input.shape[-1] != self.in_features:
                 raise ValueError(f"SpinalLinear: input must be (B, {self.in_features}), got "
                                  f"{tuple(input.shape)}")
             wx, wh, b = self._lists()
-            return _sl.spinal_linear_reference(
-                input, wx, wh, b or None,
-                self.out_weight, self.out_bias, splits=self.splits, activation=self.activation,
-                norms=self.norms, dropout=self.dropout, training=True)
+            kw = {} if self.norms is None else _st.batchnorm_train_kwargs(self.norms, input.shape[0])
+            if kw is None:  # BatchNorm layers configured differently: layer by layer
+                return _sl.spinal_linear_reference(
+                    input, wx, wh, b or None, self.out_weight, self.out_bias, splits=self.splits,
+                    activation=self.activation, norms=self.norms, dropout=self.dropout, training=True)
+            return _st.spinal_linear_train(input, wx, wh, b or None, self.out_weight, self.out_bias,
+                                           splits=self.splits, activation=self.activation,
+                                           dropout=self.dropout, **kw)
         wx, wh, b = self.folded_parameters()
         return spinal_linear_module_forward(input, wx, wh, b, self.out_weight, self.out_bias,
                                             (self.in_features, self.splits, self.activation))
