@@ -152,8 +152,32 @@ test_quadric_linear = BENCH.test()
 # ---------------------------------------------------------------------------------------------
 # peak memory
 # ---------------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def cpu_peak_supported() -> bool:
+    """Linux lets a process reset its own peak RSS (VmHWM) through /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_extra_bytes(fn, inputs, backward: bool) -> int:
-    """Peak bytes allocated while fn runs (and its backward), beyond the inputs."""
+    """Peak bytes allocated while fn runs (and its backward), beyond the inputs.
+
+    CUDA: the caching allocator's high-water mark. CPU: the process's peak resident set
+    (VmHWM, reset through /proc/self/clear_refs) minus the resident set before the call. Run
+    CPU measurements with MALLOC_MMAP_THRESHOLD_=65536 (``--memory`` sets it): then glibc maps
+    every large tensor afresh instead of reusing freed heap that is already resident, which
+    would hide it."""
     dev = inputs[0].device
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -164,9 +188,18 @@ def peak_extra_bytes(fn, inputs, backward: bool) -> int:
             out.sum().backward()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    raise NotImplementedError("peak memory is measured on CUDA only (torch keeps no CPU "
-                              "allocator high-water mark; forking a child after OpenMP started "
-                              "deadlocks)")
+    import gc
+
+    gc.collect()
+    if not cpu_peak_supported():
+        raise NotImplementedError("peak memory on CPU needs a writable /proc/self/clear_refs")
+    base = _status_kb("VmRSS")
+    out = fn(*inputs)
+    if backward:
+        out.sum().backward()
+    peak = _status_kb("VmHWM")
+    del out
+    return max(peak - base, 0) * 1024
 
 
 _MEM_CASES = ["full_n256_b512", "diagonal_n256_b512", "lowrank_n256_b512"]
@@ -177,9 +210,8 @@ _MEM_CASES = ["full_n256_b512", "diagonal_n256_b512", "lowrank_n256_b512"]
 @pytest.mark.parametrize("pass_", ["fwd", "fwdbwd"])
 def test_peak_memory(benchmark, case_name, provider, pass_):
     case = next(c for c in _GPU if c["name"] == case_name)
-    if device().type != "cuda":
-        pytest.skip("peak memory is recorded on CUDA (torch has no CPU allocator peak); the CPU "
-                    "kernels' extra memory is analytic, see docs/quadric.md")
+    if device().type != "cuda" and not cpu_peak_supported():
+        pytest.skip("CPU peak memory needs /proc/self/clear_refs (Linux)")
     if benchmark.disabled:  # smoke run: a small batch
         case = dict(case, batch=4)
     dev = device()
@@ -236,18 +268,48 @@ def interleaved(case_names, reps: int = 7, providers=("shallowkern", "bilinear",
     return rows
 
 
+def memory_rows(case_names, providers=tuple(PROVIDERS), passes=("fwd", "fwdbwd")):
+    """Peak extra memory (bytes) of each provider, CPU or CUDA, one row per case/pass/provider."""
+    rows = []
+    for name in case_names:
+        case = next(c for c in _GPU if c["name"] == name)
+        for pass_ in passes:
+            for prov in providers:
+                torch.manual_seed(0)
+                try:
+                    fn, inputs = PROVIDERS[prov](case, device(), torch.float32)
+                except pytest.skip.Exception:
+                    continue
+                fn(*inputs)  # warm-up (compilation, first-touch of the inputs)
+                with torch.no_grad() if pass_ == "fwd" else torch.enable_grad():
+                    peak = peak_extra_bytes(fn, inputs, pass_ == "fwdbwd")
+                io = sum(t.numel() * t.element_size() for t in inputs if t is not None)
+                rows.append(dict(case=name, pass_=pass_, provider=prov, peak_extra_bytes=peak,
+                                 io_bytes=io))
+                print(f"{name:22s} {pass_:7s} {prov:12s} peak extra {peak / 2**20:9.1f} MiB "
+                      f"(inputs {io / 2**20:.1f} MiB)", flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     import argparse
     import json
+    import os
+    import sys
 
+    if "--memory" in sys.argv and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by glibc at start: re-exec
+        os.execv(sys.executable, [sys.executable, "-m", "benchmarks.test_bench_quadric_linear",
+                                  *sys.argv[1:]])
     ap = argparse.ArgumentParser()
+    ap.add_argument("--memory", action="store_true")
     ap.add_argument("--interleaved", action="store_true")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--cases", nargs="+", default=["full_n256_b512", "diagonal_n256_b512",
                                                     "lowrank_n256_b512"])
     ap.add_argument("--json")
     a = ap.parse_args()
-    out = interleaved(a.cases, a.reps)
+    out = memory_rows(a.cases) if a.memory else interleaved(a.cases, a.reps)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -36,10 +36,22 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
+
+extern "C" {
+// MKL's Fortran-interface SGEMM/DGEMM (LP64), exported by the torch wheels built with MKL; weak,
+// so other BLAS builds link and take the ATen path (as csrc/cpu/spinal_linear.cpp does).
+void SGEMM(const char*, const char*, const int*, const int*, const int*, const float*,
+           const float*, const int*, const float*, const int*, const float*, float*,
+           const int*) __attribute__((weak));
+void DGEMM(const char*, const char*, const int*, const int*, const int*, const double*,
+           const double*, const int*, const double*, const int*, const double*, double*,
+           const int*) __attribute__((weak));
+}
 
 namespace shallowkern {
 namespace {
@@ -131,6 +143,112 @@ at::Tensor linear_start(const at::Tensor& x, const at::Tensor& w,
   return (bias.has_value() && bias->defined()) ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
+// Small products go straight to MKL: through ATen each GEMM costs ~2-3 us of dispatch, which
+// is most of a batch-32 layer (measured: the whole diagonal forward at B = 32, n = K = 64 took
+// 11.7 us with two at::addmm, see docs/quadric.md). Same bound as spinal_linear's.
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+constexpr int64_t kDirectGemmMax = int64_t{1} << 20;  // M*N*K multiply-adds
+
+bool direct_gemm_ok(int64_t m, int64_t n, int64_t k) {
+  const int64_t lim = std::numeric_limits<int>::max();
+  return SGEMM != nullptr && DGEMM != nullptr && m > 0 && n > 0 && k > 0 &&
+         m * n * k <= kDirectGemmMax && m < lim && n < lim && k < lim;
+}
+
+// Row-major C (M x N, row stride ldc) = op(A) op(B) + beta C with op(A) M x K, op(B) K x N and
+// ta/tb 'N' or 'T' for the row-major matrices. A row-major matrix is its column-major transpose,
+// so this is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+template <typename T>
+void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    SGEMM(&tb, &ta, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+  } else {
+    DGEMM(&tb, &ta, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+  }
+}
+
+template <typename T>
+std::vector<T> squares(const T* x, int64_t count) {
+  std::vector<T> sq(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) sq[i] = x[i] * x[i];
+  return sq;
+}
+
+// The diagonal forward for small products: y = b + x W^T + (x*x) Wq^T with two direct GEMMs
+// into one output and x*x in a stack-or-heap buffer (no ATen op at all).
+at::Tensor diagonal_forward_small(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& w,
+                                  const std::optional<at::Tensor>& bias) {
+  const int64_t b = x.size(0), n = x.size(1), k = w.size(0);
+  at::Tensor y = at::empty({b, k}, x.options());
+  const bool has_bias = bias.has_value() && bias->defined();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_diag_small", [&] {
+    // BLAS wants unit inner stride and a leading dimension >= n (a (1, n) view may have less)
+    auto rows = [&](const at::Tensor& t) {
+      return t.stride(1) == 1 && t.stride(0) >= n ? t : t.contiguous();
+    };
+    const at::Tensor wc = rows(w), qc = rows(wq);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t beta = 0;
+    if (has_bias) {
+      const at::Tensor bc = bias->contiguous();
+      const scalar_t* bp = bc.const_data_ptr<scalar_t>();
+      for (int64_t r = 0; r < b; ++r) std::copy(bp, bp + k, yp + r * k);
+      beta = 1;
+    }
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    gemm<scalar_t>('N', 'T', b, k, n, xp, n, wc.const_data_ptr<scalar_t>(), wc.stride(0), beta,
+                   yp, k);
+    const std::vector<scalar_t> sq = squares(xp, b * n);
+    gemm<scalar_t>('N', 'T', b, k, n, sq.data(), n, qc.const_data_ptr<scalar_t>(), qc.stride(0),
+                   scalar_t(1), yp, k);
+  });
+  return y;
+}
+
+// The diagonal backward for small products, direct GEMMs: gx = gy W + 2 x*(gy Wq),
+// gWq = gy^T (x*x), gW = gy^T x, gb = sum_b gy (x, gy contiguous).
+Grads diagonal_backward_small(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& wq,
+                              const at::Tensor& w, std::array<bool, 4> mask) {
+  const int64_t b = x.size(0), n = x.size(1), k = w.size(0);
+  at::Tensor gx, gq, gw, gb;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_diag_small_bwd", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gy.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> sq;
+    if (mask[1]) sq = squares(xp, b * n);
+    if (mask[0]) {
+      const at::Tensor wc = w.contiguous(), qc = wq.contiguous();
+      gx = at::empty({b, n}, x.options());
+      std::vector<scalar_t> d(static_cast<size_t>(b * n));
+      scalar_t* o = gx.data_ptr<scalar_t>();
+      gemm<scalar_t>('N', 'N', b, n, k, gp, k, wc.const_data_ptr<scalar_t>(), n, 0, o, n);
+      gemm<scalar_t>('N', 'N', b, n, k, gp, k, qc.const_data_ptr<scalar_t>(), n, 0, d.data(), n);
+      for (int64_t i = 0; i < b * n; ++i) o[i] += 2 * xp[i] * d[i];
+    }
+    if (mask[1]) {
+      gq = at::empty({k, n}, x.options());
+      gemm<scalar_t>('T', 'N', k, n, b, gp, k, sq.data(), n, 0, gq.data_ptr<scalar_t>(), n);
+    }
+    if (mask[2]) {
+      gw = at::empty({k, n}, x.options());
+      gemm<scalar_t>('T', 'N', k, n, b, gp, k, xp, n, 0, gw.data_ptr<scalar_t>(), n);
+    }
+    if (mask[3]) {
+      gb = at::zeros({k}, x.options());
+      scalar_t* bp = gb.data_ptr<scalar_t>();
+      for (int64_t r = 0; r < b; ++r)
+        for (int64_t j = 0; j < k; ++j) bp[j] += gp[r * k + j];
+    }
+  });
+  auto or_empty = [&](at::Tensor t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(gx), or_empty(gq), at::empty({0}, x.options()), or_empty(gw), or_empty(gb)};
+}
+
 // Z[r, t] = x[r, i] x[r, j] for the chunk's packed columns, rows [r0, r0 + rows).
 template <typename scalar_t>
 void outer_rows(const scalar_t* xp, int64_t n, int64_t r0, int64_t rows, const RowChunk& c,
@@ -195,8 +313,6 @@ at::Tensor full_forward(const at::Tensor& x, const at::Tensor& p, at::Tensor y) 
   return y;
 }
 
-using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
 // x*x into a fresh (B, n) buffer in one pass (ATen's mul allocates the same, but through the
 // dispatcher: ~2 us that a batch-32 layer notices)
 at::Tensor squared(const at::Tensor& x) {
@@ -226,6 +342,7 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   const at::Tensor x = input.contiguous();
   const int64_t n = x.size(1), k = weight.size(0);
   if (form == "diagonal") {
+    if (direct_gemm_ok(x.size(0), k, n)) return diagonal_forward_small(x, weight_quad, weight, bias);
     // Two MKL GEMMs accumulating into one output (beta = 1): measured faster here than one
     // GEMM over [x*x | x] and [Wq | W] (723 vs 856 us at B = 512, n = K = 256), which pays
     // for concatenating the weights on every call; MKL cannot square in its operand load.
@@ -282,6 +399,9 @@ Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
     return {gx.to(dt), gq.to(dt), gq2.to(dt), gw.to(dt), gb.to(dt)};
   }
   const at::Tensor x = input.contiguous(), gy = grad_out.contiguous();
+  if (form == "diagonal" && direct_gemm_ok(b, k, n)) {
+    return diagonal_backward_small(gy, x, weight_quad, weight, mask);
+  }
   at::Tensor gx, gq, gq2, gw, gb;
   if (form == "diagonal") {
     if (mask[0]) {

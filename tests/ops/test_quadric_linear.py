@@ -189,6 +189,38 @@ def test_schemas_match_python_copy():
 
 
 @NATIVE
+def test_fast_path_choice_matches_the_dispatch_table():
+    """The functional skips FORWARD's walk for CPU float32/float64: same choice, same reason."""
+    for dtype in (torch.float32, torch.float64):
+        x, wq, w, b = (torch.randn(*s, dtype=dtype) for s in ((3, 4), (2, 4), (2, 4), (2,)))
+        ql.quadric_linear(x, wq, w, b)
+        assert shallowkern.last_backend("quadric_linear") == ql.FORWARD.choose(
+            x, wq, None, w, b, "diagonal")
+    with shallowkern.use_backend("reference"):
+        ql.quadric_linear(x, wq, w, b)
+    assert shallowkern.last_backend("quadric_linear").backend == "reference"
+
+
+@NATIVE
+@pytest.mark.parametrize("b,n,k", [(7, 5, 3), (129, 90, 91)], ids=["direct_mkl", "aten_gemm"])
+def test_diagonal_small_and_large_gemm_paths(b, n, k):
+    """The C++ diagonal kernels call MKL directly up to 2^20 multiply-adds, ATen above."""
+    torch.manual_seed(0)
+    x = torch.randn(b, n, dtype=torch.float64, requires_grad=True)
+    wq, w, bias = (torch.randn(*s, dtype=torch.float64, requires_grad=True)
+                   for s in ((k, n), (k, n), (k,)))
+    y = torch.ops.shallowkern.quadric_linear(x, wq, None, w.t().contiguous().t(), bias,
+                                             "diagonal", "native")
+    ref = ql.quadric_linear_composite(x, wq, None, w, bias, "diagonal")
+    assert_close(y, ref, torch.float64, 2 * n)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, wq, w, bias), g)
+    want = torch.autograd.grad(ref, (x, wq, w, bias), g)
+    for name, a, e in zip(("x", "wq", "w", "bias"), got, want):
+        assert_close(a, e, torch.float64, max(b, k), msg=name)
+
+
+@NATIVE
 @pytest.mark.parametrize("form", ql.FORMS)
 def test_cpp_op_autograd_masks_and_half_dtypes(form):
     """The C++ op directly: only the asked-for gradients come back (an absent weight_quad2 or
