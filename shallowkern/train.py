@@ -27,9 +27,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +168,7 @@ def train_and_evaluate(
     progress: Callable[[int, dict[str, float]], None] | None = None,
     pipeline: str = "device",
     cudnn: str = "deterministic",
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` with ``recipe`` and return its errors at the selected epoch.
 
@@ -183,16 +187,28 @@ def train_and_evaluate(
             whatever runs the convolutions, so a shallowkern-vs-plain comparison is fair only
             with the same value on both sides (it matters most to the plain side, where every
             convolution is cuDNN's); ``"keep"`` leaves the global flags alone.
+        checkpoint: a file to save the whole training state to after every epoch (model,
+            optimiser, schedule, data-order and global RNG states, best weights, history) and
+            to resume from if it exists: a killed run continues at its next epoch and ends
+            bit-identical to an uninterrupted one (same thread count). Needs
+            ``pipeline="device"`` (the host pipeline's worker processes keep RNG state that
+            cannot be saved). An unreadable or foreign checkpoint is reported with a
+            RuntimeWarning and training starts afresh. The caller deletes it when the result
+            is safe (``shallowkern.sweep`` does so once the record is stored).
 
     Returns a dict with ``train_error`` (clean, un-augmented error of the selected weights on
     the training set), ``val_error``, ``test_error``, ``best_epoch`` (1-based), ``epochs``,
     ``selection``, ``history`` (per epoch: lr, train loss, running train error under
     augmentation, val error), ``diverged`` (a non-finite loss was seen), ``n_train``/``n_val``/
     ``n_test``, ``train_time`` and ``wall_time`` (s) and ``images_per_s`` (training throughput),
-    and the ``pipeline`` and ``cudnn`` settings it ran with.
+    the ``pipeline`` and ``cudnn`` settings it ran with, and ``resumed_at`` (the epochs a
+    checkpoint resumed from; empty for an uninterrupted run; ``train_time`` sums all runs,
+    ``wall_time`` is the last run's).
     """
     if cudnn not in ("deterministic", "benchmark", "keep"):
         raise ValueError(f"cudnn must be 'deterministic', 'benchmark' or 'keep', got {cudnn!r}")
+    if checkpoint is not None and pipeline != "device":
+        raise ValueError(f"checkpoint needs pipeline='device', got pipeline={pipeline!r}")
     t0 = time.perf_counter()
     device = torch.device(device)
     if device.type == "cuda" and cudnn != "keep":
@@ -224,7 +240,23 @@ def train_and_evaluate(
     best_val, best_epoch, best_state = math.inf, 0, None
     diverged = False
     train_time = 0.0
-    for epoch in range(1, recipe.epochs + 1):
+    start, resumed_at = 1, []
+    ckpt_key = {"recipe": recipe.to_dict(), "seed": seed, "n_train": int(y_tr.numel()),
+                "params": sum(p.numel() for p in model.parameters())}
+    state = _load_checkpoint(checkpoint, ckpt_key, device) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        loader.generator.set_state(state["loader_rng"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history, diverged, train_time = state["history"], state["diverged"], state["train_time"]
+        best_val, best_epoch, best_state = state["best_val"], state["best_epoch"], state["best"]
+        start = state["epoch"] + 1
+        resumed_at = state["resumed_at"] + [state["epoch"]]
+    for epoch in range(start, recipe.epochs + 1):
         model.train()
         t_ep = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -251,6 +283,16 @@ def train_and_evaluate(
                 best_val, best_epoch = row["val_error"], epoch
                 best_state = copy.deepcopy(model.state_dict())
         history.append(row)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "key": ckpt_key, "epoch": epoch, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "loader_rng": loader.generator.get_state(), "rng": torch.get_rng_state(),
+                "cuda_rng": (torch.cuda.get_rng_state(device) if device.type == "cuda"
+                             else None),
+                "history": history, "diverged": diverged, "train_time": train_time,
+                "best_val": best_val, "best_epoch": best_epoch, "best": best_state,
+                "resumed_at": resumed_at})
         if progress is not None:
             progress(epoch, row)
 
@@ -274,12 +316,48 @@ def train_and_evaluate(
         "images_per_s": recipe.epochs * y_tr.numel() / train_time if train_time > 0 else None,
         "pipeline": pipeline,
         "cudnn": cudnn,
+        "resumed_at": resumed_at,
     }
     for key in ("val_error",):  # nan is not JSON; an empty split has no error
         if isinstance(result[key], float) and math.isnan(result[key]):
             result[key] = None
     result["wall_time"] = time.perf_counter() - t0
     return result
+
+
+_CKPT_VERSION = 1
+
+
+def _save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: a temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"version": _CKPT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str | os.PathLike[str], key: dict[str, Any],
+                     device: torch.device) -> dict[str, Any] | None:
+    """The saved state if ``path`` holds a checkpoint of this very run (same ``key``), else
+    None (a missing file silently; an unreadable or foreign one with a RuntimeWarning)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        why = ("version" if state.get("version") != _CKPT_VERSION else
+               "recipe, seed or model" if state.get("key") != key else None)
+    except Exception as exc:  # noqa: BLE001 - a torn or corrupt file: start afresh
+        why = f"unreadable ({type(exc).__name__}: {exc})"
+    if why is None:
+        return state
+    warnings.warn(f"checkpoint {path}: {why} does not match this run; training from epoch 1",
+                  RuntimeWarning, stacklevel=3)
+    return None
 
 
 def make_splits(train: Split, test: Split, recipe: Recipe) -> Splits:

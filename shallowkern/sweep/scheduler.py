@@ -33,6 +33,7 @@ released; the directory and its ``driver.lock`` stay). They need a local file sy
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import signal
 import sys
@@ -306,8 +307,10 @@ def run_sweep(
         raise IsADirectoryError(f"results {results} is a directory; give the path of a .jsonl "
                                 "file (created if missing)")
     results.parent.mkdir(parents=True, exist_ok=True)
-    if trial_fn is None:
-        from .trial import run_trial as trial_fn
+    if trial_fn is None:  # the default trial checkpoints every epoch next to the results
+        from .trial import run_trial
+
+        trial_fn = functools.partial(run_trial, results=str(results))
     cfgs = _as_configs(configs)
     lock = _driver_lock(results, exclusive=backend != "local")
     try:

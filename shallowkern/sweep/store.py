@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INDEX_COLUMNS", "Problem", "RecordError", "Results", "append_record", "completed",
-           "completed_ids", "decode_record", "diverged_ids", "encode_record", "export_csv",
+__all__ = ["INDEX_COLUMNS", "Problem", "RecordError", "Results", "append_record",
+           "checkpoint_path", "completed", "completed_ids", "decode_record", "diverged_ids", "encode_record", "export_csv",
            "flat_row", "index",
            "is_diverged", "load_results", "read_csv", "read_records", "usable",
            "validate_record"]
@@ -453,9 +453,20 @@ def append_record(path: PathLike, record: dict[str, Any], *, validate: bool = Tr
         if written != len(line):  # only on a full disk or a signal; never silently truncate
             raise OSError(f"{path}: short write ({written} of {len(line)} bytes)")
         os.fsync(fd)
+        # The trial's epoch checkpoint (run_trial's checkpoint_dir) is obsolete once its
+        # record is durable.
+        checkpoint_path(path, tid if validate else str(rec.get("trial_id"))).unlink(
+            missing_ok=True)
         return True
     finally:
         os.close(fd)
+
+
+def checkpoint_path(results: PathLike, trial_id: str) -> Path:
+    """Where a sweep on ``results`` keeps the epoch checkpoint of trial ``trial_id`` (see
+    ``shallowkern.train.train_and_evaluate``): ``<results>.ckpt/<trial_id>.pt``. Deleted by
+    ``append_record`` once the trial's record is stored."""
+    return Path(str(results) + ".ckpt") / f"{trial_id}.pt"
 
 
 # Columns of the index and CSV: (name, SQLite type). Nested parts of a record (history,

@@ -24,6 +24,7 @@ from ..models import layer_report
 from ..nn import unfuse
 from ..train import make_splits, train_and_evaluate
 from .config import SCHEMA_VERSION, TrialConfig, synthetic_size, trial_id
+from .store import checkpoint_path
 
 __all__ = ["build_model", "git_commit", "load_data", "machine_info", "model_cost", "run_trial"]
 
@@ -154,7 +155,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = None,
-              device: str | None = None) -> dict[str, Any]:
+              device: str | None = None, results: str | None = None) -> dict[str, Any]:
     """Run one trial and return its JSON-serialisable record (see ``docs/sweeps.md``).
 
     Args:
@@ -162,6 +163,11 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
         data_root: dataset root (else ``$SHALLOWKERN_DATA``); not part of the trial id, since
             where the files are does not change the result.
         device: "cuda"/"cpu"/...; default the first visible GPU, else the CPU.
+        results: the sweep's results file: training then checkpoints every epoch to
+            ``store.checkpoint_path(results, trial_id)`` and resumes from it, so a killed
+            trial loses at most one epoch (``run_sweep`` passes it; the record lists the epochs
+            it resumed at). Not for ``impl="plain"`` trials (their host data pipeline cannot
+            be checkpointed; they restart).
     """
     t0 = time.perf_counter()
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
@@ -178,8 +184,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
     plain = cfg.impl == "plain"
     if plain:  # the same initial weights, as nn.Conv2d/ReLU/MaxPool2d layers
         unfuse(model)
+    ckpt = None if results is None or plain else checkpoint_path(results, trial_id(cfg))
     result = train_and_evaluate(model, splits, recipe, dev, seed=cfg.seed,
-                                pipeline="host" if plain else "device")
+                                pipeline="host" if plain else "device", checkpoint=ckpt)
     cost = model_cost(model, (c, h, h), dev, batch_size=recipe.batch_size)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -191,7 +198,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
         "recipe": recipe.to_dict(),
         **{k: result[k] for k in ("train_error", "val_error", "test_error", "best_epoch",
                                   "epochs", "selection", "diverged", "n_train", "n_val",
-                                  "n_test", "train_time", "images_per_s", "history")},
+                                  "n_test", "train_time", "images_per_s", "history",
+                                  "resumed_at")},
         **cost,
         "wall_time": time.perf_counter() - t0,
         "machine": machine_info(dev),

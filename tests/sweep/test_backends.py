@@ -78,7 +78,8 @@ def test_default_job_function_is_run_trial(tmp_path, monkeypatch):
     # Only check what was submitted: the fake's jobs are never waited on for real work here.
     monkeypatch.setattr(_Job, "result", lambda self: (_ for _ in ()).throw(RuntimeError("x")))
     run_sweep(GRID[:1], tmp_path / "r.jsonl", backend="submitit", progress=False)
-    assert submitted[0][0] is run_trial
+    fn = submitted[0][0]  # run_trial, checkpointing every epoch next to the results
+    assert fn.func is run_trial and fn.keywords == {"results": str(tmp_path / "r.jsonl")}
 
 
 def test_ray_runs_the_trial_function_as_a_remote_task(tmp_path, monkeypatch):
