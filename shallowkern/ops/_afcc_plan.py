@@ -23,7 +23,8 @@ for _k in (
     _knobs.Knob("afcc_conv2d.max_executed", "SHALLOWKERN_AFCC_MAX_EXECUTED", 0.4, float,
                 "CUDA (Triton): dense fallback when kept blocks cover more than this share of "
                 "the dense work (CPU: the measured cost model decides)", values="0..1"),
-    _knobs.Knob("afcc_conv2d.cpu_path", "SHALLOWKERN_AFCC_CPU_PATH", None, _knobs._choice("gemm", "subconv"),
+    _knobs.Knob("afcc_conv2d.cpu_path", "SHALLOWKERN_AFCC_CPU_PATH", None,
+                _knobs._choice("gemm", "subconv"),
                 "force the CPU block-sparse path (default: the cheaper by the cost model, or "
                 "the dense conv)", values="`gemm`, `subconv`"),
     _knobs.Knob("afcc_conv2d.block", "SHALLOWKERN_AFCC_BLOCK", None, int,

@@ -71,40 +71,60 @@ def pack_weight(weight: Tensor, mask: Tensor, plan) -> Tensor:
     return blocks.permute(0, 3, 4, 2, 1).reshape(-1, r * s, b, b).contiguous()
 
 
+# --- shared by the forward and backward kernels (afcc_conv2d_bwd.py) -------------------------
+@triton.jit
+def channel_block(perm_ptr, blk, n_channels, B: tl.constexpr):
+    """Permuted channels of block ``blk``: (position, in range, original channel id)."""
+    pos = blk * B + tl.arange(0, B)
+    ok = pos < n_channels
+    return pos, ok, tl.load(perm_ptr + pos, mask=ok, other=0)
+
+
+@triton.jit
+def pixel_tile(p0, total, HH, WW, BLOCK_P: tl.constexpr):
+    """Pixels p0 .. p0 + BLOCK_P of an (N, HH, WW) map: (in range, n, row, column)."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    return p < total, p // (HH * WW), (p // WW) % HH, p % WW
+
+
+@triton.jit
+def input_tap(x_ptr, n, oh, ow, p_ok, ch, c_ok, tap, C, H, W, SH, SW, PH, PW, DH, DW,
+              S: tl.constexpr):
+    """The (BLOCK_P, B) input tile that tap ``tap`` of output pixels (n, oh, ow) reads from
+    channels ``ch`` (zero padding outside the map)."""
+    ih = oh * SH - PH + (tap // S) * DH
+    iw = ow * SW - PW + (tap % S) * DW
+    ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    xo = ((n * C)[:, None] + ch[None, :]) * (H * W) + (ih * W + iw)[:, None]
+    return tl.load(x_ptr + xo, mask=ok[:, None] & c_ok[None, :], other=0.0)
+
+
+@triton.jit
+def wpack_offsets(blk, tap, j, i, RS: tl.constexpr, B: tl.constexpr):
+    """Offsets of Wpack[blk, tap][j, i] (in-channel j, out-channel i of the block)."""
+    return ((blk * RS + tap) * B + j) * B + i
+
+
 @triton.jit
 def _afcc_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, out_perm_ptr, in_perm_ptr, row_ptr_ptr,
                      col_idx_ptr, N, C, H, W, K, OH, OW, SH, SW, PH, PW, DH, DW,
                      R: tl.constexpr, S: tl.constexpr, B: tl.constexpr, BLOCK_P: tl.constexpr,
                      HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    pid_p = tl.program_id(0)
     ob = tl.program_id(1)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < N * OH * OW
-    n = p // (OH * OW)
-    oh = (p // OW) % OH
-    ow = p % OW
+    p_ok, n, oh, ow = pixel_tile(tl.program_id(0) * BLOCK_P, N * OH * OW, OH, OW, BLOCK_P)
     j = tl.arange(0, B)
-    i = tl.arange(0, B)
     acc = tl.zeros((BLOCK_P, B), dtype=tl.float32)
     start = tl.load(row_ptr_ptr + ob)
     end = tl.load(row_ptr_ptr + ob + 1)
     for blk in range(start, end):
-        cb = tl.load(col_idx_ptr + blk)
-        cc = cb * B + j
-        c_ok = cc < C
-        ch = tl.load(in_perm_ptr + cc, mask=c_ok, other=0)
+        _, c_ok, ch = channel_block(in_perm_ptr, tl.load(col_idx_ptr + blk), C, B)
         # taps as a runtime loop: unrolled, fp32 tiles of all taps were kept in shared memory
         for tap in range(R * S):
-            ih = oh * SH - PH + (tap // S) * DH
-            iw = ow * SW - PW + (tap % S) * DW
-            ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xo = ((n * C)[:, None] + ch[None, :]) * H * W + (ih * W + iw)[:, None]
-            xt = tl.load(x_ptr + xo, mask=ok[:, None] & c_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + ((blk * (R * S) + tap) * B + j[:, None]) * B + i[None, :])
+            xt = input_tap(x_ptr, n, oh, ow, p_ok, ch, c_ok, tap, C, H, W, SH, SW, PH, PW, DH,
+                           DW, S)
+            wt = tl.load(w_ptr + wpack_offsets(blk, tap, j[:, None], j[None, :], R * S, B))
             acc += tl.dot(xt, wt, input_precision=INPUT_PRECISION)
-    kk = ob * B + i
-    k_ok = kk < K
-    kout = tl.load(out_perm_ptr + kk, mask=k_ok, other=0)
+    _, k_ok, kout = channel_block(out_perm_ptr, ob, K, B)
     if HAS_BIAS:
         acc += tl.load(b_ptr + kout, mask=k_ok, other=0.0).to(tl.float32)[None, :]
     oo = ((n * K)[:, None] + kout[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]

@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .afcc_conv2d import BLOCK_P, _precision, block_rows, pack_weight
+from .afcc_conv2d import (BLOCK_P, _precision, block_rows, channel_block, input_tap, pack_weight,
+                          pixel_tile, wpack_offsets)
 
 
 @triton.jit
@@ -29,24 +30,15 @@ def _afcc_bwd_input_kernel(go_ptr, w_ptr, gx_ptr, out_perm_ptr, in_perm_ptr, col
                            row_idx_ptr, csc_ptr, N, C, H, W, K, OH, OW, SH, SW, PH, PW, DH, DW,
                            R: tl.constexpr, S: tl.constexpr, B: tl.constexpr,
                            BLOCK_P: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    pid_p = tl.program_id(0)
     cb = tl.program_id(1)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < N * H * W
-    n = p // (H * W)
-    ih = (p // W) % H
-    iw = p % W
+    p_ok, n, ih, iw = pixel_tile(tl.program_id(0) * BLOCK_P, N * H * W, H, W, BLOCK_P)
     i = tl.arange(0, B)
-    j = tl.arange(0, B)
     acc = tl.zeros((BLOCK_P, B), dtype=tl.float32)
     start = tl.load(col_ptr_ptr + cb)
     end = tl.load(col_ptr_ptr + cb + 1)
     for t in range(start, end):
         blk = tl.load(csc_ptr + t)
-        ob = tl.load(row_idx_ptr + t)
-        kk = ob * B + i
-        k_ok = kk < K
-        kin = tl.load(out_perm_ptr + kk, mask=k_ok, other=0)
+        _, k_ok, kin = channel_block(out_perm_ptr, tl.load(row_idx_ptr + t), K, B)
         for tap in range(R * S):
             hn = ih + PH - (tap // S) * DH
             wn = iw + PW - (tap % S) * DW
@@ -57,11 +49,9 @@ def _afcc_bwd_input_kernel(go_ptr, w_ptr, gx_ptr, out_perm_ptr, in_perm_ptr, col
             go = ((n * K)[:, None] + kin[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]
             gt = tl.load(go_ptr + go, mask=ok[:, None] & k_ok[None, :], other=0.0)
             # Wpack[blk, r, s] is (B_in j, B_out i): load it as (i, j)
-            wt = tl.load(w_ptr + ((blk * (R * S) + tap) * B + j[None, :]) * B + i[:, None])
+            wt = tl.load(w_ptr + wpack_offsets(blk, tap, i[None, :], i[:, None], R * S, B))
             acc += tl.dot(gt, wt, input_precision=INPUT_PRECISION)
-    cc = cb * B + j
-    c_ok = cc < C
-    cin = tl.load(in_perm_ptr + cc, mask=c_ok, other=0)
+    _, c_ok, cin = channel_block(in_perm_ptr, cb, C, B)
     xo = ((n * C)[:, None] + cin[None, :]) * (H * W) + (ih * W + iw)[:, None]
     tl.store(gx_ptr + xo, acc.to(gx_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
@@ -73,34 +63,18 @@ def _afcc_bwd_weight_kernel(go_ptr, x_ptr, gw_ptr, out_perm_ptr, in_perm_ptr, br
                             BLOCK_P: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     blk = tl.program_id(0)
     tap = tl.program_id(1)
-    r = tap // S
-    s = tap % S
-    ob = tl.load(brow_ptr + blk)
-    cb = tl.load(col_idx_ptr + blk)
-    i = tl.arange(0, B)
-    j = tl.arange(0, B)
-    kk = ob * B + i
-    k_ok = kk < K
-    kin = tl.load(out_perm_ptr + kk, mask=k_ok, other=0)
-    cc = cb * B + j
-    c_ok = cc < C
-    cin = tl.load(in_perm_ptr + cc, mask=c_ok, other=0)
+    _, k_ok, kin = channel_block(out_perm_ptr, tl.load(brow_ptr + blk), K, B)
+    _, c_ok, cin = channel_block(in_perm_ptr, tl.load(col_idx_ptr + blk), C, B)
     acc = tl.zeros((B, B), dtype=tl.float32)
     for p0 in range(0, N * OH * OW, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        p_ok = p < N * OH * OW
-        n = p // (OH * OW)
-        oh = (p // OW) % OH
-        ow = p % OW
-        ih = oh * SH - PH + r * DH
-        iw = ow * SW - PW + s * DW
-        ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xo = ((n * C)[:, None] + cin[None, :]) * (H * W) + (ih * W + iw)[:, None]
-        xt = tl.load(x_ptr + xo, mask=ok[:, None] & c_ok[None, :], other=0.0)
+        p_ok, n, oh, ow = pixel_tile(p0, N * OH * OW, OH, OW, BLOCK_P)
+        xt = input_tap(x_ptr, n, oh, ow, p_ok, cin, c_ok, tap, C, H, W, SH, SW, PH, PW, DH, DW,
+                       S)
         go = ((n * K)[:, None] + kin[None, :]) * (OH * OW) + (oh * OW + ow)[:, None]
         gt = tl.load(go_ptr + go, mask=p_ok[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(xt), gt, input_precision=INPUT_PRECISION)
-    tl.store(gw_ptr + ((blk * (R * S) + tap) * B + j[:, None]) * B + i[None, :], acc)
+    i = tl.arange(0, B)
+    tl.store(gw_ptr + wpack_offsets(blk, tap, i[:, None], i[None, :], R * S, B), acc)
 
 
 def backward(grad_out: Tensor, input: Tensor, weight: Tensor, mask: Tensor, plan, stride,

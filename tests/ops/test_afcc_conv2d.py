@@ -123,6 +123,27 @@ def test_gradcheck(backend):
         torch.autograd.gradgradcheck(lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1), (x, w, b))
 
 
+def test_grouped_sub_convs_match_the_reference():
+    """A block-diagonal mask with equal groups runs as one grouped conv (forward, all grads)."""
+    g = torch.Generator().manual_seed(9)
+    lab_o, lab_i = torch.randperm(48, generator=g) % 3, torch.randperm(48, generator=g) % 3
+    m = lab_o[:, None] == lab_i[None, :]  # groups of 16 (the smallest block the plan forms)
+    assert A._subconv.sub_convs(A.block_plan(m), m).groups == (3,)
+    x = torch.randn(2, 48, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(48, 48, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(48, generator=g, dtype=torch.float64, requires_grad=True)
+    w.data[~m] = float("nan")  # never read
+    y = _run("native:subconv", x, w, m, b)
+    ref = reference(x, torch.where(m[:, :, None, None], w, 0.0), m, b, 1, 1, 1)
+    assert_close(y, ref, torch.float64, reduction=48 * 9)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), gy)
+    want = torch.autograd.grad(ref, (x, w, b), gy)
+    for a, e in zip(got, want):
+        assert_close(a, torch.nan_to_num(e) if a.shape == w.shape else e, torch.float64,
+                     reduction=48 * 9)
+
+
 def test_empty_batch_and_nan_in_pruned_weight():
     m = torch.tensor([[True, False], [False, True]])
     w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
@@ -168,6 +189,8 @@ def test_cpu_path_follows_the_cost_model():
     half = lab_o[:, None] == lab_i[None, :]  # 2 clusters of 256: density 0.5
     x, w = torch.empty(32, 512, 4, 4), torch.empty(512, 512, 3, 3)
     assert A.cpu_path(x, w, half, (1, 1), (1, 1), (1, 1))[0] == "subconv"
+    # two equal diagonal blocks: one grouped conv (groups=2), not two convs
+    assert A._subconv.sub_convs(A.block_plan(half), half).groups == (2,)
     why = shallowkern.ops.explain("afcc_conv2d", x, w, half, None, [1, 1], [1, 1], [1, 1])
     assert why.backend == "native" and "sub-convs" in why.reason
     twenty = (torch.randperm(512, generator=g) % 20)[:, None] == (
