@@ -12,9 +12,7 @@ the reported test accuracy is the final epoch's, the validation accuracy is repo
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,7 +22,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_repro.py
 
+from _repro import (accuracy, load_record, machine_fields, mean_sd,  # noqa: E402
+                    read_records, save_record)
 from shallowkern.data import load_dataset, train_val_split  # noqa: E402
 from shallowkern.models.quadric import param_count, quadric_mnist_models  # noqa: E402
 
@@ -33,16 +34,6 @@ REPORTED = {"linear_784-128-10": 97.16, "quadric_diag_784-16-10": 92.51}
 
 def _prep(x: torch.Tensor) -> torch.Tensor:
     return (x.float().reshape(x.shape[0], -1) / 255.0 - 0.5) / 0.5
-
-
-def _accuracy(model, x, y, batch=2048) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
-    model.train()
-    return 100.0 * correct / max(x.shape[0], 1)
 
 
 def _flops(model) -> tuple[int, int]:
@@ -58,9 +49,9 @@ def _flops(model) -> tuple[int, int]:
 
 def run_one(dataset: str, name: str, seed: int, epochs: int, out_dir: str) -> dict:
     path = os.path.join(out_dir, f"{dataset}__{name}__seed{seed}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    done = load_record(path)
+    if done is not None:
+        return done
     x, y = load_dataset(dataset, train=True)
     xt, yt = load_dataset(dataset, train=False)
     (xtr, ytr), (xva, yva) = train_val_split(x, y, val_size=5000, seed=seed)
@@ -84,7 +75,7 @@ def run_one(dataset: str, name: str, seed: int, epochs: int, out_dir: str) -> di
             opt.step()
             total += loss.item() * idx.shape[0]
         history.append({"epoch": epoch + 1, "train_loss": total / xtr.shape[0],
-                        "val_acc": _accuracy(model, xva, yva)})
+                        "val_acc": accuracy(model, xva, yva, batch=2048)})
     train_s = time.perf_counter() - t0
     from shallowkern.ops._backend import last_backend
 
@@ -97,25 +88,16 @@ def run_one(dataset: str, name: str, seed: int, epochs: int, out_dir: str) -> di
         "params": param_count(model), "flops_fwd_per_sample": flops_fwd,
         "flops_train_per_sample": flops_train,
         "val_acc": history[-1]["val_acc"], "best_val_acc": max(h["val_acc"] for h in history),
-        "test_acc": _accuracy(model, xt, yt), "train_seconds": train_s,
+        "test_acc": accuracy(model, xt, yt, batch=2048), "train_seconds": train_s,
         "backend": choice.backend if choice else "n/a (no quadric layer)",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus (shared)",
+        **machine_fields(),
         "history": history,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rec, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return rec
+    return save_record(path, rec)
 
 
 def summary(out_dir: str) -> str:
-    recs = []
-    for fn in sorted(os.listdir(out_dir)):
-        if fn.endswith(".json"):
-            with open(os.path.join(out_dir, fn)) as f:
-                recs.append(json.load(f))
+    recs = read_records(out_dir)
     rows = ["| dataset | model | params | fwd FLOPs/sample | test acc % (mean ± sd) | val acc % | "
             "reported | seeds | train s/run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({(r["dataset"], r["model"]) for r in recs})
@@ -123,10 +105,9 @@ def summary(out_dir: str) -> str:
         rs = [r for r in recs if r["dataset"] == ds and r["model"] == m]
         acc = [r["test_acc"] for r in rs]
         val = [r["val_acc"] for r in rs]
-        sd = statistics.stdev(acc) if len(acc) > 1 else float("nan")
         rep = f"{REPORTED[m]:.2f}" if ds == "mnist" and m in REPORTED else "-"
         rows.append(f"| {ds} | {m} | {rs[0]['params']:,} | {rs[0]['flops_fwd_per_sample']:,} | "
-                    f"{statistics.mean(acc):.2f} ± {sd:.2f} | {statistics.mean(val):.2f} | {rep} | "
+                    f"{mean_sd(acc)} | {statistics.mean(val):.2f} | {rep} | "
                     f"{len(rs)} | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
     return "\n".join(rows)
 

@@ -16,9 +16,7 @@ accuracy on the validation split after the last epoch and on the full test set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,19 +25,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_repro.py
 
+from _repro import (accuracy, load_record, machine_fields, mean_sd,  # noqa: E402
+                    read_records, save_record)
 from shallowkern.data import load_dataset, train_val_split  # noqa: E402
 from shallowkern.models.rodib import RoDiBVGG6, forward_flops, param_count  # noqa: E402
-
-
-def _accuracy(model, x, y, batch=1000) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
-    model.train()
-    return 100.0 * correct / max(x.shape[0], 1)
 
 
 def _load(dataset: str, seed: int, train: int, val: int):
@@ -58,9 +49,9 @@ def _load(dataset: str, seed: int, train: int, val: int):
 def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dict:
     name = f"{dataset}__{head}_fc{fc}__seed{seed}"
     path = os.path.join(out_dir, name + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    done = load_record(path)
+    if done is not None:
+        return done
     (xtr, ytr), (xva, yva), (xt, yt) = _load(dataset, seed, a.train, a.val)
     torch.manual_seed(seed)
     model = RoDiBVGG6(a.width, fc, 10, head, num_delays=a.delays, in_channels=xtr.shape[1],
@@ -82,7 +73,7 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
             opt.step()
             total += loss.item() * idx.shape[0]
         history.append({"epoch": epoch + 1, "train_loss": total / xtr.shape[0],
-                        "val_acc": _accuracy(model, xva, yva)})
+                        "val_acc": accuracy(model, xva, yva)})
     train_s = time.perf_counter() - t0
     rec = {
         "dataset": dataset, "head": head, "fc": fc, "seed": seed, "width": a.width, "bn": True,
@@ -92,25 +83,15 @@ def run_one(dataset: str, head: str, fc: int, seed: int, a, out_dir: str) -> dic
         "epochs": a.epochs, "lr": a.lr, "batch": a.batch, "params": param_count(model),
         "head_params": head_params,
         "flops_fwd_per_image": flops_fwd, "val_acc": history[-1]["val_acc"],
-        "test_acc": _accuracy(model, xt, yt), "train_seconds": train_s,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "load_avg_1min": os.getloadavg()[0],
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus (shared)",
+        "test_acc": accuracy(model, xt, yt), "train_seconds": train_s,
+        **machine_fields(),
         "history": history,
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rec, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return rec
+    return save_record(path, rec)
 
 
 def summary(out_dir: str) -> str:
-    recs = []
-    for fn in sorted(os.listdir(out_dir)):
-        if fn.endswith(".json"):
-            with open(os.path.join(out_dir, fn)) as f:
-                recs.append(json.load(f))
+    recs = read_records(out_dir)
     rows = ["| dataset | FC input D | head | params (head) | fwd FLOPs/image | val acc % "
             "(mean ± sd) | test acc % (mean ± sd) | seeds | train s/run | load avg |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -118,14 +99,10 @@ def summary(out_dir: str) -> str:
     for ds, fc, head in keys:
         rs = [r for r in recs if (r["dataset"], r["fc"], r["head"]) == (ds, fc, head)]
 
-        def ms(vals):
-            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
-
         label = head if head == "standard" else f"rodib M={len(rs[0]['delays'])}"
         rows.append(f"| {ds} | {fc} | {label} | {rs[0]['params']:,} ({rs[0]['head_params']:,}) | "
-                    f"{rs[0]['flops_fwd_per_image']:,} | {ms([r['val_acc'] for r in rs])} | "
-                    f"{ms([r['test_acc'] for r in rs])} | {len(rs)} | "
+                    f"{rs[0]['flops_fwd_per_image']:,} | {mean_sd([r['val_acc'] for r in rs])} | "
+                    f"{mean_sd([r['test_acc'] for r in rs])} | {len(rs)} | "
                     f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | "
                     f"{statistics.mean(r['load_avg_1min'] for r in rs):.1f} |")
     return "\n".join(rows)
