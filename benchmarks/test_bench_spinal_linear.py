@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import OpBench, compiled
+from shallowkern import SpinalLinear
 from shallowkern.flops import spinal_linear_backward_flops, spinal_linear_flops
 from shallowkern.ops.spinal_linear import spinal_linear, split_sizes
 
@@ -130,3 +131,64 @@ BENCH = OpBench(
     slice_cases=SLICE,
 )
 test_spinal_linear = BENCH.test()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training step of the SpinalVGG-5 head itself: BatchNorm1d (batch statistics, running-stat
+# update) and dropout 0.5 on every layer input, as the public scripts train it. Providers:
+# shallowkern = SpinalLinear in train mode (the fused training op); eager = the scripts' module
+# (nn.Dropout, nn.Linear on torch.cat, nn.BatchNorm1d, ReLU per layer); compiled =
+# torch.compile(eager). Pass fwdbwd: forward + gradients of x and every parameter.
+# ---------------------------------------------------------------------------------------------
+TRAIN_CASES = [dict(name=f"b{b}_f{f}_w128", batch=b, f=f, w=128)
+               for f in (32, 256) for b in (32, 100, 256)]
+
+
+class _EagerSpinalHead(torch.nn.Module):
+    def __init__(self, f: int, w: int, p: float = 0.5):
+        super().__init__()
+        self.sizes = split_sizes(f, S)
+        self.drop = torch.nn.Dropout(p)
+        self.layers = torch.nn.ModuleList(
+            [torch.nn.Linear(self.sizes[i % S] + (w if i else 0), w) for i in range(L)])
+        self.norms = torch.nn.ModuleList([torch.nn.BatchNorm1d(w) for _ in range(L)])
+        self.out = torch.nn.Linear(L * w, O)
+
+    def forward(self, x):
+        offs = [0, self.sizes[0], x.shape[1]]
+        hs = []
+        for i in range(L):
+            xs = x[:, offs[i % S]:offs[i % S + 1]]
+            inp = xs if i == 0 else torch.cat([xs, hs[-1]], dim=1)
+            hs.append(torch.relu(self.norms[i](self.layers[i](self.drop(inp)))))
+        return self.out(self.drop(torch.cat(hs, dim=1)))
+
+
+def _train_provider(make_module, wrap=lambda m, dev: m):
+    def build(case, dev, dtype):
+        m = make_module(case).to(dev, dtype).train()
+        x = torch.randn(case["batch"], case["f"], device=dev, dtype=dtype, requires_grad=True)
+        params = [p for p in m.parameters()]
+        run = wrap(m, dev)
+        return (lambda x, *ps: run(x)), (x, *params)
+    return build
+
+
+BENCH_TRAIN = OpBench(
+    op="spinal_linear_train",
+    cases=TRAIN_CASES,
+    providers={
+        "shallowkern": _train_provider(lambda c: SpinalLinear(
+            c["f"], O, layer_width=c["w"], num_layers=L, splits=S, batch_norm=True, dropout=0.5)),
+        "eager": _train_provider(lambda c: _EagerSpinalHead(c["f"], c["w"])),
+        "compiled": _train_provider(lambda c: _EagerSpinalHead(c["f"], c["w"]),
+                                    wrap=lambda m, dev: compiled(m, dev)),
+    },
+    flops=lambda case, pass_: 3 * spinal_linear_flops(
+        case["batch"], case["f"], case["w"], L, S, O),
+    nbytes=lambda case, dtype, pass_: 3 * nbytes(case, dtype, "fwd"),
+    passes=("fwdbwd",),
+    items=lambda case: case["batch"],
+    slice_cases=["b100_f256_w128"],
+)
+test_spinal_linear_train = BENCH_TRAIN.test()

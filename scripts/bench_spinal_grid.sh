@@ -22,5 +22,5 @@ for c in $chunks; do
   esac
   echo "== $c ($(date -u +%H:%M:%S))"
   ${QUIET:-} python -m pytest benchmarks/test_bench_spinal_linear.py -q -p no:cacheprovider \
-    -k "$k" --benchmark-json="$out/$c.json" 2>&1 | tail -3
+    -k "$k" --benchmark-json="$out/$c.json" 2>&1 | grep -E "quiet.sh|passed|failed|rror"
 done
