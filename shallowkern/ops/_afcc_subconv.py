@@ -244,8 +244,17 @@ def zero_pruned(weight: Tensor, mask: Tensor) -> Tensor:
     if it is None:
         return torch.where(mask[:, :, None, None], weight, torch.zeros((), dtype=weight.dtype,
                                                                        device=weight.device))
-    bits = -mask.to(it)[:, :, None, None]  # all ones where kept
-    return (weight.view(it) & bits).view(weight.dtype)
+    key = (id(mask), mask._version, it)
+    hit = _bits.get(key)
+    if hit is None or hit[0] is not mask:
+        hit = (mask, -mask.to(it)[:, :, None, None])  # all ones where kept
+        _bits[key] = hit  # holding the mask keeps its id from being reused
+        while len(_bits) > 64:
+            _bits.pop(next(iter(_bits)), None)
+    return (weight.view(it) & hit[1]).view(weight.dtype)
+
+
+_bits: dict = {}
 
 
 class ZeroPruned(torch.autograd.Function):
