@@ -15,11 +15,14 @@ csrc/cpu/spinal_linear_train.cpp's header.
 
 Dropout mask: one uint8/bool (B, M) tensor, ``mask_layout`` gives its columns: for layer i
 [split i mod S (F_s columns) | h_{i-1} (W columns, i >= 1)], then the output layer's input
-(L*W). It is drawn with ``bernoulli_`` from torch's default generator when not given (so
-``torch.manual_seed`` reproduces it), saved for the backward, and returned by the op. Every use
-of an input gets its own mask, as in the eager composition that calls F.dropout per layer:
-the distribution (independent Bernoulli(1 - p), scaled by 1 / (1 - p)) is torch's; the stream
-of random numbers is not F.dropout's.
+(L*W). When not given it is drawn, saved for the backward and returned by the op. The C++ CPU
+kernel draws it counter-based: keep = u < round((1 - p) 2^32) for the 32-bit halves u of
+splitmix64(seed + j * 0x9E3779B97F4A7C15), j the element-pair index, seed one int64 from torch's
+default generator (so ``torch.manual_seed`` reproduces it): ~1 ns an element where ``bernoulli_``
+costs ~30 ns on this AMD CPU (ATen's MKL Bernoulli is Intel-only) and dominated the step. CUDA
+and the composition use ``bernoulli_``. Every use of an input gets its own mask, as in the eager
+composition that calls F.dropout per layer: the distribution (independent Bernoulli(1 - p),
+scaled by 1 / (1 - p)) is torch's; the stream of random numbers is not F.dropout's.
 
 Ops (C++ schemas, csrc/registration.cpp): ``shallowkern::spinal_linear_train`` -> (y, batch
 mean (L, W), unbiased batch var (L, W), mask), with a C++ autograd kernel;

@@ -4,8 +4,8 @@ training op (shallowkern::spinal_linear_train) against an independent eager impl
 The oracle is the SpinalNet scripts' composition: concatenated [W_i^x | W_i^h] weights,
 torch.cat of the layer inputs, real nn.BatchNorm1d modules in training mode (torch updates their
 running statistics itself) and dropout as a multiply by the documented (B, M) mask / (1 - p).
-It shares no code with shallowkern.ops.spinal_*; the mask is reproduced from the seed
-(``spinal_train`` documents one ``bernoulli_`` draw of a uint8 (B, M) tensor) or passed in.
+It shares no code with shallowkern.ops.spinal_*; the mask is passed in, or reproduced from the
+seed with the generator the C++ kernel documents (splitmix64, seeded by one int64 draw).
 """
 
 from __future__ import annotations
@@ -30,6 +30,27 @@ def mask_cols(F_, S, L, W) -> int:
     q, r = divmod(F_, S)
     split = [q + (1 if s < r else 0) for s in range(S)]
     return sum(split[i % S] + (W if i else 0) for i in range(L)) + L * W
+
+
+def mask_from_seed(seed: int, B: int, M: int, q: float) -> torch.Tensor:
+    """The C++ kernel's documented dropout generator, written out in Python integers:
+    keep = u < round(q 2^32) for the 32-bit halves u of splitmix64(seed + j * phi)."""
+    m64, thr = (1 << 64) - 1, round(q * 2**32)
+    bits = []
+    for j in range((B * M + 1) // 2):
+        z = (seed + j * 0x9E3779B97F4A7C15) & m64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        z ^= z >> 31
+        bits += [(z & 0xFFFFFFFF) < thr, (z >> 32) < thr]
+    return torch.tensor(bits[:B * M], dtype=torch.uint8).view(B, M)
+
+
+def module_mask(B: int, M: int, p: float) -> torch.Tensor:
+    """The mask SpinalLinear's training forward draws next from torch's default generator."""
+    if st.NATIVE_TRAIN:
+        return mask_from_seed(int(torch.empty((), dtype=torch.int64).random_()), B, M, 1 - p)
+    return torch.empty(B, M, dtype=torch.uint8).bernoulli_(1 - p)  # the composition's draw
 
 
 def eager_train(m: SpinalLinear, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -97,7 +118,7 @@ def _run_pair(cfg, B, steps=2, dtype=torch.float64):
         torch.manual_seed(100 + step)
         y = m(xa)
         torch.manual_seed(100 + step)
-        mask = torch.empty(B, M, dtype=torch.uint8).bernoulli_(1 - m.dropout) if m.dropout else None
+        mask = module_mask(B, M, m.dropout) if m.dropout else None
         yr = eager_train(ref, xb, mask)
         assert_close(y, yr, reduction=m.in_features)
         g = torch.randn_like(yr)
