@@ -13,14 +13,16 @@ so the gradient of a masked weight is exactly zero (the layer never reads it).
 Block-sparse execution. AFCC masks keep pairs whose label sets intersect; ordering the channels
 by label (``block_plan``: the mask's rows and columns are reordered by identical patterns and
 barycentres) makes them near-block-diagonal. The mask is tiled into (block_out x block_in)
-blocks and only blocks holding a kept pair run: the C++ CPU kernel (csrc/cpu/afcc_conv2d.cpp:
-im2col of the permuted input channels, one GEMM per kept block) and the Triton implicit-GEMM
-kernels (shallowkern/triton/afcc_conv2d.py) never multiply a skipped block. Masked pairs inside
-a kept block are multiplied by zero weights: that is the block padding the profiler reports as
-*executed* minus *effective* FLOPs. When the kept blocks cover more than
-``afcc_conv2d.max_executed`` of the dense work (poor fill after permutation), the op runs the
-dense conv with the masked weight instead ("vendor"), visibly: ``shallowkern.ops.explain``,
-``last_backend("afcc_conv2d")``.
+blocks and only blocks holding a kept pair run. CPU ("native"): one oneDNN conv per group of
+out-blocks sharing their kept in-blocks, or one grouped conv when the groups are equal
+(``_afcc_subconv.py``), or the C++ kernel (csrc/cpu/afcc_conv2d.cpp: im2col of the permuted
+input channels, one GEMM per run of kept blocks); CUDA: the Triton implicit-GEMM kernels
+(shallowkern/triton/afcc_conv2d*.py). None multiplies a skipped block; masked pairs inside a
+kept block are multiplied by zero weights (the block padding the profiler reports as *executed*
+minus *effective* FLOPs). On the CPU a cost model measured on this machine (``cpu_path``) picks
+the path, or the dense conv with the masked weight ("vendor") where that is faster; on CUDA the
+dense conv runs above ``afcc_conv2d.max_executed`` executed work. Visible in
+``shallowkern.ops.explain`` and ``last_backend("afcc_conv2d")``.
 
 Layers (CONVENTIONS.md §2): ``afcc_conv2d_reference`` is the fallback, the oracle and the
 benchmark baseline; ``shallowkern::afcc_conv2d`` / ``afcc_conv2d_backward`` are registered ops
