@@ -202,6 +202,19 @@ class PackedNet(nn.Module):
         else:
             raise ValueError(f"PackedNet.forward: x must be (B, C, H, W) or ({self.p}, B, C, H, "
                              f"W), got {tuple(x.shape)}")
+        return self.forward_grouped(h)
+
+    def stack(self, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """P batches (B, C, H, W), trial p's first -> the (B, P*C, H, W) input of
+        ``forward_grouped`` (one copy; ``forward`` of the stacked (P, B, ...) tensor makes two)."""
+        if len(batches) != self.p:
+            raise ValueError(f"PackedNet.stack: {self.p} batches expected, got {len(batches)}")
+        h = torch.stack(list(batches), dim=1)
+        return h.view(h.shape[0], -1, *h.shape[3:])
+
+    def forward_grouped(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (P, B, classes) of ``h`` (B, P*C, H, W): trial p's images in channels
+        [p*C, (p+1)*C), as ``stack`` builds it."""
         h = self.features(h)
         h = h.reshape(h.shape[0], self.p, -1).transpose(0, 1)  # (P, B, C*h*w), trial-major
         for layer in self.classifier:
@@ -267,9 +280,8 @@ def train_packed(models: Sequence[nn.Module], data: Any, recipe: Any,
         wrong = torch.zeros(P, dtype=torch.long, device=device)
         lr = opt.param_groups[0]["lr"]
         for batches in zip(*loaders):
-            xb = torch.stack([b[0] for b in batches])
             yb = torch.stack([b[1] for b in batches])
-            out = packed(xb)
+            out = packed.forward_grouped(packed.stack([b[0] for b in batches]))
             per = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
             per = per.view(P, -1).mean(1)
             opt.zero_grad(set_to_none=True)
@@ -543,9 +555,9 @@ def measure_throughput(d1s: Sequence[int] = (4, 8, 16), pack: int = 4, batch: in
 
         def packed_round() -> None:
             for batches in zip(*loaders()):
-                xb = torch.stack([b[0] for b in batches])
                 yb = torch.stack([b[1] for b in batches])
-                loss = _cross_entropy_sum(packed(xb), yb)
+                out = packed.forward_grouped(packed.stack([b[0] for b in batches]))
+                loss = _cross_entropy_sum(out, yb)
                 popt.zero_grad(set_to_none=True)
                 loss.backward()
                 popt.step()

@@ -88,6 +88,9 @@ def test_packed_forward_equals_each_model():
     torch.testing.assert_close(packed(x), ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(packed(x[0]), torch.stack([m(x[0]) for m in models]),
                                rtol=1e-4, atol=1e-5)
+    assert torch.equal(packed.forward_grouped(packed.stack(list(x))), packed(x))
+    with pytest.raises(ValueError, match="3 batches expected, got 2"):
+        packed.stack(list(x[:2]))
     # state_dicts round-trip into the original (fused) models' keys
     for m, sd in zip(models, packed.state_dicts()):
         assert set(sd) == set(m.state_dict())
