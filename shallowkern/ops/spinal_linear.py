@@ -28,9 +28,12 @@ Backward (activations whose derivative is a function of their output, so only H 
 No concatenation is materialised: the W_i^x / W_i^h products go into column slices of one
 hidden buffer H, which is also the output layer's input.
 
-Layers (CONVENTIONS.md §2): ``spinal_linear_reference`` below is the fallback, the test oracle and
-the benchmark baseline ("eager"). The registered ops ``torch.ops.shallowkern.spinal_linear``
-(+ ``spinal_linear_forward`` / ``spinal_linear_backward`` for training) have C++ schemas
+Layers (CONVENTIONS.md §2): ``spinal_linear_reference`` (ops/spinal_reference.py, with the checks
+and the backward formulas; re-exported here) is the fallback, the test oracle and the benchmark
+baseline ("eager"); ops/spinal_fallback.py registers what _C does not provide and the CUDA
+kernels; training with BatchNorm batch statistics or dropout is ops/spinal_train.py. The
+registered ops ``torch.ops.shallowkern.spinal_linear`` (+ ``spinal_linear_forward`` /
+``spinal_linear_backward`` for training) have C++ schemas
 (csrc/registration.cpp) with a C++ autograd kernel and C++ CPU kernel (csrc/cpu/spinal_linear.cpp),
 so a call costs a few microseconds of host time; on CUDA they run the Triton kernels
 (shallowkern/triton/spinal_linear.py) or the CUDA C++ forward (csrc/cuda/spinal_linear.cu).
