@@ -124,11 +124,11 @@ _DESCRIPTIONS: dict[str, str] = {
 # trial at a time, images/s (see docs/study.md for the conditions, which were loaded). Used by
 # estimate_time; a family/width not listed is extrapolated from its forward MACs.
 MEASURED_IMAGES_PER_S: dict[str, float] = {}
-# Packed-over-single training throughput by d1: `python -m shallowkern.sweep.packed 3 4 8 16`
-# on this project's 2-core VM, 2 threads, load average ~6-14 (docs/study.md). Below 1: packing
-# (grouped oneDNN convs) is slower than the fused C++ kernels of one trial at a time here.
-# Widths not listed get 1.0 (no claim).
-MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 0.74, 8: 0.76, 16: 0.38}
+# Packed-over-single training throughput by d1: `OMP_NUM_THREADS=1 python -m
+# shallowkern.sweep.packed 4 4 8 16` (4 trials, loaders included) on this project's 2-core VM,
+# 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 (docs/study.md "Packing").
+# Below 1: packing is slower than one trial at a time. Widths not listed get 1.0 (no claim).
+MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.38, 8: 1.16, 16: 0.94}
 
 
 def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
