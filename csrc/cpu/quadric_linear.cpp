@@ -11,7 +11,8 @@
 //   diagonal  [gq | gl] = gy [Wq | W];  gx = gl + 2 x*gq;  gWq = gy^T (x*x), gW = gy^T x
 //   full      gP[:, t] = gy^T Z[:, t] with Z[b, t(i,j)] = x_i x_j;  G = gy P;
 //             gx_i += sum_{j>=i} G[t(i,j)] x_j,  gx_j += G[t(i,j)] x_i;  gW = gy^T x
-//   lowrank   H = x [Wa; Wb]^T;  D = [gy*Hb | gy*Ha | gy];  gx = D [Wa; Wb; W];  [gWa; gWb; gW] = D^T x
+//   lowrank   ha = x Wa^T, hb = x Wb^T (recomputed);  da = gy*hb, db = gy*ha (per rank);
+//             gx = gy W + da Wa + db Wb;  gWa = da^T x, gWb = db^T x, gW = gy^T x
 //   gbias = sum_b gy (all forms)
 //
 // Design. Everything that is O(B K n) or more is one MKL GEMM through ATen (multi-threaded by
@@ -27,8 +28,8 @@
 //   n(n+1)/2 multiply-adds per output instead of nn.Bilinear's n^2, and extra memory is
 //   O(kRowBlock * kChunkCols) = O(B (n + K)) for B >= kRowBlock. The backward reuses the blocks:
 //   gP[:, chunk] += gy_blk^T Z, G = gy_blk P[:, chunk], then a fused contraction into gx.
-// * lowrank: the three weights are stacked so x is read once by one GEMM, then an elementwise
-//   epilogue multiplies the factors and sums over the rank.
+// * lowrank: three GEMMs on the same x (stacking the weights copied 3Kn values per call), then an
+//   elementwise epilogue multiplies the factors and sums over the rank.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -352,25 +353,24 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   if (form == "full") {
     return full_forward(x, weight_quad.contiguous(), linear_start(x, weight, bias));
   }
+  // three GEMMs on the same x, no weight concatenation: stacking [Wb; Wa; W] copied 3Kn
+  // weights per call (12 MB at n = K = 1024), which lost to the composition at small batches
   const int64_t rk = weight_quad.size(0), r = rk / k, b = x.size(0);
-  at::Tensor h = at::mm(x, at::cat({*weight_quad2, weight_quad, weight}, 0).t());  // [hb|ha|hl]
-  at::Tensor y = at::empty({b, k}, x.options());
-  const bool has_bias = bias.has_value() && bias->defined();
-  at::Tensor bias_c = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor ha = at::mm(x, weight_quad.t()), hb = at::mm(x, weight_quad2->t());
+  at::Tensor y = linear_start(x, weight, bias);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_forward", [&] {
-    const scalar_t* hp = h.const_data_ptr<scalar_t>();
-    const scalar_t* bp = has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pa = ha.const_data_ptr<scalar_t>();
+    const scalar_t* pb = hb.const_data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    const int64_t ld = 2 * rk + k;
-    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, b, std::max<int64_t>(1, 16384 / std::max<int64_t>(rk, 1)),
+                     [&](int64_t r0, int64_t r1) {
       for (int64_t row = r0; row < r1; ++row) {
-        const scalar_t* hb = hp + row * ld;
-        const scalar_t* ha = hb + rk;
-        const scalar_t* hl = ha + rk;
         scalar_t* yr = yp + row * k;
-        for (int64_t j = 0; j < k; ++j) yr[j] = hl[j] + (bp ? bp[j] : scalar_t(0));
-        for (int64_t s = 0; s < r; ++s)
-          for (int64_t j = 0; j < k; ++j) yr[j] += ha[s * k + j] * hb[s * k + j];
+        for (int64_t s = 0; s < r; ++s) {
+          const scalar_t* a = pa + row * rk + s * k;
+          const scalar_t* c = pb + row * rk + s * k;
+          for (int64_t j = 0; j < k; ++j) yr[j] += a[j] * c[j];
+        }
       }
     });
   });
@@ -460,35 +460,40 @@ Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
       });
     }
   } else {
+    // recompute ha, hb (nothing but x is saved), then da = gy*hb, db = gy*ha in their place;
+    // separate GEMMs accumulate into gx (no stacked weights, no [da | db | gy] copy)
     const int64_t rk = weight_quad.size(0), r = rk / k;
-    at::Tensor wcat = at::cat({weight_quad, *weight_quad2, weight}, 0);  // (2rK + K, n)
-    at::Tensor h = at::mm(x, wcat.narrow(0, 0, 2 * rk).t());            // [ha | hb]
-    at::Tensor d = at::empty({b, 2 * rk + k}, x.options());             // [gy*hb | gy*ha | gy]
+    at::Tensor ha = at::mm(x, weight_quad.t()), hb = at::mm(x, weight_quad2->t());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_dh", [&] {
-      const scalar_t* hp = h.const_data_ptr<scalar_t>();
+      scalar_t* pa = ha.data_ptr<scalar_t>();
+      scalar_t* pb = hb.data_ptr<scalar_t>();
       const scalar_t* gp = gy.const_data_ptr<scalar_t>();
-      scalar_t* dp = d.data_ptr<scalar_t>();
-      at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, b, std::max<int64_t>(1, 16384 / std::max<int64_t>(rk, 1)),
+                       [&](int64_t r0, int64_t r1) {
         for (int64_t row = r0; row < r1; ++row) {
-          const scalar_t* ha = hp + row * 2 * rk;
-          const scalar_t* hb = ha + rk;
           const scalar_t* g = gp + row * k;
-          scalar_t* da = dp + row * (2 * rk + k);
-          scalar_t* db = da + rk;
-          for (int64_t s = 0; s < r; ++s)
+          for (int64_t s = 0; s < r; ++s) {
+            scalar_t* a = pa + row * rk + s * k;
+            scalar_t* c = pb + row * rk + s * k;
             for (int64_t j = 0; j < k; ++j) {
-              da[s * k + j] = g[j] * hb[s * k + j];
-              db[s * k + j] = g[j] * ha[s * k + j];
+              const scalar_t va = a[j], vb = c[j];
+              a[j] = g[j] * vb;  // ha's slot <- da = gy*hb
+              c[j] = g[j] * va;  // hb's slot <- db = gy*ha
             }
-          std::copy(g, g + k, db + rk);
+          }
         }
       });
     });
-    if (mask[0]) gx = at::mm(d, wcat);
-    // separate GEMMs into separate outputs: custom-op outputs must not alias each other
+    const at::Tensor& da = ha;  // gy * hb
+    const at::Tensor& db = hb;  // gy * ha
+    if (mask[0]) {
+      gx = at::mm(gy, weight);
+      gx.addmm_(da, weight_quad);
+      gx.addmm_(db, *weight_quad2);
+    }
     if (mask[1]) {
-      gq = at::mm(d.narrow(1, 0, rk).t(), x);
-      gq2 = at::mm(d.narrow(1, rk, rk).t(), x);
+      gq = at::mm(da.t(), x);
+      gq2 = at::mm(db.t(), x);
     }
     if (mask[2]) gw = at::mm(gy.t(), x);
   }
