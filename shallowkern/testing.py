@@ -172,6 +172,8 @@ class OpSpec:
         fuzz / fuzz_reference: ``(random.Random) -> Sample`` of raw registered-op calls
             (impossible ones included) and the pure-torch function with the registered op's
             signature to compare valid ones with (tests/fuzz/).
+        skips: ``{check: reason}`` for contract checks that cannot apply to this op (``"gradgradcheck"``,
+            ``"fx_trace"`` of the module); the suite reports each as a skip with the reason, never silently.
     """
 
     name: str
@@ -189,6 +191,7 @@ class OpSpec:
     module: Callable[[], tuple[torch.nn.Module, torch.Tensor]] | None = None
     fuzz: Callable[[Any], Sample] | None = None
     fuzz_reference: Callable[..., Any] | None = None
+    skips: dict[str, str] = field(default_factory=dict)
 
 
 def all_specs() -> list[OpSpec]:

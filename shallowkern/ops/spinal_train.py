@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._backend import Choice, record, triton_missing
+from .. import flops as _flops
+from ._backend import Backend, Choice, OpDispatch, record
 from ._common import needs_composite
 from .spinal_reference import ACT_FN, act_grad_from_out, check_args, split_offsets
 
@@ -79,6 +80,31 @@ def _has_kernel(name: str, key: str) -> bool:
 # True when _C carries the C++ training kernels (csrc/cpu/spinal_linear_train.cpp)
 NATIVE_TRAIN = _has_kernel("spinal_linear_train_forward", "CPU") and \
     _has_kernel("spinal_linear_train", "Autograd")
+
+
+def _train_op_missing(*args) -> str | None:
+    return None if NATIVE_TRAIN else "shallowkern._C has no spinal_linear_train kernels"
+
+
+# Which kernel spinal_linear_train runs (``explain("spinal_linear_train", *op_args)``; honours
+# ``use_backend``). "reference" is the composition on CPU and the op's torch-formula kernels on
+# CUDA; function transforms and autocast always take the composition.
+DISPATCH = OpDispatch("spinal_linear_train", [
+    Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64),
+            supports=_train_op_missing,
+            description="C++ training op (batch-statistics BatchNorm / dropout fused)"),
+    Backend("triton", devices=("cuda",), needs_triton=True, supports=_train_op_missing,
+            description="Triton training kernels (L + 1 launches forward, L + 2 backward)"),
+    Backend("reference", description="torch formulas: the composition (CPU), the op's torch "
+                                     "kernels (CUDA)"),
+], key=lambda input, *rest: input)
+
+
+def _record(choice: Choice) -> None:
+    """Recorded under both names: last_backend("spinal_linear") predates the training op."""
+    if not torch.compiler.is_compiling():
+        record("spinal_linear", choice)
+        record("spinal_linear_train", choice)
 
 
 def mask_layout(in_features: int, splits: int, num_layers: int, layer_width: int
@@ -285,27 +311,27 @@ def spinal_linear_train(
     b = list(bias) if bias else []
     gam = list(bn_weight) if batch_norm and bn_weight is not None else []
     bet = list(bn_bias) if batch_norm and bn_bias is not None else []
-    cpu_native = (NATIVE_TRAIN and isinstance(input, Tensor) and input.device.type == "cpu"
-                  and input.dtype in (torch.float32, torch.float64))
-    on_cuda = isinstance(input, Tensor) and input.is_cuda and NATIVE_TRAIN
     composite = (not isinstance(input, Tensor) or torch.is_autocast_enabled(input.device.type)
-                 or needs_composite(input, *weight_x, out_weight) or not (cpu_native or on_cuda))
-    if composite:
-        if not torch.compiler.is_compiling():
-            record("spinal_linear", Choice("reference", "training composition (no fused kernel "
-                                           "for this device/dtype, autocast or a transform)"))
+                 or needs_composite(input, *weight_x, out_weight))
+    choice = None if composite else DISPATCH.choose(input)
+    if composite or (choice.backend == "reference" and not (input.is_cuda and NATIVE_TRAIN)):
+        _record(choice or Choice("reference", "training composition (autocast or a function "
+                                              "transform)"))
+        if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+            # the linear operands in the region's dtype, as aten's linear (BatchNorm keeps its
+            # parameters: batch_norm takes a low-precision input with fp32 weights)
+            dt = torch.get_autocast_dtype(input.device.type)
+            c = lambda t: t.to(dt) if t is not None and t.is_floating_point() else t
+            input, weight_x, weight_h = c(input), [c(w) for w in weight_x], [c(w) for w in weight_h]
+            b, out_weight, out_bias = [c(t) for t in b], c(out_weight), c(out_bias)
         check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
         return spinal_linear_train_reference(
             input, weight_x, weight_h, b, out_weight, out_bias, splits=splits,
             activation=activation, batch_norm=batch_norm, bn_weight=gam or None,
             bn_bias=bet or None, running_mean=running_mean, running_var=running_var,
             momentum=momentum, eps=eps, dropout=float(dropout), dropout_mask=dropout_mask)
-    backend = "native" if cpu_native else "reference" if triton_missing() else "triton"
-    if not torch.compiler.is_compiling():
-        record("spinal_linear", Choice(backend, {
-            "native": "C++ training op (batch-statistics BatchNorm / dropout fused)",
-            "triton": "Triton training kernels (L + 1 launches forward, L + 2 backward)",
-            "reference": "training op, torch formulas (no Triton)"}[backend]))
+    backend = choice.backend
+    _record(choice)
     try:
         y, mean, uvar, _ = torch.ops.shallowkern.spinal_linear_train(
             input, weight_x, weight_h, b, out_weight, out_bias, gam, bet, dropout_mask,
@@ -344,3 +370,28 @@ def batchnorm_train_kwargs(norms, batch: int) -> dict | None:
                 running_mean=[n.running_mean for n in norms] if running else None,
                 running_var=[n.running_var for n in norms] if running else None)
 
+
+# ---------------------------------------------------------------------------------------------
+# FLOP formulas (GEMMs only, as torch's counter: BatchNorm, dropout, activation are not counted)
+# ---------------------------------------------------------------------------------------------
+def _train_flops(input_shape, weight_x, weight_h, bias, out_weight, out_bias, bn_weight, bn_bias,
+                 dropout_mask, batch_norm, eps, dropout, splits, *a, **kw) -> int:
+    return _flops.spinal_linear_flops(input_shape[0], input_shape[1], weight_x[0][0],
+                                      len(weight_x), splits, out_weight[0])
+
+
+def _train_backward_flops(grad_shape, input_shape, weight_x, weight_h, out_weight, bn_weight,
+                          hidden, xhat, rstd, mask, batch_norm, dropout, splits, *a, **kw) -> int:
+    return _flops.spinal_linear_backward_flops(input_shape[0], input_shape[1], weight_x[0][0],
+                                               len(weight_x), splits, out_weight[0])
+
+
+if NATIVE_TRAIN or hasattr(torch.ops.shallowkern, "spinal_linear_train_forward"):
+    from torch.utils.flop_counter import register_flop_formula
+
+    for _name in ("spinal_linear_train", "spinal_linear_train_forward"):
+        if hasattr(torch.ops.shallowkern, _name):
+            register_flop_formula(getattr(torch.ops.shallowkern, _name))(_train_flops)
+    if hasattr(torch.ops.shallowkern, "spinal_linear_train_backward"):
+        register_flop_formula(torch.ops.shallowkern.spinal_linear_train_backward)(
+            _train_backward_flops)

@@ -130,8 +130,11 @@ def test_gradcheck_and_gradgradcheck(spec: OpSpec):
             return spec.op(*args, **_s.kwargs)
 
         assert torch.autograd.gradcheck(fn, tuple(leaves))
-        if k == 0:  # double backward on the smallest sample (its numerical Jacobian is costly)
+        if k == 0 and "gradgradcheck" not in spec.skips:
+            # double backward on the smallest sample (its numerical Jacobian is costly)
             assert torch.autograd.gradgradcheck(fn, tuple(leaves))
+    if "gradgradcheck" in spec.skips:
+        pytest.skip(f"gradcheck passed; gradgradcheck skipped: {spec.skips['gradgradcheck']}")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=_ids)
@@ -230,13 +233,16 @@ def test_autocast_cpu_bf16(spec: OpSpec):
 def test_module_fx_trace_and_compile(spec: OpSpec):
     mod, x = spec.module()
     want = mod(x)
-    traced = torch.fx.symbolic_trace(mod)
-    torch.testing.assert_close(traced(x), want)
+    if "fx_trace" not in spec.skips:
+        traced = torch.fx.symbolic_trace(mod)
+        torch.testing.assert_close(traced(x), want)
     torch._dynamo.reset()
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), want)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mod(x).dtype == torch.bfloat16
+    if "fx_trace" in spec.skips:
+        pytest.skip(f"compile and autocast passed; fx trace skipped: {spec.skips['fx_trace']}")
 
 
 def test_every_backend_of_every_op_is_known():
