@@ -13,9 +13,10 @@ source scripts/setup.sh
 export SHALLOWKERN_DATA="${SHALLOWKERN_DATA:-$(cd "$here/.." && pwd)/shared/datasets}"
 results="${SHALLOWKERN_RESULTS:-shallowkern-quick.jsonl}"
 if [ "${SHALLOWKERN_MAIN_VGG:-1}" != 0 ]; then
-  # Before `run`, so that run's plots already hold both families.
-  shallowkern sweep --family vgg16 --width 0.0625 0.125 --bn --recipe quick --seeds 0 \
-    --workers 2 --results "$results" --no-progress
+  # One sweep for both families (the `main` preset: the quick LeNets and the two VGG-16s,
+  # longest first, so the two workers finish together), before `run`, so that run finds its
+  # trials done and its plots already hold both families.
+  shallowkern sweep --preset main --workers 2 --results "$results"
 fi
 shallowkern run --results "$results" "$@"
 if [ "${SHALLOWKERN_MAIN_VGG:-1}" != 0 ]; then

@@ -12,7 +12,7 @@ Presets (``RECIPES``):
   random horizontal flips and translations by up to 4 pixels (zero fill), 5,000 training
   images held out for validation. The optimiser settings follow the lab's published recipe;
   the schedule constants (0.05, ×0.5 every 20, 100 epochs) are this library's choice.
-* ``quick`` — the same optimiser for a CPU: 4 epochs, lr halved every 2, on a 5,000-image
+* ``quick`` — the same optimiser for a CPU: 8 epochs, lr halved every 3, on a 10,000-image
   training subset with 1,000 validation images. Errors are far above the converged ones; it is
   meant to show the shape of the law in minutes, not its value.
 

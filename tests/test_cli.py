@@ -350,7 +350,7 @@ def test_dry_run_needs_no_results_and_presets_are_listed(capsys):
     assert "--results PATH is required" in _one_line(capsys, "sweep", "--preset", "quick")
     code, out, _ = run_cli(capsys, "sweep", "--list-presets")
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert set(rows) == {"quick", "paper", "study", "study-pilot"} and "84" in rows["paper"].split()
+    assert set(rows) == {"quick", "main", "paper", "study", "study-pilot"} and "84" in rows["paper"].split()
     code, out, _ = run_cli(capsys, "sweep", "--list-families")
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert code == 0 and {"lenet", "vgg16"} <= set(rows)

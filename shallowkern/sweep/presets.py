@@ -1,8 +1,11 @@
 """Named sweeps: ``quick`` (minutes on a CPU) and ``paper`` (the full study, for GPUs).
 
 quick — generalized LeNet on CIFAR-10, d1 in {4, 8, 16, 32}, k = 2.8, 2 seeds, the ``quick``
-    recipe (4 epochs on a stratified 5,000-image training subset, 1,000 validation images,
+    recipe (8 epochs on a stratified 10,000-image training subset, 1,000 validation images,
     the full 10,000-image test set). 8 trials; see docs/sweeps.md for the measured time.
+main — the README's main job (scripts/main.sh): ``quick`` plus VGG-16 (BatchNorm) at widths
+    1/16 and 1/8, seed 0, the same recipe, so one error-vs-FLOPs frontier holds both families.
+    Longest trials first, so two workers finish together.
 paper — generalized LeNet, d1 in {6, 16, 32, 64, 128, 256, 512, 768} x k in {2.0, 2.8, 4.0},
     3 seeds (72 trials), plus width-scaled VGG-16 (with BatchNorm) at width in
     {0.125, 0.25, 0.5, 1.0} (8 to 64 first-layer filters), 3 seeds (12 trials); all with the
@@ -27,7 +30,7 @@ from typing import Any
 from .config import TrialConfig, canonical_json
 
 __all__ = ["PRESETS", "describe_preset", "estimate", "estimate_time", "get_preset", "lenet_grid",
-           "paper", "quick", "register_preset", "study", "study_pilot", "vgg_grid"]
+           "main", "paper", "quick", "register_preset", "study", "study_pilot", "vgg_grid"]
 
 
 def lenet_grid(d1s: Iterable[int], ks: Iterable[float] = (2.8,), seeds: Iterable[int] = (0,), *,
@@ -58,6 +61,15 @@ PAPER_VGG_WIDTHS = (0.125, 0.25, 0.5, 1.0)
 
 def quick(seeds: Sequence[int] = (0, 1), dataset: str = "cifar10") -> list[TrialConfig]:
     return lenet_grid(QUICK_D1, (2.8,), seeds, dataset=dataset, recipe="quick")
+
+
+MAIN_VGG_WIDTHS = (0.125, 0.0625)  # longest first
+
+
+def main(seeds: Sequence[int] = (0, 1), dataset: str = "cifar10") -> list[TrialConfig]:
+    """``quick`` and two small VGG-16s in one sweep, longest trials first."""
+    lenets = sorted(quick(seeds, dataset), key=lambda c: -c.d1)  # stable: seeds stay in order
+    return vgg_grid(MAIN_VGG_WIDTHS, (0,), dataset=dataset, recipe="quick") + lenets
 
 
 def paper(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10") -> list[TrialConfig]:
@@ -107,10 +119,12 @@ def study_pilot(seeds: Sequence[int] = (0,), dataset: str = "cifar10") -> list[T
 
 
 PRESETS: dict[str, Callable[..., list[TrialConfig]]] = {
-    "quick": quick, "paper": paper, "study": study, "study-pilot": study_pilot}
+    "quick": quick, "main": main, "paper": paper, "study": study, "study-pilot": study_pilot}
 _DESCRIPTIONS: dict[str, str] = {
     "quick": "LeNet d1 in {4,8,16,32}, k=2.8, 2 seeds, quick recipe (8 epochs, 10k images): "
              "minutes on a CPU",
+    "main": "quick + VGG-16 bn widths 1/16 and 1/8 (seed 0, quick recipe), longest first: the "
+            "README's main job",
     "paper": "LeNet d1 6..768 x k {2,2.8,4} + VGG-16 bn width 1/8..1, 3 seeds, lab recipe "
              "(100 epochs): the full study (GPU)",
     "study": f"LeNet d1 4..64 + k-scan at d1=16 + VGG-16 bn 1/16..1/4, 3 seeds, 45k images, "
