@@ -69,25 +69,18 @@ inline void epilogue(const T* __restrict v0, const T* __restrict v1, const T* __
   }
 }
 
-// Two ways to the conv output y, each followed by the fused epilogue:
-//  * fused (the default): per chunk of images, im2col + GEMM into a cache-resident y in
-//    window-major column order, epilogue at once; y never reaches memory. Wins where writing y
-//    costs as much as computing it (the first layer: CRS = 75).
-//  * vendor_conv: ATen's convolution (oneDNN, all threads) for the whole batch, then one parallel
-//    epilogue pass over y (N, K, OH, OW). Wins where the conv is compute-bound (CRS large): oneDNN
-//    is faster than per-thread im2col + GEMM there and reading y once more is cheap next to it.
+// Fused im2col + GEMM: per chunk of images, im2col + GEMM into a cache-resident y in
+// window-major column order, epilogue at once; y never reaches memory. Wins where writing y
+// costs as much as computing it and the reduction is too long for the direct kernel.
 template <typename T>
 void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, const Conv2dGeom& g,
-                  bool relu, bool vendor_conv, at::Tensor& out, at::Tensor* idx) {
-  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW, OHW = g.OH * g.OW;
+                  bool relu, at::Tensor& out, at::Tensor* idx) {
+  const int64_t CRS = g.crs(), P = g.npos(), PHW = g.PH * g.PW;
   const int64_t B = images_per_chunk(g, sizeof(T), CRS + g.Kg);
   const Padded pd{g.H + 2 * g.ph, g.W + 2 * g.pw, g.Cg};
-  const std::vector<int64_t> off = vendor_conv ? std::vector<int64_t>() : position_offsets(g, pd);
+  const std::vector<int64_t> off = position_offsets(g, pd);
   // (K, Cg, R, S) -> (K, R, S, Cg): the column order of im2col over the padded HWC image.
-  const at::Tensor w2 = vendor_conv ? weight : weight.permute({0, 2, 3, 1}).contiguous();
-  const at::Tensor yv = vendor_conv ? at::conv2d(x, weight, {}, {g.sh, g.sw}, {g.ph, g.pw},
-                                                 {g.dh, g.dw}, g.G).contiguous()
-                                    : at::Tensor();
+  const at::Tensor w2 = weight.permute({0, 2, 3, 1}).contiguous();
   const T* xp = x.const_data_ptr<T>();
   const T* wp = w2.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
@@ -101,23 +94,18 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
   const int32_t act = relu ? 1 : 0;
 
   at::parallel_for(0, g.G * g.N, unit_grain(g), [&](int64_t begin, int64_t end) {
-    std::vector<T> colT(vendor_conv ? 0 : B * P * CRS), y(vendor_conv ? 0 : g.Kg * B * P);
-    std::vector<T> xpad(vendor_conv ? 0 : pd.size(), T(0)), tmp(PHW);
+    std::vector<T> colT(B * P * CRS), y(g.Kg * B * P);
+    std::vector<T> xpad(pd.size(), T(0)), tmp(PHW);
     std::vector<uint8_t> tix(PHW);
     for_each_chunk(g, B, begin, end, [&](int64_t grp, int64_t n0, int64_t nb) {
-      const T* yb = y.data();
-      if (vendor_conv) {  // this chunk's planes of y
-        yb = yv.const_data_ptr<T>() + (n0 * g.K + grp * g.Kg) * OHW;
-      } else {
-        for (int64_t b = 0; b < nb; ++b) {
-          pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
-                  g, pd, xpad.data());
-          im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
-        }
-        auto ym = mat(y.data(), g.Kg, nb * P, nb * P, opt);
-        at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
-                   mat(colT.data(), nb * P, CRS, CRS, opt).t());
+      for (int64_t b = 0; b < nb; ++b) {
+        pad_hwc(Plane<const T>{xp + (n0 + b) * xs[0] + grp * g.Cg * xs[1], xs[1], xs[2], xs[3]},
+                g, pd, xpad.data());
+        im2col(xpad.data(), g, pd, off, colT.data() + b * P * CRS);
       }
+      auto ym = mat(y.data(), g.Kg, nb * P, nb * P, opt);
+      at::mm_out(ym, mat(wp + grp * g.Kg * CRS, g.Kg, CRS, CRS, opt),
+                 mat(colT.data(), nb * P, CRS, CRS, opt).t());
       for (int64_t k = 0; k < g.Kg; ++k) {
         const int64_t kk = grp * g.Kg + k;
         const T bv = bias ? bias[kk] : T(0);
@@ -126,25 +114,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
           uint8_t* ix = ip ? ip + (n0 + b) * os[0] + kk * os[1] : nullptr;
           T* ot = dense ? o : tmp.data();
           uint8_t* it = dense && ix ? ix : tix.data();
-          if (vendor_conv) {
-            const T* v = yb + (b * g.K + k) * OHW;
-            if (g.pool == 1) {
-              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
-            } else {
-              for (int64_t i = 0; i < g.PH; ++i) {  // rows 2i, 2i+1 of the plane
-                const T* r0 = v + 2 * i * g.OW;
-                const T* r1 = r0 + g.OW;
-                epilogue<T>(r0, r0 + 1, r1, r1 + 1, 2, g.PW, bv, act, ot + i * g.PW,
-                            it + i * g.PW);
-              }
-            }
-          } else {  // window-major: four contiguous sub-planes
-            const T* v = yb + k * nb * P + b * P;
-            if (g.pool == 1)
-              epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
-            else
-              epilogue<T>(v, v + PHW, v + 2 * PHW, v + 3 * PHW, 1, PHW, bv, act, ot, it);
-          }
+          const T* v = y.data() + k * nb * P + b * P;  // window-major: four contiguous sub-planes
+          if (g.pool == 1)
+            epilogue<T>(v, nullptr, nullptr, nullptr, 1, PHW, bv, act, ot, it);
+          else
+            epilogue<T>(v, v + PHW, v + 2 * PHW, v + 3 * PHW, 1, PHW, bv, act, ot, it);
           if (!dense) {  // channels_last or otherwise strided output
             for (int64_t i = 0; i < g.PH; ++i)
               for (int64_t j = 0; j < g.PW; ++j) {
@@ -155,6 +129,63 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
         }
       }
     });
+  });
+}
+
+// Vendor conv: ATen's convolution (oneDNN, all threads) with the bias, for the whole batch, in
+// channels_last (NHWC) as torch.compile's inductor runs it on CPU (NCHW oneDNN convs reorder
+// their operands on every call: 0.68-0.88x inductor's conv -> ReLU -> pool at LeNet conv2
+// d1 = 23..91, measured), then one parallel epilogue pass per image: the 2x2 max over the K
+// contiguous channels of the window's four positions (vectorized over channels), written to a
+// (PH*PW, K) buffer and from there to the output in its layout. Wins where the conv is
+// compute-bound (CRS large): oneDNN beats per-thread im2col + GEMM there, and reading y once
+// more is cheap next to it.
+template <typename T>
+void forward_vendor(const at::Tensor& x, const at::Tensor& weight,
+                    const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool relu,
+                    at::Tensor& out, at::Tensor* idx) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor y = at::conv2d(x.contiguous(cl), weight.contiguous(cl), bias,
+                                  {g.sh, g.sw}, {g.ph, g.pw}, {g.dh, g.dw}, g.G)
+                           .contiguous(cl);
+  const int64_t K = g.K, PHW = g.PH * g.PW, OW = g.OW;
+  const T* yp = y.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  uint8_t* ip = idx ? idx->mutable_data_ptr<uint8_t>() : nullptr;
+  const auto os = out.strides();
+  const bool nhwc = os[1] == 1 && os[3] == K && os[2] == g.PW * K;  // channels_last output
+  const int32_t act = relu ? 1 : 0;
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> tv(nhwc ? 0 : PHW * K);
+    std::vector<uint8_t> ti(nhwc ? K : PHW * K);  // nhwc: scratch indices when none are wanted
+    for (int64_t n = begin; n < end; ++n) {
+      const T* yn = yp + n * g.OH * OW * K;
+      T* ov = nhwc ? op + n * os[0] : tv.data();
+      uint8_t* iv = nhwc ? (ip ? ip + n * os[0] : nullptr) : ti.data();
+      for (int64_t i = 0; i < g.PH; ++i)
+        for (int64_t j = 0; j < g.PW; ++j) {
+          const int64_t p = i * g.PW + j;
+          if (g.pool == 1) {
+            const T* v = yn + p * K;
+            epilogue<T>(v, nullptr, nullptr, nullptr, 1, K, T(0), act, ov + p * K, nullptr);
+          } else {
+            const T* v = yn + (2 * i * OW + 2 * j) * K;  // positions (0,0) (0,1) (1,0) (1,1)
+            uint8_t* it = iv ? iv + p * K : ti.data();   // the kernel always writes indices
+            epilogue<T>(v, v + K, v + OW * K, v + OW * K + K, 1, K, T(0), act, ov + p * K, it);
+          }
+        }
+      if (nhwc) continue;
+      for (int64_t k = 0; k < K; ++k) {  // (PH*PW, K) -> the output's (K, PH, PW) planes
+        T* o = op + n * os[0] + k * os[1];
+        uint8_t* ix = ip ? ip + n * os[0] + k * os[1] : nullptr;
+        for (int64_t i = 0; i < g.PH; ++i)
+          for (int64_t j = 0; j < g.PW; ++j) {
+            const int64_t p = i * g.PW + j;
+            o[i * os[2] + j * os[3]] = tv[p * K + k];
+            if (ix && g.pool == 2) ix[i * os[2] + j * os[3]] = ti[p * K + k];
+          }
+      }
+    }
   });
 }
 
@@ -199,6 +230,9 @@ bool direct_forward_fits(const Conv2dGeom& g) {
 // Zen 4, below MKL's GEMM: the broadcasts compete with the FMAs for issue. Without AVX-512 the
 // fused GEMM path runs.)
 // The G values at p (G consecutive floats: one position of each group) repeated across 16 lanes.
+// (Storing the 16 lane values per position in the padded buffer instead, for a plain vector load
+// folded into the FMA, was measured slower still: 2.1x instead of 2.6x per trial for 4 packed
+// LeNet conv1s at d1 = 4, the larger buffer costing more than the broadcast uop.)
 template <int G>
 __attribute__((target("avx512f"))) inline __m512 bcast_groups(const float* p) {
   if constexpr (G == 1) return _mm512_set1_ps(*p);
@@ -400,8 +434,12 @@ std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
     return {out, idx};
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "wide_conv2d_forward_cpu", [&] {
-    forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g, relu,
-                           path == ForwardPath::kVendor, out, idx.numel() ? &idx : nullptr);
+    if (path == ForwardPath::kVendor)
+      forward_vendor<scalar_t>(input, w, has_bias ? std::optional<at::Tensor>(b) : std::nullopt,
+                               g, relu, out, idx.numel() ? &idx : nullptr);
+    else
+      forward_impl<scalar_t>(input, w, has_bias ? b.const_data_ptr<scalar_t>() : nullptr, g,
+                             relu, out, idx.numel() ? &idx : nullptr);
   });
   return {out, idx};
 }
