@@ -445,7 +445,7 @@ TrainOut train_forward_meta(const Tensor& input, TensorList wx, TensorList wh, T
   auto o = input.options();
   const int64_t nl = batch_norm ? L : 0;
   return {at::empty({B, t.g.O}, o), at::empty({nl, W}, o),       at::empty({nl, W}, o),
-          at::empty({B, L * W}, o), at::empty({batch_norm ? B : 0, batch_norm ? L * W : 0}, o),
+          at::empty({B, L * W}, o), batch_norm ? at::empty({B, L * W}, o) : at::empty({0}, o),
           at::empty({nl, W}, o),    dropout > 0.0 ? at::empty({B, t.M}, o.dtype(at::kByte))
                                                   : at::empty({0}, o.dtype(at::kByte))};
 }
@@ -511,7 +511,7 @@ struct SpinalTrainFn : public torch::autograd::Function<SpinalTrainFn> {
                                                  torch::autograd::variable_list grads) {
     TORCH_CHECK(!c10::GradMode::is_enabled(),
                 "spinal_linear_train: double backward (create_graph=True) is not supported; "
-                "use shallowkern.ops.spinal_linear.spinal_linear_reference");
+                "use shallowkern.ops.spinal_train.spinal_linear_train_reference");
     static auto bwd =
         op_handle("shallowkern::spinal_linear_train_backward")
             .typed<TrainBackwardOut(const Tensor&, const Tensor&, TensorList, TensorList,

@@ -71,13 +71,11 @@ def _make(name, B, F, W, L, S, O, act="relu", bn=True, affine=True, p=0.0, bias=
 def samples(dtype: torch.dtype) -> list[Sample]:
     out = [
         _make("bn_dropout", 4, 6, 4, 4, 2, 3, p=0.3, dtype=dtype),
-        _make("bn", 5, 11, 4, 4, 2, 3, "tanh", dtype=dtype),
-        _make("bn_not_affine", 4, 9, 3, 3, 2, 4, affine=False, p=0.2, dtype=dtype),
-        # without BatchNorm after the first three (opcheck's): the C++ Meta kernel of
-        # spinal_linear_train_forward gives xhat shape (0, 0), every real kernel (0,) -- a
-        # fake/real mismatch opcheck reports; fix in csrc/cpu/spinal_linear_train.cpp (Meta)
+        # opcheck runs the first three: with and without BatchNorm
         _make("dropout_only", 3, 7, 5, 5, 3, 2, "sigmoid", bn=False, p=0.5, bias=False,
               dtype=dtype),
+        _make("bn", 5, 11, 4, 4, 2, 3, "tanh", dtype=dtype),
+        _make("bn_not_affine", 4, 9, 3, 3, 2, 4, affine=False, p=0.2, dtype=dtype),
         _make("plain", 3, 8, 6, 4, 2, 3, "identity", bn=False, out_bias=False, dtype=dtype),
         _make("width1", 3, 9, 1, 3, 2, 4, dtype=dtype),
         _make("batch2_one_layer", 2, 5, 3, 1, 1, 2, p=0.1, dtype=dtype),
