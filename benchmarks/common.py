@@ -455,7 +455,7 @@ def add_speedups(benchmarks: Iterable[dict]) -> None:
     """``extra_info["speedup_vs"][other] = median_other / median_this`` within each group."""
     groups: dict[str, dict[str, float]] = {}
     rows = [b for b in benchmarks if b.get("extra_info", {}).get("provider")
-            and b.get("stats")]
+            and b.get("extra_info", {}).get("group") and b.get("stats")]
     for b in rows:
         groups.setdefault(b["extra_info"]["group"], {})[b["extra_info"]["provider"]] = \
             b["stats"]["median"]

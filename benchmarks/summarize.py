@@ -90,8 +90,8 @@ def table(data: dict, subject: str = "shallowkern") -> dict[str, list[dict]]:
         benches += [b] if "provider" in b.get("extra_info", {}) else _legacy_rows(b)
     for b in benches:
         e = b.get("extra_info", {})
-        if "provider" not in e or not b.get("stats"):
-            continue
+        if "provider" not in e or "dtype" not in e or not b.get("stats"):
+            continue  # not a timing row (e.g. a peak-memory record)
         key = (e["op"], e["case"], e["dtype"], e["pass_"])
         g = groups.setdefault(key, dict(op=e["op"], case=e["case"], dtype=e["dtype"],
                                         pass_=e["pass_"], times={}, info={}))
