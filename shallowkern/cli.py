@@ -576,7 +576,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"estimated wall time on this project's 2-core VM, 2 single-threaded workers "
               f"(a rough guide from measured throughput, docs/study.md): "
               f"~{t['hours_single']:.2f} h one trial at a time, ~{t['hours_packed']:.2f} h "
-              f"with --pack 3")
+              f"with --pack 4 (the packing ratios were measured with 4 trials)")
         return 0
     if not args.results:
         raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")

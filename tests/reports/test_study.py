@@ -111,5 +111,5 @@ def test_cli_sweep_dry_run_states_the_cost(capsys):
 
     assert main(["sweep", "--preset", "study", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "one trial at a time" in out and "--pack 3" in out
+    assert "one trial at a time" in out and "--pack 4" in out
     assert main(["sweep", "--preset", "study-pilot", "--dry-run"]) == 0
