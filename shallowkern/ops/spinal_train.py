@@ -46,7 +46,7 @@ from torch import Tensor
 
 from .. import flops as _flops
 from ._backend import Backend, Choice, OpDispatch, record
-from ._common import needs_composite
+from ._common import needs_composite, register_flop_formula
 from .spinal_reference import ACT_FN, act_grad_from_out, check_args, split_offsets
 
 TRAIN_SCHEMAS = {
@@ -387,8 +387,7 @@ def _train_backward_flops(grad_shape, input_shape, weight_x, weight_h, out_weigh
 
 
 if NATIVE_TRAIN or hasattr(torch.ops.shallowkern, "spinal_linear_train_forward"):
-    from torch.utils.flop_counter import register_flop_formula
-
+    # deferred until torch.utils.flop_counter is imported (it imports Triton)
     for _name in ("spinal_linear_train", "spinal_linear_train_forward"):
         if hasattr(torch.ops.shallowkern, _name):
             register_flop_formula(getattr(torch.ops.shallowkern, _name))(_train_flops)
