@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = ROOT / "build" / "asan"
 SANITIZERS = os.environ.get("SHALLOWKERN_SANITIZE", "address,undefined")
-FLAGS = [f"-fsanitize={SANITIZERS}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g",
-         "-O1", "-fopenmp"]
+FLAGS = [f"-fsanitize={SANITIZERS}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+         "-g1", "-O1", "-fopenmp"]  # -g1: line tables for the reports' stack traces, half -g's compile time
 
 
 def sources() -> list[str]:
