@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import OpBench, compiled
 from shallowkern.flops import multi_delay_linear_flops
-from shallowkern.nn.rodib import draw_delays
+from shallowkern.nn.rodib_delays import draw_delays
 from shallowkern.ops.multi_delay_linear import (multi_delay_linear, multi_delay_linear_loop,
                                                 multi_delay_linear_reference)
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import shallowkern
 from shallowkern.nn import MultiDelayLinear, RoDiBHead
-from shallowkern.nn.rodib import arrival_times, draw_delays, max_arrival_count
+from shallowkern.nn.rodib_delays import arrival_times, draw_delays, max_arrival_count
 from shallowkern.ops.multi_delay_linear import (multi_delay_linear, multi_delay_linear_loop,
                                                 multi_delay_linear_reference)
 from shallowkern.testing import assert_close
