@@ -5,6 +5,14 @@ then alternating barycentre sorts: ``channel_order``) so that AFCC masks, which 
 label sets intersect, become near-block-diagonal, then tiles the permuted mask into blocks and
 lists the blocks that hold a kept pair (CSR and CSC). The kernels of ``ops/afcc_conv2d.py``
 (C++ CPU, Triton) run only those blocks. Plans are cached per mask tensor (and its version).
+
+Stale caches. Every cache of the AFCC op is keyed by ``(id(mask), mask._version, ...)`` and holds
+the mask (so its id is not reused). In-place edits bump the version; a write through
+``mask.data`` (what the lab's code does to weights) does not. ``refresh(mask)``, run at the op's
+entry points, compares a CPU mask with a snapshot of the values its caches were built from (one
+``torch.equal`` over K * C bytes: 2 us at 64 x 32, 28 us at 512 x 512 on one Zen 4 core) and
+drops every cache entry of that mask when they differ. CUDA masks are not compared (that would
+synchronise each call): there only version bumps invalidate.
 """
 
 from __future__ import annotations
@@ -234,3 +242,57 @@ def block_plan(mask: Tensor, device_type: str | None = None, block: int | None =
 
 _cache: "collections.OrderedDict[tuple, tuple[Tensor, BlockPlan]]" = collections.OrderedDict()
 _cache_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------
+# stale-cache guard: writes to a mask that bypass its version counter
+# ---------------------------------------------------------------------------------------------
+_keyed_caches: list[tuple[dict, threading.Lock]] = []
+
+
+def register_mask_cache(cache: dict, lock: threading.Lock) -> None:
+    """Register a cache keyed by ``(id(mask), ...)`` tuples, purged by ``refresh``."""
+    _keyed_caches.append((cache, lock))
+
+
+register_mask_cache(_cache, _cache_lock)
+_snapshots: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+_snap_lock = threading.Lock()
+
+
+def _words(mask: Tensor) -> Tensor:
+    """A view of the mask's storage that compares fast: 8 bools per int64 where the layout
+    allows (torch.equal on bool tensors is ~7x slower than on words)."""
+    if mask.is_contiguous() and mask.numel() and mask.numel() % 8 == 0:
+        return mask.detach().view(-1).view(torch.int64)
+    return mask.detach()
+
+
+def refresh(mask: Tensor) -> None:
+    """Drop the cached plans, paths and decisions of ``mask`` if its values differ from those
+    they were built from without a version bump (a write through ``mask.data``). Also on the
+    first sight of a mask (or after its snapshot was evicted): caches filled before, e.g. by a
+    direct ``block_plan`` call, are dropped. CPU masks only (see the module docstring)."""
+    if mask.device.type != "cpu" or type(mask) is not Tensor:
+        return
+    key, version = id(mask), mask._version
+    with _snap_lock:
+        snap = _snapshots.get(key)
+        # snap = (mask, version, data_ptr, live view of the mask's storage, copy of its values):
+        # the live view is made once (a view costs ~3 us under grad mode); data_ptr catches a
+        # ``mask.data = other`` (new storage, same version)
+        if (snap is not None and snap[0] is mask and snap[1] == version
+                and snap[2] == mask.data_ptr() and torch.equal(snap[3], snap[4])):
+            return
+        # new values, a new version or a mask seen for the first time: entries filled without
+        # a matching snapshot are not trusted (a version bump makes its old entries unreachable,
+        # but one filled at the new version before this call may predate a .data write)
+        live = _words(mask)
+        _snapshots[key] = (mask, version, mask.data_ptr(), live, live.clone())
+        _snapshots.move_to_end(key)
+        while len(_snapshots) > 128:
+            _snapshots.popitem(last=False)
+    for cache, lock in _keyed_caches:
+        with lock:
+            for k in [k for k in cache if k[0] == key]:
+                del cache[k]

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _knobs
-from ._afcc_plan import block_plan
+from . import _afcc_plan as _plan
+from ._afcc_plan import block_plan, register_mask_cache
 from ._geometry import check_conv_geometry
 
 # --- CPU cost model: one thread, fp32, measured on the 2-core Zen 4 VM (scripts/afcc_calibrate.py,
@@ -248,18 +249,26 @@ def zero_pruned(weight: Tensor, mask: Tensor) -> Tensor:
     hit = _bits.get(key)
     if hit is None or hit[0] is not mask:
         hit = (mask, -mask.to(it)[:, :, None, None])  # all ones where kept
-        _bits[key] = hit  # holding the mask keeps its id from being reused
-        while len(_bits) > 64:
-            _bits.pop(next(iter(_bits)), None)
+        with _bits_lock:
+            _bits[key] = hit  # holding the mask keeps its id from being reused
+            while len(_bits) > 64:
+                _bits.pop(next(iter(_bits)), None)
     return (weight.view(it) & hit[1]).view(weight.dtype)
 
 
 _bits: dict = {}
+_bits_lock = threading.Lock()
+register_mask_cache(_bits, _bits_lock)
 
 
 class ZeroPruned(torch.autograd.Function):
     """zero_pruned with its gradient (the same select of the incoming gradient; differentiable
-    again, for double backward)."""
+    again only when double backward asks, i.e. under create_graph).
+
+    One node, in the place of eager's ``MulBackward0`` for ``w * mask``: measured on one Zen 4
+    core, forward + backward of this node cost 60 us at 64 x 32 x 3 x 3 and ~2.4 ms at 512 x 512
+    x 3 x 3, the same as ``w * mask`` (53 us, ~2.5 ms), while ``torch.where`` (also NaN-safe, a
+    C++ node) costs 2-4x the multiply on the large weight."""
 
     @staticmethod
     def forward(ctx, weight, mask):
@@ -269,7 +278,9 @@ class ZeroPruned(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
-        return ZeroPruned.apply(grad.contiguous(), mask), None
+        if torch.is_grad_enabled():
+            return ZeroPruned.apply(grad.contiguous(), mask), None
+        return zero_pruned(grad.contiguous(), mask), None
 
 
 def out_hw(input, weight, stride, padding, dilation) -> tuple[int, int]:
@@ -305,6 +316,32 @@ def cpu_path(input, weight, mask, stride=(1, 1), padding=None, dilation=(1, 1),
 
 _path_cache: dict = {}
 _path_lock = threading.Lock()
+register_mask_cache(_path_cache, _path_lock)
+_choices: dict = {}
+_choices_lock = threading.Lock()
+register_mask_cache(_choices, _choices_lock)
+
+
+def cached_choice(choose, input, weight, mask, bias, stride, padding, dilation):
+    """``choose(...)`` (the op's DISPATCH.choose, for an automatic CPU call), cached per mask and
+    version, shapes, dtype, geometry and the path knobs: all it reads. The functional's dense
+    fallback asks this on every call (choosing again costs ~0.1 ms; this ~4 us, of which ~2 us
+    is ``refresh``, which first drops the entries of a mask whose values changed behind its
+    version counter)."""
+    _plan.refresh(mask)
+    key = (id(mask), mask._version, input.shape, input.dtype, weight.shape, tuple(stride),
+           tuple(padding), tuple(dilation), _knobs.get("afcc_conv2d.cpu_path"),
+           _knobs.get("afcc_conv2d.block"))
+    with _choices_lock:
+        hit = _choices.get(key)
+    if hit is not None and hit[0] is mask:
+        return hit[1]
+    choice = choose(input, weight, mask, bias, stride, padding, dilation)
+    with _choices_lock:
+        _choices[key] = (mask, choice)  # holding the mask keeps id(mask) from being reused
+        while len(_choices) > 256:
+            _choices.pop(next(iter(_choices)))
+    return choice
 
 
 def costs_text(costs: dict[str, float]) -> str:

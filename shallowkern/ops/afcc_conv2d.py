@@ -47,6 +47,7 @@ from ._backend import last_backend as _last_choice
 from ._common import cast_for_autocast, needs_composite, register_autocast
 from . import _afcc_subconv as _subconv
 from ._afcc_subconv import cpu_path, zero_pruned  # noqa: F401  (public here)
+from . import _afcc_plan as _plan
 from ._afcc_plan import BlockPlan, block_plan, channel_order  # noqa: F401  (re-exported)
 from ._geometry import check_conv_geometry, check_conv_tensors, pair
 
@@ -187,8 +188,16 @@ def _backends(backward: bool = False) -> list[Backend]:
     ]
 
 
-DISPATCH = OpDispatch(OP, _backends())
-BACKWARD = OpDispatch(OP + "_backward", _backends(backward=True))
+def _dispatch_key(input, weight, mask, *rest) -> Tensor:
+    # every choice (the op, its backward, explain, the executed-FLOP formulas) first drops the
+    # mask's cached plans and paths if its values changed behind its version counter
+    if isinstance(mask, Tensor) and not _fake(mask):
+        _plan.refresh(mask)
+    return input
+
+
+DISPATCH = OpDispatch(OP, _backends(), key=_dispatch_key)
+BACKWARD = OpDispatch(OP + "_backward", _backends(backward=True), key=_dispatch_key)
 
 
 def _runs_subconv(*args, backward=False) -> bool:
@@ -387,12 +396,13 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     if needs_composite(input, weight, bias):
         return afcc_conv2d_reference(input, weight, mask, bias, stride, padding, dilation)
     if (input.device.type == "cpu" and forced() is None and not torch.compiler.is_compiling()
-            and not _fake(mask)):
-        # an automatic dense fallback runs the aten composition directly: the registered op's
-        # two custom-op calls and dispatches cost ~0.2 ms forward, ~0.8 ms forward + backward,
-        # which is 20% of a 64-channel layer at batch 128 (measured on one Zen 4 core)
-        choice = DISPATCH.choose(input, weight, mask, bias, stride, padding, dilation)
+            and not _fake(mask) and not _fake(input)):
+        # an automatic dense fallback runs the aten composition directly (the graph is eager's:
+        # one mask node and the conv) with its decision cached: the custom op costs ~0.2 ms
+        # forward, ~0.8 ms with backward, choosing again ~0.1 ms, on a 0.6 ms 64-channel layer
+        choice = _subconv.cached_choice(DISPATCH.choose, input, weight, mask, bias, stride,
+                                        padding, dilation)
         if choice.backend == "vendor":
             record(OP, choice)
-            return afcc_conv2d_reference(input, weight, mask, bias, stride, padding, dilation)
+            return F.conv2d(input, masked_weight(weight, mask), bias, stride, padding, dilation)
     return afcc_conv2d_op(input, weight, mask, bias, stride, padding, dilation)

@@ -258,3 +258,126 @@ def test_compile_fullgraph():
     assert_close(y, reference(x, w, m, None, 1, 1, 1), torch.float32, reduction=54)
     y.sum().backward()
     assert (w.grad[~m] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# cached plans, paths and decisions never go stale (ops/_afcc_plan.py: refresh)
+# ---------------------------------------------------------------------------------------------
+_EDITS = {
+    "inplace": lambda m, new: m.copy_(new),                 # bumps the version
+    "data_write": lambda m, new: m.data.copy_(new),         # same version, same storage
+    "data_assign": lambda m, new: setattr(m, "data", new.clone()),  # same version, new storage
+}
+
+
+def _clustered(k, c, labels, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randperm(k, generator=g) % labels)[:, None] == (
+        torch.randperm(c, generator=g) % labels)[None, :]
+
+
+@pytest.mark.parametrize("edit", sorted(_EDITS))
+@pytest.mark.parametrize("backend", ["auto", "native:subconv",
+                                     pytest.param("native:gemm", marks=requires_ext)])
+def test_mask_edits_between_calls_are_seen(edit, backend):
+    """A mask edited between calls (in place, through .data, or .data replaced) gives the new
+    result on the next call, forward and gradients, on the cached dense fallback and on the
+    block-sparse paths (whose plans are cached per mask)."""
+    g = torch.Generator().manual_seed(11)
+    k, c = 37, 45
+    m = clustered_mask(k, c, 4, g)
+    x = torch.randn(2, c, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    run = (lambda: A.afcc_conv2d(x, w, m, None, 1, 1)) if backend == "auto" else (
+        lambda: _run(backend, x, w, m, None, block=16))
+    for new in (clustered_mask(k, c, 3, g), random_mask(k, c, 0.5, g), torch.zeros(k, c).bool(),
+                clustered_mask(k, c, 4, g)):
+        run()  # fills the caches for the current values
+        _EDITS[edit](m, new)
+        assert torch.equal(m, new)
+        y = run()
+        ref = reference(x, w, new, None, 1, 1, 1)
+        assert_close(y, ref, torch.float64, reduction=c * 9)
+        gy = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, w), gy)
+        rx, rw = torch.autograd.grad(ref, (x, w), gy)
+        assert_close(gx, rx, torch.float64, reduction=k * 9)
+        assert_close(gw, rw * new[:, :, None, None], torch.float64, reduction=50)
+        assert (gw[~new] == 0).all()
+
+
+@pytest.mark.parametrize("edit", sorted(_EDITS))
+def test_edited_mask_changes_the_path_choice(edit):
+    """The cached decision (dense fallback) and the cached plan / path follow a mask edit: an
+    unstructured mask runs dense; edited into two label clusters it runs sub-convs; back to
+    unstructured, dense again."""
+    g = torch.Generator().manual_seed(12)
+    x, w = torch.empty(32, 512, 4, 4), torch.empty(512, 512, 3, 3)
+    scattered = torch.rand(512, 512, generator=g) < 0.5
+    two = _clustered(512, 512, 2, 1)
+    m = scattered.clone()
+    p = [1, 1]
+    choice = lambda m: A._subconv.cached_choice(A.DISPATCH.choose, x, w, m, None, p, p, p)  # noqa
+    assert choice(m).backend == "vendor"
+    _EDITS[edit](m, two)
+    assert choice(m).backend == "native"
+    assert "sub-convs" in shallowkern.ops.explain("afcc_conv2d", x, w, m, None, p, p, p).reason
+    _EDITS[edit](m, scattered)
+    assert choice(m).backend == "vendor"
+    assert shallowkern.ops.explain("afcc_conv2d", x, w, m, None, p, p, p).backend == "vendor"
+
+
+def test_weight_updates_between_calls_are_seen():
+    """Nothing derived from the weight is cached: in-place updates (optimizer steps, writes
+    through .data) show in the next call."""
+    g = torch.Generator().manual_seed(13)
+    m = torch.rand(64, 64, generator=g) < 0.5  # the dense fallback
+    x = torch.randn(2, 64, 4, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(64, 64, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.5, momentum=0.9)
+    for step in range(3):
+        y = A.afcc_conv2d(x, w, m, None, 1, 1)
+        assert shallowkern.last_backend("afcc_conv2d").backend == "vendor"
+        assert_close(y, reference(x, w.detach(), m, None, 1, 1, 1), torch.float64, reduction=576)
+        y.square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            if step == 1:
+                w.data.mul_(-2.0)  # no version bump
+            assert_close(A.afcc_conv2d(x, w, m, None, 1, 1), reference(x, w, m, None, 1, 1, 1),
+                         torch.float64, reduction=576)
+
+
+def test_repeat_calls_do_no_planning(monkeypatch):
+    """A repeat call with the same mask neither orders channels nor chooses again (dense
+    fallback), and the fallback's graph is eager's: one mask node and the conv, no custom op."""
+    g = torch.Generator().manual_seed(14)
+    m = torch.rand(64, 64, generator=g) < 0.5
+    x = torch.randn(2, 64, 4, 4, generator=g, requires_grad=True)
+    w = torch.randn(64, 64, 3, 3, generator=g, requires_grad=True)
+    A.afcc_conv2d(x, w, m, None, 1, 1)
+    calls = []
+    monkeypatch.setattr(A.DISPATCH, "choose", lambda *a, **k: calls.append("choose"))
+    monkeypatch.setattr(A._plan, "channel_order", lambda *a, **k: calls.append("order"))
+    y = A.afcc_conv2d(x, w, m, None, 1, 1)
+    assert calls == [] and shallowkern.last_backend("afcc_conv2d").backend == "vendor"
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    nodes = [type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None]
+    assert nodes == ["AccumulateGrad", "ZeroPrunedBackward"]
+    inner = y.grad_fn.next_functions[1][0].next_functions
+    assert [type(f).__name__ for f, _ in inner if f is not None] == ["AccumulateGrad"]
+
+
+def test_nan_in_pruned_weight_under_grad():
+    """The fallback's mask node selects (no NaN * 0): a NaN in a pruned weight reaches neither
+    the output nor any gradient."""
+    m = torch.tensor([[True, False], [False, True]])
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    w[0, 1] = float("nan")
+    w.requires_grad_()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = A.afcc_conv2d(x, w, m, None, 1, 1)
+    gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert torch.isfinite(y).all() and torch.isfinite(gx).all()
+    assert (gw[~m] == 0).all() and torch.isfinite(gw).all()
