@@ -43,16 +43,7 @@
 #include <tuple>
 #include <vector>
 
-extern "C" {
-// MKL's Fortran-interface SGEMM/DGEMM (LP64), exported by the torch wheels built with MKL; weak,
-// so other BLAS builds link and take the ATen path (as csrc/cpu/spinal_linear.cpp does).
-void SGEMM(const char*, const char*, const int*, const int*, const int*, const float*,
-           const float*, const int*, const float*, const int*, const float*, float*,
-           const int*) __attribute__((weak));
-void DGEMM(const char*, const char*, const int*, const int*, const int*, const double*,
-           const double*, const int*, const double*, const int*, const double*, double*,
-           const int*) __attribute__((weak));
-}
+#include "shallowkern/cpu/blas.h"
 
 namespace shallowkern {
 namespace {
@@ -144,33 +135,18 @@ at::Tensor linear_start(const at::Tensor& x, const at::Tensor& w,
   return (bias.has_value() && bias->defined()) ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
-// Small products go straight to MKL: through ATen each GEMM costs ~2-3 us of dispatch, which
-// is most of a batch-32 layer (measured: the whole diagonal forward at B = 32, n = K = 64 took
-// 11.7 us with two at::addmm, see docs/quadric.md). Same bound as spinal_linear's.
+// Small products go straight to MKL (shallowkern/cpu/blas.h): through ATen each GEMM costs
+// ~2-3 us of dispatch, which is most of a batch-32 layer (measured: the whole diagonal forward at
+// B = 32, n = K = 64 took 11.7 us with two at::addmm, see docs/quadric.md).
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-constexpr int64_t kDirectGemmMax = int64_t{1} << 20;  // M*N*K multiply-adds
+bool direct_gemm_ok(int64_t m, int64_t n, int64_t k) { return cpu::direct_gemm_ok(m, n, k); }
 
-bool direct_gemm_ok(int64_t m, int64_t n, int64_t k) {
-  const int64_t lim = std::numeric_limits<int>::max();
-  return SGEMM != nullptr && DGEMM != nullptr && m > 0 && n > 0 && k > 0 &&
-         m * n * k <= kDirectGemmMax && m < lim && n < lim && k < lim;
-}
-
-// Row-major C (M x N, row stride ldc) = op(A) op(B) + beta C with op(A) M x K, op(B) K x N and
-// ta/tb 'N' or 'T' for the row-major matrices. A row-major matrix is its column-major transpose,
-// so this is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+// Row-major C (M x N, ldc) = op(A) op(B) + beta C, straight to MKL (after direct_gemm_ok)
 template <typename T>
 void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const T one = 1;
-  if constexpr (std::is_same_v<T, float>) {
-    SGEMM(&tb, &ta, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-  } else {
-    DGEMM(&tb, &ta, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
-  }
+  cpu::direct_gemm<T>(ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 template <typename T>

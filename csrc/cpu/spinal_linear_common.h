@@ -1,6 +1,6 @@
 // Shared pieces of the SpinalNet head's CPU kernels (csrc/cpu/spinal_linear.cpp: inference and
 // BN-free training; csrc/cpu/spinal_linear_train.cpp: training with BatchNorm batch statistics
-// and dropout): MKL GEMM entry, activations, argument checks. Math: shallowkern/ops/spinal_linear.py.
+// and dropout): GEMM entry, activations, argument checks. Math: shallowkern/ops/spinal_linear.py.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,16 +17,7 @@
 #include <tuple>
 #include <vector>
 
-extern "C" {
-// MKL's Fortran-interface GEMMs (LP64), exported by the torch wheels built with MKL. Weak: absent
-// elsewhere, and then the at::mm_out path runs.
-void SGEMM(const char*, const char*, const int*, const int*, const int*, const float*,
-           const float*, const int*, const float*, const int*, const float*, float*,
-           const int*) __attribute__((weak));
-void DGEMM(const char*, const char*, const int*, const int*, const int*, const double*,
-           const double*, const int*, const double*, const int*, const double*, double*,
-           const int*) __attribute__((weak));
-}
+#include "shallowkern/cpu/blas.h"
 
 namespace shallowkern {
 namespace spinal {
@@ -48,48 +39,17 @@ inline Act parse_act(const std::string& s) {
 inline bool use_mkl() {
   static const bool ok = [] {
     const char* e = std::getenv("SHALLOWKERN_SPINAL_BLAS");
-    return !(e != nullptr && std::string(e) == "aten") && SGEMM != nullptr && DGEMM != nullptr;
+    return !(e != nullptr && std::string(e) == "aten") && cpu::has_direct_gemm();
   }();
   return ok;
 }
 
-// Row-major C (M x N, ldc) = alpha * op(A) op(B) + beta * C; op(A) is M x K, op(B) is K x N.
-// ta/tb: 'N' or 'T' for the row-major matrices. A row-major matrix is its column-major
-// transpose, so this is column-major C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+// Row-major C (M x N, ldc) = alpha op(A) op(B) + beta C (shallowkern/cpu/blas.h): MKL direct
+// for small products unless SHALLOWKERN_SPINAL_BLAS=aten, ATen's GEMM otherwise.
 template <typename T>
 void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  const int64_t lim = std::numeric_limits<int>::max();
-  // Direct MKL for small products, where ATen's ~2-4 us of dispatch is the cost; ATen's own
-  // GEMM for large ones (measured faster here from ~1M multiply-adds: 256x128x128 ran in ~95 us
-  // through at::mm and ~140 us through the Fortran SGEMM interface, 1 thread, Zen 4).
-  if (use_mkl() && M * N * K <= (int64_t{1} << 20) && M < lim && N < lim && K < lim &&
-      lda < lim && ldb < lim && ldc < lim && K > 0) {
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    if constexpr (std::is_same_v<T, float>) {
-      SGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-    } else {
-      DGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-    }
-    return;
-  }
-  // aten path on strided views (addmm_out writes into a strided C without a copy)
-  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto view = [&](const T* p, int64_t r, int64_t c, int64_t ld, char t) {
-    Tensor v = at::from_blob(const_cast<T*>(p), {r, c}, {ld, 1}, opts);
-    return t == 'T' ? v.t() : v;
-  };
-  Tensor a = ta == 'N' ? view(A, M, K, lda, 'N') : view(A, K, M, lda, 'T');
-  Tensor b = tb == 'N' ? view(B, K, N, ldb, 'N') : view(B, N, K, ldb, 'T');
-  Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
-  if (beta == T(0)) {
-    at::mm_out(c, a, b);
-    if (alpha != T(1)) c.mul_(alpha);
-  } else {
-    c.addmm_(a, b, beta, alpha);
-  }
+  cpu::gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, use_mkl());
 }
 
 // Branch-free, switch-free inner loops (one instantiation per activation): a data-dependent

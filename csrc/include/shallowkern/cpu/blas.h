@@ -1,0 +1,95 @@
+// Row-major GEMM for the C++ CPU kernels (quadric_linear, spinal_linear*): MKL's SGEMM/DGEMM
+// called directly for small products, ATen's GEMM on strided views otherwise.
+//
+// Why: an at::mm through the dispatcher costs ~2-4 us, which is most of a batch-32 layer
+// (the whole quadric diagonal forward at B = 32, n = K = 64 took 11.7 us with two at::addmm;
+// a spinal head at B = 32 is tens of us). From ~1M multiply-adds ATen's own GEMM was measured
+// faster than the Fortran interface (256x128x128: ~95 us through at::mm, ~140 us through SGEMM,
+// 1 thread, Zen 4), so kDirectGemmMax bounds the direct path.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+extern "C" {
+// MKL's Fortran-interface GEMMs (LP64), exported by the torch wheels built with MKL. Weak: other
+// BLAS builds link too, and then only the ATen path runs.
+void SGEMM(const char*, const char*, const int*, const int*, const int*, const float*,
+           const float*, const int*, const float*, const int*, const float*, float*,
+           const int*) __attribute__((weak));
+void DGEMM(const char*, const char*, const int*, const int*, const int*, const double*,
+           const double*, const int*, const double*, const int*, const double*, double*,
+           const int*) __attribute__((weak));
+}
+
+namespace shallowkern {
+namespace cpu {
+
+constexpr int64_t kDirectGemmMax = int64_t{1} << 20;  // M*N*K multiply-adds
+
+inline bool has_direct_gemm() { return SGEMM != nullptr && DGEMM != nullptr; }
+
+// Whether a product of M x N outputs and reduction K (with leading dimensions lda, ldb, ldc)
+// may go to direct_gemm: MKL present, non-empty, small, every size representable as an LP64 int.
+inline bool direct_gemm_ok(int64_t M, int64_t N, int64_t K, int64_t lda = 0, int64_t ldb = 0,
+                           int64_t ldc = 0) {
+  const int64_t lim = std::numeric_limits<int>::max();
+  return has_direct_gemm() && M > 0 && N > 0 && K > 0 && M * N * K <= kDirectGemmMax &&
+         M < lim && N < lim && K < lim && lda < lim && ldb < lim && ldc < lim;
+}
+
+// Row-major C (M x N, row stride ldc) = alpha op(A) op(B) + beta C with op(A) M x K, op(B) K x N,
+// ta/tb 'N' or 'T' for the row-major matrices, straight to MKL (caller checked direct_gemm_ok).
+// A row-major matrix is its column-major transpose, so this is column-major
+// C^T = op(B)^T op(A)^T: swap the operands, keep the flags.
+template <typename T>
+void direct_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    SGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  } else {
+    DGEMM(&tb, &ta, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+  }
+}
+
+// The same product through ATen on strided views (mm_out / addmm_ write into a strided C without
+// a copy); multi-threaded by ATen's pool when called outside a parallel region.
+template <typename T>
+void aten_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto view = [&](const T* p, int64_t r, int64_t c, int64_t ld, char t) {
+    at::Tensor v = at::from_blob(const_cast<T*>(p), {r, c}, {ld, 1}, opts);
+    return t == 'T' ? v.t() : v;
+  };
+  at::Tensor a = ta == 'N' ? view(A, M, K, lda, 'N') : view(A, K, M, lda, 'T');
+  at::Tensor b = tb == 'N' ? view(B, K, N, ldb, 'N') : view(B, N, K, ldb, 'T');
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+// direct_gemm when allowed (allow_direct, e.g. an environment switch) and direct_gemm_ok,
+// aten_gemm otherwise. Empty outputs return at once.
+template <typename T>
+void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool allow_direct = true) {
+  if (M == 0 || N == 0) return;
+  if (allow_direct && direct_gemm_ok(M, N, K, lda, ldb, ldc)) {
+    direct_gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    aten_gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+}  // namespace cpu
+}  // namespace shallowkern
