@@ -317,31 +317,75 @@ def cpu_path(input, weight, mask, stride=(1, 1), padding=None, dilation=(1, 1),
 _path_cache: dict = {}
 _path_lock = threading.Lock()
 register_mask_cache(_path_cache, _path_lock)
-_choices: dict = {}
-_choices_lock = threading.Lock()
-register_mask_cache(_choices, _choices_lock)
+# --- the dense fallback's fast path (the functional in ops/afcc_conv2d.py) ---------------------
+# Weights up to this many elements are masked by torch.where on a cached (K, C, R, S) condition
+# (one C++ node, as eager's w * mask; the Python ZeroPruned node costs ~50 us more per
+# forward + backward at 64 x 64 x 3 x 3, batch 128, one Zen 4 core); larger ones by ZeroPruned,
+# whose bitwise select is 2x cheaper than torch.where's (0.45 vs 1.05 ms at 512 x 256 x 3 x 3).
+SELECT_MAX_ELEMENTS = 1 << 16
 
 
-def cached_choice(choose, input, weight, mask, bias, stride, padding, dilation):
-    """``choose(...)`` (the op's DISPATCH.choose, for an automatic CPU call), cached per mask and
-    version, shapes, dtype, geometry and the path knobs: all it reads. The functional's dense
-    fallback asks this on every call (choosing again costs ~0.1 ms; this ~4 us, of which ~2 us
-    is ``refresh``, which first drops the entries of a mask whose values changed behind its
-    version counter)."""
+@dataclass(frozen=True)
+class DenseCall:
+    """A cached decision to run the dense conv with the masked weight (``choice``: the
+    dispatch's, recorded for ``last_backend``). ``select``: torch.where's condition, or None."""
+
+    mask: Tensor
+    choice: object
+    select: Tensor | None
+
+    def masked_weight(self, weight: Tensor) -> Tensor:
+        """weight * mask, pruned entries selected out (a NaN there never reaches the result)."""
+        if torch.is_grad_enabled() and weight.requires_grad:
+            if self.select is not None:
+                return torch.where(self.select, weight, 0.0)
+            return ZeroPruned.apply(weight, self.mask)
+        return zero_pruned(weight, self.mask)
+
+
+_dense: dict = {}
+_dense_lock = threading.Lock()
+register_mask_cache(_dense, _dense_lock)
+
+
+def _dense_key(input, weight, mask, bias, stride, padding, dilation) -> tuple:
+    # everything check_args and the dispatch read, so that a hit skips both (the mask's own
+    # shape, dtype and values are covered by id, version and refresh)
+    return (id(mask), mask._version, input.shape, input.dtype, weight.shape, weight.dtype,
+            weight.is_cpu, None if bias is None else (bias.shape, bias.dtype, bias.is_cpu),
+            type(stride), stride, type(padding), padding, type(dilation), dilation,
+            _knobs.get("afcc_conv2d.cpu_path"), _knobs.get("afcc_conv2d.block"))
+
+
+def dense_call(input, weight, mask, bias, stride, padding, dilation) -> DenseCall | None:
+    """The cached dense-fallback decision for exactly these arguments' metadata (``stride``,
+    ``padding``, ``dilation`` as the caller passed them), or None: not seen, not the dense
+    fallback, or not cacheable (lists are unhashable). ``refresh`` runs first."""
     _plan.refresh(mask)
-    key = (id(mask), mask._version, input.shape, input.dtype, weight.shape, tuple(stride),
-           tuple(padding), tuple(dilation), _knobs.get("afcc_conv2d.cpu_path"),
-           _knobs.get("afcc_conv2d.block"))
-    with _choices_lock:
-        hit = _choices.get(key)
-    if hit is not None and hit[0] is mask:
-        return hit[1]
-    choice = choose(input, weight, mask, bias, stride, padding, dilation)
-    with _choices_lock:
-        _choices[key] = (mask, choice)  # holding the mask keeps id(mask) from being reused
-        while len(_choices) > 256:
-            _choices.pop(next(iter(_choices)))
-    return choice
+    try:
+        key = _dense_key(input, weight, mask, bias, stride, padding, dilation)
+        with _dense_lock:
+            hit = _dense.get(key)
+    except (AttributeError, TypeError):  # not tensors, or an unhashable geometry
+        return None
+    return hit if hit is not None and hit.mask is mask else None
+
+
+def remember_dense(input, weight, mask, bias, stride, padding, dilation, choice) -> DenseCall:
+    """Cache a validated call's dense-fallback decision (``dense_call`` returns it next time)."""
+    select = None
+    if weight.numel() <= SELECT_MAX_ELEMENTS:
+        select = mask[:, :, None, None].expand(weight.shape).contiguous()
+    call = DenseCall(mask, choice, select)  # holding the mask keeps id(mask) from being reused
+    try:
+        key = _dense_key(input, weight, mask, bias, stride, padding, dilation)
+    except TypeError:
+        return call
+    with _dense_lock:
+        _dense[key] = call
+        while len(_dense) > 256:
+            _dense.pop(next(iter(_dense)))
+    return call
 
 
 def costs_text(costs: dict[str, float]) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
@@ -388,6 +389,11 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     Returns:
         (N, K, OH, OW), contiguous. The gradient of a pruned weight is exactly zero.
     """
+    fast = _fast_dense(input, weight, mask, bias, stride, padding, dilation)
+    if fast is not None:  # a repeat of a validated call that chose the dense conv
+        record(OP, fast.choice)
+        return F.conv2d(input, fast.masked_weight(weight), bias, stride, padding, dilation)
+    given = (stride, padding, dilation)
     stride, padding, dilation = (pair(stride, "stride", OP), pair(padding, "padding", OP),
                                  pair(dilation, "dilation", OP))
     if isinstance(input, Tensor):  # under torch.autocast: the region's dtype, as F.conv2d
@@ -397,12 +403,24 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
         return afcc_conv2d_reference(input, weight, mask, bias, stride, padding, dilation)
     if (input.device.type == "cpu" and forced() is None and not torch.compiler.is_compiling()
             and not _fake(mask) and not _fake(input)):
-        # an automatic dense fallback runs the aten composition directly (the graph is eager's:
-        # one mask node and the conv) with its decision cached: the custom op costs ~0.2 ms
-        # forward, ~0.8 ms with backward, choosing again ~0.1 ms, on a 0.6 ms 64-channel layer
-        choice = _subconv.cached_choice(DISPATCH.choose, input, weight, mask, bias, stride,
-                                        padding, dilation)
+        # an automatic dense fallback runs the aten composition directly (eager's graph: one
+        # mask node and the conv; the custom op costs ~0.2 ms forward, ~0.8 ms with backward on
+        # a 0.6 ms 64-channel layer), and repeat calls skip the checks and the choice
+        choice = DISPATCH.choose(input, weight, mask, bias, stride, padding, dilation)
         if choice.backend == "vendor":
             record(OP, choice)
-            return F.conv2d(input, masked_weight(weight, mask), bias, stride, padding, dilation)
+            call = _subconv.remember_dense(input, weight, mask, bias, *given, choice)
+            return F.conv2d(input, call.masked_weight(weight), bias, stride, padding, dilation)
     return afcc_conv2d_op(input, weight, mask, bias, stride, padding, dilation)
+
+
+def _fast_dense(input, weight, mask, bias, stride, padding, dilation):
+    """The cached dense decision for a plain CPU call (no forced backend, autocast, tracing,
+    function transform or forward AD), or None: the few checks any host work here costs
+    several times over in the conv that follows (docs/afcc.md, "Per-call overhead")."""
+    if (type(input) is not Tensor or type(mask) is not Tensor or not input.is_cpu
+            or torch.compiler.is_compiling() or forced() is not None
+            or torch.is_autocast_enabled("cpu") or fwAD._current_level >= 0
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return None
+    return _subconv.dense_call(input, weight, mask, bias, stride, padding, dilation)

@@ -308,8 +308,8 @@ def test_mask_edits_between_calls_are_seen(edit, backend):
 
 @pytest.mark.parametrize("edit", sorted(_EDITS))
 def test_edited_mask_changes_the_path_choice(edit):
-    """The cached decision (dense fallback) and the cached plan / path follow a mask edit: an
-    unstructured mask runs dense; edited into two label clusters it runs sub-convs; back to
+    """The cached plan / path and the functional's cached dense decision follow a mask edit:
+    an unstructured mask runs dense; edited into two label clusters it runs sub-convs; back to
     unstructured, dense again."""
     g = torch.Generator().manual_seed(12)
     x, w = torch.empty(32, 512, 4, 4), torch.empty(512, 512, 3, 3)
@@ -317,14 +317,16 @@ def test_edited_mask_changes_the_path_choice(edit):
     two = _clustered(512, 512, 2, 1)
     m = scattered.clone()
     p = [1, 1]
-    choice = lambda m: A._subconv.cached_choice(A.DISPATCH.choose, x, w, m, None, p, p, p)  # noqa
-    assert choice(m).backend == "vendor"
+    explain = lambda: shallowkern.ops.explain("afcc_conv2d", x, w, m, None, p, p, p)  # noqa
+    choice = explain()
+    assert choice.backend == "vendor"
+    A._subconv.remember_dense(x, w, m, None, 1, 1, 1, choice)  # as the functional does
+    assert A._subconv.dense_call(x, w, m, None, 1, 1, 1) is not None
     _EDITS[edit](m, two)
-    assert choice(m).backend == "native"
-    assert "sub-convs" in shallowkern.ops.explain("afcc_conv2d", x, w, m, None, p, p, p).reason
+    assert A._subconv.dense_call(x, w, m, None, 1, 1, 1) is None
+    assert explain().backend == "native" and "sub-convs" in explain().reason
     _EDITS[edit](m, scattered)
-    assert choice(m).backend == "vendor"
-    assert shallowkern.ops.explain("afcc_conv2d", x, w, m, None, p, p, p).backend == "vendor"
+    assert explain().backend == "vendor"
 
 
 def test_weight_updates_between_calls_are_seen():
@@ -364,9 +366,41 @@ def test_repeat_calls_do_no_planning(monkeypatch):
     assert calls == [] and shallowkern.last_backend("afcc_conv2d").backend == "vendor"
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
     nodes = [type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None]
-    assert nodes == ["AccumulateGrad", "ZeroPrunedBackward"]
+    assert nodes == ["AccumulateGrad", "WhereBackward0"]  # as eager's AccumulateGrad, MulBackward0
     inner = y.grad_fn.next_functions[1][0].next_functions
     assert [type(f).__name__ for f, _ in inner if f is not None] == ["AccumulateGrad"]
+    # a large weight: the bitwise select node (torch.where would cost 2x the multiply)
+    w = torch.randn(128, 64, 3, 3, generator=g, requires_grad=True)
+    assert w.numel() > A._subconv.SELECT_MAX_ELEMENTS
+    m = torch.rand(128, 64, generator=g) < 0.5
+    monkeypatch.undo()
+    y = A.afcc_conv2d(x, w, m, None, 1, 1)
+    assert shallowkern.last_backend("afcc_conv2d").backend == "vendor"
+    nodes = [type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None]
+    assert nodes == ["AccumulateGrad", "ZeroPrunedBackward"]
+
+
+def test_cached_dense_call_still_validates():
+    """A cached call's shortcut is taken only for the same metadata: other masks, dtypes,
+    shapes, geometries or bad arguments still get the checks and their clear errors."""
+    g = torch.Generator().manual_seed(15)
+    m = torch.rand(64, 64, generator=g) < 0.5
+    x, w = torch.randn(2, 64, 4, 4, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    A.afcc_conv2d(x, w, m, None, 1, 1)
+    assert A._subconv.dense_call(x, w, m, None, 1, 1, 1) is not None
+    with pytest.raises(TypeError, match="weight dtype"):
+        A.afcc_conv2d(x, w.double(), m, None, 1, 1)
+    with pytest.raises(ValueError, match="mask shape"):
+        A.afcc_conv2d(x, w, m[:, :63], None, 1, 1)
+    with pytest.raises(ValueError, match="stride"):
+        A.afcc_conv2d(x, w, m, None, True, 1)  # a bool is not an int stride, even if 1 == True
+    with pytest.raises(ValueError, match="bias must have shape"):
+        A.afcc_conv2d(x, w, m, torch.randn(3), 1, 1)
+    with pytest.raises(ValueError, match="input must be a 4-D"):
+        A.afcc_conv2d(x[0], w, m, None, 1, 1)
+    with shallowkern.use_backend("reference"):
+        A.afcc_conv2d(x, w, m, None, 1, 1)
+        assert shallowkern.last_backend("afcc_conv2d").backend == "reference"
 
 
 def test_nan_in_pruned_weight_under_grad():
