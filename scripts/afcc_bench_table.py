@@ -4,9 +4,10 @@
 
 Each PIECE.json is a pytest-benchmark JSON written by scripts/afcc_bench_piece.sh (beside it,
 PIECE.json.load: the load average before and after). OUT.json gets every piece's benchmarks
-and a "shallowkern" block naming the machine, threads and loads; the table (one row per case
-and pass: the op's path, each provider's median, speedups vs dense / lab / compiled, % of the
-roofline) goes to stdout.
+(``extra_info["piece"]`` names the file) and a "shallowkern" block naming the machine, threads
+and loads; the table (one row per case and pass: the op's path, each provider's median,
+speedups vs dense / lab / compiled, % of the roofline) goes to stdout. A case measured again in
+a later piece (a rerun) shows the later numbers; both stay in OUT.json.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ VS = ("dense", "lab", "compiled")
 def _path(info: dict) -> str:
     if info.get("routed") != "native":
         return {"vendor": "dense"}.get(info.get("routed"), str(info.get("routed")))
-    return "sub-convs" if "sub-convs" in (info.get("route_reason") or "") else "C++ GEMM"
+    return "C++ GEMM" if (info.get("route_reason") or "").startswith(
+        "block-sparse: C++") else "sub-convs"
 
 
 def main() -> None:
@@ -35,6 +37,8 @@ def main() -> None:
     for p in a.pieces:
         d = json.loads(Path(p).read_text())
         loads += Path(p + ".load").read_text().splitlines() if Path(p + ".load").exists() else []
+        for b in d["benchmarks"]:
+            b["extra_info"]["piece"] = Path(p).name  # a later piece's row replaces an earlier
         if merged is None:
             merged = d
         else:
@@ -42,7 +46,7 @@ def main() -> None:
     merged["shallowkern"] = {
         "machine": "2-core AMD EPYC Zen 4 VM (this project's CPU machine)", "threads": 1,
         "run_under": "/tmp/quiet.sh (other jobs paused)", "load": loads, "note": a.note}
-    Path(a.out).write_text(json.dumps(merged, indent=1))
+    Path(a.out).write_text(json.dumps(merged, separators=(",", ":")))
     rows: dict[tuple, dict] = {}
     for b in merged["benchmarks"]:
         e = b["extra_info"]
