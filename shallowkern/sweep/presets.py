@@ -16,7 +16,7 @@ study-pilot — the curves that choose the study's epoch count: LeNet d1 in {4, 
     (``shallowkern.reports.study.choose_epochs``), never the test error.
 study — the converged study sized for a 2-core CPU (docs/study.md): LeNet d1 in STUDY_D1 (4..64,
     1.2 decades, sqrt(2) steps), k = 2.8, 3 seeds; a k-scan at d1 = 16, k in {1, 2, 4, 8} (2.8
-    is in the width grid), 3 seeds; width-scaled VGG-16 (BatchNorm) at widths 1/16, 1/8, 1/4,
+    is in the width grid), 3 seeds; width-scaled VGG-16 (BatchNorm) at widths 1/32, 1/16, 1/8,
     3 seeds. All on the full training set less 5,000 validation images, the ``lab`` optimiser
     with the study schedule (STUDY_LR_STEP), STUDY_EPOCHS epochs unless ``--set epochs=N``.
 """
@@ -30,7 +30,8 @@ from typing import Any
 from .config import TrialConfig, canonical_json
 
 __all__ = ["PRESETS", "describe_preset", "estimate", "estimate_time", "get_preset", "lenet_grid",
-           "main", "paper", "quick", "register_preset", "study", "study_pilot", "vgg_grid"]
+           "main", "paper", "quick", "register_preset", "step_key", "study", "study_pilot",
+           "vgg_grid"]
 
 
 def lenet_grid(d1s: Iterable[int], ks: Iterable[float] = (2.8,), seeds: Iterable[int] = (0,), *,
@@ -85,10 +86,10 @@ def paper(seeds: Sequence[int] = (0, 1, 2), dataset: str = "cifar10") -> list[Tr
 STUDY_D1 = (4, 6, 8, 11, 16, 23, 32, 45, 64)
 STUDY_K_D1 = 16
 STUDY_K = (1.0, 2.0, 4.0, 8.0)  # plus 2.8, already in the width grid at d1 = 16
-STUDY_VGG_WIDTHS = (0.0625, 0.125, 0.25)
-STUDY_LR_STEP = 8
+STUDY_VGG_WIDTHS = (0.03125, 0.0625, 0.125)
+STUDY_LR_STEP = 4
 STUDY_EPOCHS = 24
-PILOT_EPOCHS = 48
+PILOT_EPOCHS = 28
 PILOT_D1 = (4, 16, 64)
 
 
@@ -127,17 +128,27 @@ _DESCRIPTIONS: dict[str, str] = {
             "README's main job",
     "paper": "LeNet d1 6..768 x k {2,2.8,4} + VGG-16 bn width 1/8..1, 3 seeds, lab recipe "
              "(100 epochs): the full study (GPU)",
-    "study": f"LeNet d1 4..64 + k-scan at d1=16 + VGG-16 bn 1/16..1/4, 3 seeds, 45k images, "
+    "study": f"LeNet d1 4..64 + k-scan at d1=16 + VGG-16 bn 1/32..1/8, 3 seeds, 45k images, "
              f"{STUDY_EPOCHS} epochs (provisional): the CPU study",
     "study-pilot": f"LeNet d1 {{4,16,64}} + VGG-16 bn 1/8, seed 0, {PILOT_EPOCHS} epochs: "
                    "curves choosing the study's epochs",
 }
 
 
-# Measured training throughput on this project's 2-core AMD EPYC (Zen 4) VM, batch 100, one
-# trial at a time, images/s (see docs/study.md for the conditions, which were loaded). Used by
-# estimate_time; a family/width not listed is extrapolated from its forward MACs.
-MEASURED_IMAGES_PER_S: dict[str, float] = {}
+# Measured training step times on this project's 2-core AMD EPYC (Zen 4) VM: one step of batch
+# 100 with the lab optimiser, one thread (= one sweep worker), ms, by ``step_key``;
+# ``OMP_NUM_THREADS=1 python scripts/measure_step_times.py`` on an idle machine prints this table
+# (MEASURED_STEP_WHEN says when). estimate_time uses it where a network is listed, else the MAC
+# model. STEP_OVERHEAD is the rest of a real epoch over its training steps (augmenting loader,
+# validation pass, bookkeeping), from the study pilot's records (docs/study.md).
+MEASURED_STEP_MS: dict[str, float] = {}
+MEASURED_STEP_WHEN = ""
+STEP_OVERHEAD = 1.12
+
+
+def step_key(cfg: TrialConfig) -> str:
+    """The network of a trial, without seed and recipe: what a measured step time describes."""
+    return cfg.label().rsplit(" seed=", 1)[0]
 # Packed-over-single training throughput by d1: `OMP_NUM_THREADS=1 python -m
 # shallowkern.sweep.packed 4 4 8 16` (4 trials, loaders included) on this project's 2-core VM,
 # 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 (docs/study.md "Packing").
@@ -147,11 +158,14 @@ MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.38, 8: 1.16, 16: 0.94}
 
 def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
                   step_overhead_s: float = 4e-3, pack_speedup: Mapping[int, float] | None = None,
-                  n_train_full: int | None = None, workers: int = 2) -> dict[str, float]:
+                  n_train_full: int | None = None, workers: int = 2,
+                  step_ms: Mapping[str, float] | None = None) -> dict[str, float]:
     """Wall hours of a sweep on ``workers`` single-threaded CPU workers, one trial at a time
     and packed.
 
-    Per image: ``3 * forward MACs / mac_rate`` (training = forward + two backward GEMMs) plus
+    A CIFAR-10 network listed in ``MEASURED_STEP_MS`` (or ``step_ms``) costs its measured
+    one-thread step time per 100 training images times ``STEP_OVERHEAD``. Any other, per image:
+    ``3 * forward MACs / mac_rate`` (training = forward + two backward GEMMs) plus
     ``step_overhead_s / batch`` (the host overhead of one optimiser step), plus one validation
     pass per epoch (forward only). ``mac_rate`` (per single-threaded worker, in these 3 x
     forward-MAC units; the fused kernels skip 3/4 of the backward work behind a max-pool, so it
@@ -164,15 +178,20 @@ def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
     from .config import train_images
 
     speed = dict(MEASURED_PACK_SPEEDUP if pack_speedup is None else pack_speedup)
+    steps = MEASURED_STEP_MS if step_ms is None else step_ms
     single = packed = 0.0
     for cfg in configs:
         r = cfg.resolved_recipe()
         full = n_train_full or train_images(cfg.dataset) or 50000
         n = max(0, min(r.train_subset or full, full - r.val_size))
         shape = _image_shape(cfg.dataset, cfg.family_spec.input_shape)
-        macs = cfg.family_spec.account(cfg.params, shape)["macs"]
-        per_epoch = (n * (3 * macs / mac_rate + step_overhead_s / r.batch_size)
-                     + r.val_size * (macs / mac_rate + step_overhead_s / r.eval_batch_size))
+        ms = steps.get(step_key(cfg)) if cfg.dataset == "cifar10" else None
+        if ms is not None:  # measured: training steps (scaled to the batch) plus the rest
+            per_epoch = n / 100 * ms * 1e-3 * STEP_OVERHEAD
+        else:
+            macs = cfg.family_spec.account(cfg.params, shape)["macs"]
+            per_epoch = (n * (3 * macs / mac_rate + step_overhead_s / r.batch_size)
+                         + r.val_size * (macs / mac_rate + step_overhead_s / r.eval_batch_size))
         t = per_epoch * r.epochs
         single += t
         gain = speed.get(cfg.d1, 1.0) if cfg.family == "lenet" else 1.0
