@@ -415,3 +415,24 @@ def test_nan_in_pruned_weight_under_grad():
     gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
     assert torch.isfinite(y).all() and torch.isfinite(gx).all()
     assert (gw[~m] == 0).all() and torch.isfinite(gw).all()
+
+
+@pytest.mark.parametrize("select_max", [None, 0])  # torch.where node / the bitwise ZeroPruned
+def test_gradcheck_cached_dense_fallback(monkeypatch, select_max):
+    """The automatic dense fallback (its repeat calls take the cached path) is twice
+    differentiable with either mask node."""
+    if select_max is not None:
+        monkeypatch.setattr(A._subconv, "SELECT_MAX_ELEMENTS", select_max)
+    g = torch.Generator().manual_seed(16)
+    m = clustered_mask(6, 5, 2, g)
+    x = torch.randn(2, 5, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: A.afcc_conv2d(x, w, m, b, 1, 1)  # noqa: E731
+    fn(x, w, b)
+    assert shallowkern.last_backend("afcc_conv2d").backend == "vendor"
+    assert A._subconv.dense_call(x, w, m, b, 1, 1, 1) is not None
+    node = "WhereBackward0" if select_max is None else "ZeroPrunedBackward"
+    assert type(fn(x, w, b).grad_fn.next_functions[1][0]).__name__ == node
+    torch.autograd.gradcheck(fn, (x, w, b))
+    torch.autograd.gradgradcheck(fn, (x, w, b))
