@@ -54,6 +54,50 @@ def _act_grad(h, ACT: tl.constexpr):
 
 
 @triton.jit
+def _drop(v, MASK, rows, cols, ldm, c0, m2, scale, DROP: tl.constexpr):
+    """Dropout of a tile: v * MASK[rows, c0 + cols] / (1 - p) (scale = 1 / (1 - p))."""
+    if DROP:
+        keep = tl.load(MASK + rows[:, None] * ldm + (c0 + cols)[None, :], mask=m2, other=0)
+        v = v * (keep.to(tl.float32) * scale)
+    return v
+
+
+@triton.jit
+def _acc_wt(acc, A, lda, a0, rows, rmask, Wt, ldw, cols, cmask, K, MASK, ldm, m0, scale,
+            DROP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += d(A[rows, a0:a0+K]) Wt[cols, :K]^T: a layer's input block against a weight stored
+    (out, in) row-major with row stride ldw; d = dropout with mask columns m0.. when DROP."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in tl.range(0, K, BLOCK_K):
+        kk = k0 + rk
+        kmask = kk < K
+        m2 = rmask[:, None] & kmask[None, :]
+        a = tl.load(A + rows[:, None] * lda + (a0 + kk)[None, :], mask=m2, other=0.0)
+        w = tl.load(Wt + cols[None, :] * ldw + kk[:, None], mask=cmask[None, :] & kmask[:, None],
+                    other=0.0)
+        if DROP:
+            a = _drop(a.to(tl.float32), MASK, rows, kk, ldm, m0, m2, scale, True).to(w.dtype)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _acc_w(acc, A, lda, a0, rows, rmask, Wm, ldw, w0, cols, cmask, K, BLOCK_K: tl.constexpr):
+    """acc += A[rows, a0:a0+K] Wm[:K, w0 + cols]: a gradient block against a weight's columns
+    (the backward's gy W_o, gz_{i+1} W^h_{i+1} and gz_i W^x_i)."""
+    rk = tl.arange(0, BLOCK_K)
+    for k0 in tl.range(0, K, BLOCK_K):
+        kk = k0 + rk
+        kmask = kk < K
+        a = tl.load(A + rows[:, None] * lda + (a0 + kk)[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(Wm + kk[:, None] * ldw + (w0 + cols)[None, :],
+                    mask=kmask[:, None] & cmask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
 def _spinal_fwd_kernel(
     X, WX, WH, BIAS, WO, BO, H, Y, B, stride_x,
     OFFS: tl.constexpr, KS: tl.constexpr, L: tl.constexpr, S: tl.constexpr, W: tl.constexpr,
@@ -64,7 +108,6 @@ def _spinal_fwd_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for i in tl.static_range(L):
         off = OFFS[i % S]
@@ -73,23 +116,11 @@ def _spinal_fwd_kernel(
             cols = n0 + rn
             cmask = cols < W
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-            for k0 in tl.range(0, k_s, BLOCK_K):
-                kk = k0 + rk
-                kmask = kk < k_s
-                a = tl.load(X + rows[:, None] * stride_x + (off + kk)[None, :],
-                            mask=rmask[:, None] & kmask[None, :], other=0.0)
-                w = tl.load(WX[i] + cols[None, :] * k_s + kk[:, None],
-                            mask=cmask[None, :] & kmask[:, None], other=0.0)
-                acc = tl.dot(a, w, acc)
+            acc = _acc_wt(acc, X, stride_x, off, rows, rmask, WX[i], k_s, cols, cmask, k_s,
+                          X, 0, 0, 1.0, False, BLOCK_K)
             if i > 0:
-                for k0 in tl.range(0, W, BLOCK_K):
-                    kk = k0 + rk
-                    kmask = kk < W
-                    a = tl.load(H + rows[:, None] * LW + ((i - 1) * W + kk)[None, :],
-                                mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    w = tl.load(WH[i - 1] + cols[None, :] * W + kk[:, None],
-                                mask=cmask[None, :] & kmask[:, None], other=0.0)
-                    acc = tl.dot(a, w, acc)
+                acc = _acc_wt(acc, H, LW, (i - 1) * W, rows, rmask, WH[i - 1], W, cols, cmask, W,
+                              X, 0, 0, 1.0, False, BLOCK_K)
             if HAS_BIAS:
                 acc += tl.load(BIAS[i] + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
             acc = _act(acc, ACT)
@@ -100,14 +131,8 @@ def _spinal_fwd_kernel(
         cols = o0 + rn
         cmask = cols < O
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for k0 in tl.range(0, LW, BLOCK_K):
-            kk = k0 + rk
-            kmask = kk < LW
-            a = tl.load(H + rows[:, None] * LW + kk[None, :], mask=rmask[:, None] & kmask[None, :],
-                        other=0.0)
-            w = tl.load(WO + cols[None, :] * LW + kk[:, None], mask=cmask[None, :] & kmask[:, None],
-                        other=0.0)
-            acc = tl.dot(a, w, acc)
+        acc = _acc_wt(acc, H, LW, 0, rows, rmask, WO, LW, cols, cmask, LW, X, 0, 0, 1.0, False,
+                      BLOCK_K)
         if HAS_BO:
             acc += tl.load(BO + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + rows[:, None] * O + cols[None, :], acc.to(Y.dtype.element_ty),
@@ -126,30 +151,17 @@ def _spinal_bwd_rows_kernel(
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for i in tl.static_range(L - 1, -1, -1):
         for n0 in tl.range(0, W, BLOCK_N):
             cols = n0 + rn
             cmask = cols < W
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-            for k0 in tl.range(0, O, BLOCK_K):  # gy W_o[:, iW + cols]
-                kk = k0 + rk
-                kmask = kk < O
-                a = tl.load(GY + rows[:, None] * O + kk[None, :], mask=rmask[:, None] & kmask[None, :],
-                            other=0.0)
-                w = tl.load(WO + kk[:, None] * LW + (i * W + cols)[None, :],
-                            mask=kmask[:, None] & cmask[None, :], other=0.0)
-                acc = tl.dot(a, w, acc)
+            # gy W_o[:, iW + cols]
+            acc = _acc_w(acc, GY, O, 0, rows, rmask, WO, LW, i * W, cols, cmask, O, BLOCK_K)
             if i < L - 1:  # + gz_{i+1} W_{i+1}^h
-                for k0 in tl.range(0, W, BLOCK_K):
-                    kk = k0 + rk
-                    kmask = kk < W
-                    a = tl.load(GZ + rows[:, None] * LW + ((i + 1) * W + kk)[None, :],
-                                mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    w = tl.load(WH[i] + kk[:, None] * W + cols[None, :],
-                                mask=kmask[:, None] & cmask[None, :], other=0.0)
-                    acc = tl.dot(a, w, acc)
+                acc = _acc_w(acc, GZ, LW, (i + 1) * W, rows, rmask, WH[i], W, 0, cols, cmask, W,
+                             BLOCK_K)
             h = tl.load(H + rows[:, None] * LW + (i * W + cols)[None, :],
                         mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
             acc = acc * _act_grad(h, ACT)
@@ -164,26 +176,22 @@ def _spinal_bwd_rows_kernel(
             cmask = cols < k_s
             acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
             for i in tl.static_range(s, L, S):  # layers reading split s
-                for k0 in tl.range(0, W, BLOCK_K):
-                    kk = k0 + rk
-                    kmask = kk < W
-                    a = tl.load(GZ + rows[:, None] * LW + (i * W + kk)[None, :],
-                                mask=rmask[:, None] & kmask[None, :], other=0.0)
-                    w = tl.load(WX[i] + kk[:, None] * k_s + cols[None, :],
-                                mask=kmask[:, None] & cmask[None, :], other=0.0)
-                    acc = tl.dot(a, w, acc)
+                acc = _acc_w(acc, GZ, LW, i * W, rows, rmask, WX[i], k_s, 0, cols, cmask, W,
+                             BLOCK_K)
             tl.store(GX + rows[:, None] * F + (off + cols)[None, :], acc.to(GX.dtype.element_ty),
                      mask=rmask[:, None] & cmask[None, :])
 
 
 @triton.jit
 def _spinal_bwd_weights_kernel(
-    A_PTRS, LDA: tl.constexpr, B_PTRS, LDB: tl.constexpr, C_PTRS, MS: tl.constexpr,
-    NS: tl.constexpr, TILES_N: tl.constexpr, START: tl.constexpr, NMAT: tl.constexpr, BATCH,
+    A_PTRS, LDA: tl.constexpr, B_PTRS, LDB: tl.constexpr, M_OFFS, MASK, ldm, scale, C_PTRS,
+    MS: tl.constexpr, NS: tl.constexpr, TILES_N: tl.constexpr, START: tl.constexpr,
+    NMAT: tl.constexpr, BATCH, DROP: tl.constexpr, F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """C_m (M_m, N_m) = A_m^T B_m, A_m (BATCH, M_m) with row stride LDA[m], B_m (BATCH, N_m) with
-    LDB[m]: every weight gradient of the head, tiles of all matrices in one grid."""
+    """C_m (M_m, N_m) = A_m^T d_m(B_m), A_m (BATCH, M_m) with row stride LDA[m], B_m (BATCH, N_m)
+    with LDB[m]: every weight gradient of the head, tiles of all matrices in one grid. d_m:
+    dropout with mask columns M_OFFS[m].. when DROP (the training op); F32: operands in fp32."""
     pid = tl.program_id(0)
     rk = tl.arange(0, BLOCK_K)
     for m in tl.static_range(NMAT):
@@ -199,12 +207,31 @@ def _spinal_bwd_weights_kernel(
                 kmask = kk < BATCH
                 a = tl.load(A_PTRS[m] + kk[None, :] * LDA[m] + rm[:, None],
                             mask=mmask[:, None] & kmask[None, :], other=0.0)
-                b = tl.load(B_PTRS[m] + kk[:, None] * LDB[m] + rn[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0)
+                m2 = kmask[:, None] & nmask[None, :]
+                b = tl.load(B_PTRS[m] + kk[:, None] * LDB[m] + rn[None, :], mask=m2, other=0.0)
+                if F32:
+                    a = a.to(tl.float32)
+                    b = _drop(b.to(tl.float32), MASK, kk, rn, ldm, M_OFFS[m], m2, scale, DROP)
                 acc = tl.dot(a, b, acc)
             c = C_PTRS[m]
             tl.store(c + rm[:, None] * NS[m] + rn[None, :], acc.to(c.dtype.element_ty),
                      mask=mmask[:, None] & nmask[None, :])
+
+
+def weight_grads(a, lda, b, ldb, c, ms, ns, batch, mask_offs=None, mask=None, ldm=0,
+                 scale=1.0, f32=False):
+    """Launch _spinal_bwd_weights_kernel: c[m] = a[m]^T d(b[m]) for every m (lists of the
+    matrices' first elements, leading dimensions and sizes); dropout when mask_offs is given."""
+    BM = BN = BK = 32
+    tiles_n = tuple(triton.cdiv(n, BN) for n in ns)
+    start = [0]
+    for mm, tn in zip(ms, tiles_n):
+        start.append(start[-1] + triton.cdiv(mm, BM) * tn)
+    drop = mask_offs is not None
+    _spinal_bwd_weights_kernel[(start[-1],)](
+        tuple(a), tuple(lda), tuple(b), tuple(ldb), tuple(mask_offs or (0,) * len(ms)),
+        mask if drop else c[0], ldm, scale, tuple(c), tuple(ms), tuple(ns), tiles_n, tuple(start),
+        len(ms), batch, DROP=drop, F32=f32, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
 
 
 def _block(n: int, lo: int = 16, hi: int = 64) -> int:
@@ -283,13 +310,6 @@ def spinal_backward(grad_out, input, weight_x, weight_h, hidden, out_weight, spl
             b_ptrs.append(H[:, (i - 1) * W:]), ldb.append(L * W), ns.append(W), c_ptrs.append(gwh[i - 1])
     a_ptrs.append(gy), lda.append(O), ms.append(O)
     b_ptrs.append(H), ldb.append(L * W), ns.append(L * W), c_ptrs.append(gwo)
-    BM, BN, BK = 32, 32, 32
-    tiles_n = tuple(triton.cdiv(n, BN) for n in ns)
-    start = [0]
-    for m, tn in zip(ms, tiles_n):
-        start.append(start[-1] + triton.cdiv(m, BM) * tn)
-    _spinal_bwd_weights_kernel[(start[-1],)](
-        tuple(a_ptrs), tuple(lda), tuple(b_ptrs), tuple(ldb), tuple(c_ptrs), tuple(ms), tuple(ns),
-        tiles_n, tuple(start), len(ms), B, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+    weight_grads(a_ptrs, lda, b_ptrs, ldb, c_ptrs, ms, ns, B)
     gb = list(GZ.view(B, L, W).sum(0).unbind(0))
     return gx, gwx, gwh, gb, gwo, gy.sum(0)

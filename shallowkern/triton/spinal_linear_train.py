@@ -9,7 +9,11 @@ launches the math allows without a grid-wide barrier:
   forward   L layer launches + 1 output launch (row blocks)
   backward  L layer launches (gy W_o, the gz_{i+1} W_{i+1}^h chain, act', the BN backward with
             its two column sums, gb) + 1 launch for gx (row blocks) + 1 grouped launch for every
-            weight gradient (gW_i^x, gW_i^h, gW_o against the dropped inputs); gb_o = sum gy.
+            weight gradient (gW_i^x, gW_i^h, gW_o against the dropped inputs: the inference op's
+            weight kernel with dropout on); gb_o = sum gy.
+
+The tile loops (a layer input against a weight, a gradient against a weight's columns, dropout
+of a tile) are the @triton.jit helpers of triton/spinal_linear.py, shared with the inference op.
 
 Dropout multiplies by the saved uint8 mask / (1 - p) wherever an input is read, so nothing
 dropped is materialised; nor is any concatenation ([x_s | h_{i-1}] is two dots into one
@@ -22,15 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .spinal_linear import ACT_CODES, _act, _act_grad, _block
-
-
-@triton.jit
-def _drop(v, MASK, rows, cols, ldm, c0, m2, scale, DROP: tl.constexpr):
-    if DROP:
-        keep = tl.load(MASK + rows[:, None] * ldm + (c0 + cols)[None, :], mask=m2, other=0)
-        v = v * (keep.to(tl.float32) * scale)
-    return v
+from .spinal_linear import ACT_CODES, _acc_w, _acc_wt, _act, _act_grad, _block, _drop, weight_grads
 
 
 @triton.jit
@@ -42,30 +38,17 @@ def _train_layer_fwd(
 ):
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < W
-    rk = tl.arange(0, BLOCK_K)
     rb = tl.arange(0, BLOCK_B)
     s1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for r0 in tl.range(0, B, BLOCK_B):
         rows = r0 + rb
         rmask = rows < B
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for k0 in tl.range(0, K, BLOCK_K):
-            kk = k0 + rk
-            m2 = rmask[:, None] & (kk < K)[None, :]
-            a = tl.load(X + rows[:, None] * stride_x + (OFF + kk)[None, :], mask=m2, other=0.0)
-            a = _drop(a.to(tl.float32), MASK, rows, kk, ldm, mo, m2, scale, DROP)
-            w = tl.load(WX + cols[None, :] * K + kk[:, None], mask=cmask[None, :] & (kk < K)[:, None],
-                        other=0.0)
-            acc = tl.dot(a.to(w.dtype), w, acc)
+        acc = _acc_wt(acc, X, stride_x, OFF, rows, rmask, WX, K, cols, cmask, K, MASK, ldm, mo,
+                      scale, DROP, BLOCK_K)
         if I > 0:
-            for k0 in tl.range(0, W, BLOCK_K):
-                kk = k0 + rk
-                m2 = rmask[:, None] & (kk < W)[None, :]
-                a = tl.load(H + rows[:, None] * LW + ((I - 1) * W + kk)[None, :], mask=m2, other=0.0)
-                a = _drop(a.to(tl.float32), MASK, rows, kk, ldm, mo + K, m2, scale, DROP)
-                w = tl.load(WH + cols[None, :] * W + kk[:, None],
-                            mask=cmask[None, :] & (kk < W)[:, None], other=0.0)
-                acc = tl.dot(a.to(w.dtype), w, acc)
+            acc = _acc_wt(acc, H, LW, (I - 1) * W, rows, rmask, WH, W, cols, cmask, W, MASK, ldm,
+                          mo + K, scale, DROP, BLOCK_K)
         if HAS_BIAS:
             acc += tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         o2 = rmask[:, None] & cmask[None, :]
@@ -109,20 +92,13 @@ def _train_out_fwd(H, WO, BO, MASK, ldm, mo, Y, B, scale, LW: tl.constexpr, O: t
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for o0 in tl.range(0, O, BLOCK_N):
         cols = o0 + rn
         cmask = cols < O
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for k0 in tl.range(0, LW, BLOCK_K):
-            kk = k0 + rk
-            m2 = rmask[:, None] & (kk < LW)[None, :]
-            a = tl.load(H + rows[:, None] * LW + kk[None, :], mask=m2, other=0.0)
-            a = _drop(a.to(tl.float32), MASK, rows, kk, ldm, mo, m2, scale, DROP)
-            w = tl.load(WO + cols[None, :] * LW + kk[:, None], mask=cmask[None, :] & (kk < LW)[:, None],
-                        other=0.0)
-            acc = tl.dot(a.to(w.dtype), w, acc)
+        acc = _acc_wt(acc, H, LW, 0, rows, rmask, WO, LW, cols, cmask, LW, MASK, ldm, mo, scale,
+                      DROP, BLOCK_K)
         if HAS_BO:
             acc += tl.load(BO + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + rows[:, None] * O + cols[None, :], acc.to(Y.dtype.element_ty),
@@ -139,7 +115,6 @@ def _train_layer_bwd(
     LW: tl.constexpr = L * W
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < W
-    rk = tl.arange(0, BLOCK_K)
     rb = tl.arange(0, BLOCK_B)
     s1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     s2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -148,23 +123,12 @@ def _train_layer_bwd(
         rmask = rows < B
         o2 = rmask[:, None] & cmask[None, :]
         g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        for k0 in tl.range(0, O, BLOCK_K):  # gy W_o[:, iW + cols], then the output mask
-            kk = k0 + rk
-            a = tl.load(GY + rows[:, None] * O + kk[None, :], mask=rmask[:, None] & (kk < O)[None, :],
-                        other=0.0)
-            w = tl.load(WO + kk[:, None] * LW + (I * W + cols)[None, :],
-                        mask=(kk < O)[:, None] & cmask[None, :], other=0.0)
-            g = tl.dot(a, w, g)
+        # gy W_o[:, iW + cols], then the output mask
+        g = _acc_w(g, GY, O, 0, rows, rmask, WO, LW, I * W, cols, cmask, O, BLOCK_K)
         g = _drop(g, MASK, rows, I * W + cols, ldm, mo_out, o2, scale, DROP)
         if I < L - 1:  # + d(gz_{i+1} W_{i+1}^h), the mask of layer i+1's h input
             t = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-            for k0 in tl.range(0, W, BLOCK_K):
-                kk = k0 + rk
-                a = tl.load(GZ + rows[:, None] * LW + ((I + 1) * W + kk)[None, :],
-                            mask=rmask[:, None] & (kk < W)[None, :], other=0.0)
-                w = tl.load(WH1 + kk[:, None] * W + cols[None, :],
-                            mask=(kk < W)[:, None] & cmask[None, :], other=0.0)
-                t = tl.dot(a, w, t)
+            t = _acc_w(t, GZ, LW, (I + 1) * W, rows, rmask, WH1, W, 0, cols, cmask, W, BLOCK_K)
             g += _drop(t, MASK, rows, cols, ldm, mo_h1, o2, scale, DROP)
         h = tl.load(H + rows[:, None] * LW + (I * W + cols)[None, :], mask=o2, other=0.0)
         g = tl.where(o2, g * _act_grad(h.to(tl.float32), ACT), 0.0)
@@ -206,7 +170,6 @@ def _train_gx(GZ, WX, MASK, ldm, MOS, GX, B, scale, OFFS: tl.constexpr, KS: tl.c
     F: tl.constexpr = OFFS[S - 1] + KS[S - 1]
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     rmask = rows < B
-    rk = tl.arange(0, BLOCK_K)
     rn = tl.arange(0, BLOCK_N)
     for s in tl.static_range(S):
         for c0 in tl.range(0, KS[s], BLOCK_N):
@@ -216,44 +179,11 @@ def _train_gx(GZ, WX, MASK, ldm, MOS, GX, B, scale, OFFS: tl.constexpr, KS: tl.c
             out = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
             for i in tl.static_range(s, L, S):
                 acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-                for k0 in tl.range(0, W, BLOCK_K):
-                    kk = k0 + rk
-                    a = tl.load(GZ + rows[:, None] * LW + (i * W + kk)[None, :],
-                                mask=rmask[:, None] & (kk < W)[None, :], other=0.0)
-                    w = tl.load(WX[i] + kk[:, None] * KS[s] + cols[None, :],
-                                mask=(kk < W)[:, None] & cmask[None, :], other=0.0)
-                    acc = tl.dot(a, w, acc)
+                acc = _acc_w(acc, GZ, LW, i * W, rows, rmask, WX[i], KS[s], 0, cols, cmask, W,
+                             BLOCK_K)
                 out += _drop(acc, MASK, rows, cols, ldm, MOS[i], o2, scale, DROP)
             tl.store(GX + rows[:, None] * F + (OFFS[s] + cols)[None, :], out.to(GX.dtype.element_ty),
                      mask=o2)
-
-
-@triton.jit
-def _train_weights(A_PTRS, LDA: tl.constexpr, B_PTRS, LDB: tl.constexpr, M_OFFS, MASK, ldm, scale,
-                   C_PTRS, MS: tl.constexpr, NS: tl.constexpr, TILES_N: tl.constexpr,
-                   START: tl.constexpr, NMAT: tl.constexpr, BATCH, DROP: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """C_m = A_m^T d_m(B_m) over the batch for every weight gradient, tiles of all in one grid."""
-    pid = tl.program_id(0)
-    rk = tl.arange(0, BLOCK_K)
-    for m in tl.static_range(NMAT):
-        if (pid >= START[m]) & (pid < START[m + 1]):
-            t = pid - START[m]
-            rm = (t // TILES_N[m]) * BLOCK_M + tl.arange(0, BLOCK_M)
-            rn = (t % TILES_N[m]) * BLOCK_N + tl.arange(0, BLOCK_N)
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for k0 in tl.range(0, BATCH, BLOCK_K):
-                kk = k0 + rk
-                kmask = kk < BATCH
-                a = tl.load(A_PTRS[m] + kk[None, :] * LDA[m] + rm[:, None],
-                            mask=(rm < MS[m])[:, None] & kmask[None, :], other=0.0)
-                m2 = kmask[:, None] & (rn < NS[m])[None, :]
-                b = tl.load(B_PTRS[m] + kk[:, None] * LDB[m] + rn[None, :], mask=m2, other=0.0)
-                b = _drop(b.to(tl.float32), MASK, kk, rn, ldm, M_OFFS[m], m2, scale, DROP)
-                acc = tl.dot(a.to(tl.float32), b, acc)
-            c = C_PTRS[m]
-            tl.store(c + rm[:, None] * NS[m] + rn[None, :], acc.to(c.dtype.element_ty),
-                     mask=(rm < MS[m])[:, None] & (rn < NS[m])[None, :])
 
 
 def _layout(F, splits, L, W):
@@ -367,13 +297,7 @@ def train_backward(grad_out, input, weight_x, weight_h, out_weight, bn_weight, h
             b.append(H[:, (i - 1) * W:]), ldb.append(L * W), ns.append(W), c.append(gwh[i - 1])
     a.append(gy), lda.append(O), ms.append(O), moff.append(mo[L])
     b.append(H), ldb.append(L * W), ns.append(L * W), c.append(gwo)
-    BM = BNw = BKw = 32
-    tiles_n = tuple(triton.cdiv(n, BNw) for n in ns)
-    start = [0]
-    for mm, tn in zip(ms, tiles_n):
-        start.append(start[-1] + triton.cdiv(mm, BM) * tn)
-    _train_weights[(start[-1],)](
-        tuple(a), tuple(lda), tuple(b), tuple(ldb), tuple(moff), m, M, scale, tuple(c), tuple(ms),
-        tuple(ns), tiles_n, tuple(start), len(ms), B, DROP=drop, BLOCK_M=BM, BLOCK_N=BNw,
-        BLOCK_K=BKw)
+    # against the dropped inputs: C_m = A_m^T d_m(B_m), fp32 operands
+    weight_grads(a, lda, b, ldb, c, ms, ns, B, mask_offs=moff if drop else None, mask=m, ldm=M,
+                 scale=scale, f32=True)
     return gx, gwx, gwh, gb, gwo, gy.sum(0), ggam, gbet

@@ -495,9 +495,10 @@ c = dict(OFFS=(0, 256), KS=(256, 256), L=L, S=S, W=W, O=O, ACT=1, BLOCK_B=32, BL
 comp(tk._spinal_bwd_rows_kernel, {**bwd, **{k: "constexpr" for k in c}}, c)
 n = 2 * L
 c = dict(LDA=(512,) * n, LDB=(512,) * n, MS=(128,) * n, NS=(128,) * n, TILES_N=(4,) * n,
-         START=tuple(16 * i for i in range(n + 1)), NMAT=n, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32)
-sig = {"A_PTRS": (P,) * n, "B_PTRS": (P,) * n, "C_PTRS": ("*fp32",) * n, "BATCH": "i32",
-       **{k: "constexpr" for k in c}}
+         START=tuple(16 * i for i in range(n + 1)), NMAT=n, DROP=False, F32=False, BLOCK_M=32,
+         BLOCK_N=32, BLOCK_K=32)
+sig = {"A_PTRS": (P,) * n, "B_PTRS": (P,) * n, "M_OFFS": ("i32",) * n, "MASK": P, "ldm": "i32",
+       "scale": "fp32", "C_PTRS": ("*fp32",) * n, "BATCH": "i32", **{k: "constexpr" for k in c}}
 comp(tk._spinal_bwd_weights_kernel, sig, c)
 print(json.dumps(rows))
 '''

@@ -363,6 +363,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from shallowkern.triton import spinal_linear_train as tk
+from shallowkern.triton.spinal_linear import _spinal_bwd_weights_kernel  # shared, dropout on
 tgt = GPUTarget("cuda", 90, 32)
 rows = []
 def comp(fn, sig, const):
@@ -390,11 +391,11 @@ comp(tk._train_gx, dict(GZ=P, WX=(P,) * L, MASK=U, ldm="i32", MOS=("i32",) * L, 
                         scale="fp32"), c)
 n = 2 * L
 c = dict(LDA=(512,) * n, LDB=(512,) * n, MS=(128,) * n, NS=(128,) * n, TILES_N=(4,) * n,
-         START=tuple(16 * i for i in range(n + 1)), NMAT=n, DROP=True, BLOCK_M=32, BLOCK_N=32,
-         BLOCK_K=32)
-comp(tk._train_weights, {"A_PTRS": (P,) * n, "B_PTRS": (P,) * n, "M_OFFS": ("i32",) * n,
-                         "MASK": U, "ldm": "i32", "scale": "fp32", "C_PTRS": ("*fp32",) * n,
-                         "BATCH": "i32"}, c)
+         START=tuple(16 * i for i in range(n + 1)), NMAT=n, DROP=True, F32=True, BLOCK_M=32,
+         BLOCK_N=32, BLOCK_K=32)
+comp(_spinal_bwd_weights_kernel, {"A_PTRS": (P,) * n, "B_PTRS": (P,) * n,
+                                  "M_OFFS": ("i32",) * n, "MASK": U, "ldm": "i32",
+                                  "scale": "fp32", "C_PTRS": ("*fp32",) * n, "BATCH": "i32"}, c)
 print(json.dumps(rows))
 '''
 
@@ -410,5 +411,6 @@ def test_triton_training_kernels_compile_for_sm90():
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout.strip().splitlines()[-1])
     assert [row["kernel"] for row in rows] == ["_train_layer_fwd", "_train_out_fwd",
-                                               "_train_layer_bwd", "_train_gx", "_train_weights"]
+                                               "_train_layer_bwd", "_train_gx",
+                                               "_spinal_bwd_weights_kernel"]
     assert all(row["shared"] <= 227 * 1024 for row in rows)
