@@ -25,12 +25,14 @@ import threading
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _knobs
 from . import _afcc_plan as _plan
 from ._afcc_plan import block_plan, register_mask_cache
+from ._backend import forced
 from ._geometry import check_conv_geometry
 
 # --- CPU cost model: one thread, fp32, measured on the 2-core Zen 4 VM (scripts/afcc_calibrate.py,
@@ -317,6 +319,8 @@ def cpu_path(input, weight, mask, stride=(1, 1), padding=None, dilation=(1, 1),
 _path_cache: dict = {}
 _path_lock = threading.Lock()
 register_mask_cache(_path_cache, _path_lock)
+
+
 # --- the dense fallback's fast path (the functional in ops/afcc_conv2d.py) ---------------------
 # Weights up to this many elements are masked by torch.where on a cached (K, C, R, S) condition
 # (one C++ node, as eager's w * mask; the Python ZeroPruned node costs ~50 us more per
@@ -360,7 +364,16 @@ def _dense_key(input, weight, mask, bias, stride, padding, dilation) -> tuple:
 def dense_call(input, weight, mask, bias, stride, padding, dilation) -> DenseCall | None:
     """The cached dense-fallback decision for exactly these arguments' metadata (``stride``,
     ``padding``, ``dilation`` as the caller passed them), or None: not seen, not the dense
-    fallback, or not cacheable (lists are unhashable). ``refresh`` runs first."""
+    fallback, not cacheable (lists are unhashable) or not a plain CPU call (a forced backend,
+    autocast, tracing, a function transform or forward AD). ``refresh`` runs first. Kept to a
+    few attribute checks: on this CPU, host work before the conv costs several times its own
+    time in the conv's measured time (docs/afcc.md, "Per-call overhead of the dense
+    fallback")."""
+    if (type(input) is not Tensor or type(mask) is not Tensor or not input.is_cpu
+            or torch.compiler.is_compiling() or forced() is not None
+            or torch.is_autocast_enabled("cpu") or fwAD._current_level >= 0
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return None
     _plan.refresh(mask)
     try:
         key = _dense_key(input, weight, mask, bias, stride, padding, dilation)

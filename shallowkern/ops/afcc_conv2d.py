@@ -10,19 +10,13 @@ i.e. ``conv2d(x, w * M[:, :, None, None], b)``. Backward:
 
 so the gradient of a masked weight is exactly zero (the layer never reads it).
 
-Block-sparse execution. AFCC masks keep pairs whose label sets intersect; ordering the channels
-by label (``block_plan``: the mask's rows and columns are reordered by identical patterns and
-barycentres) makes them near-block-diagonal. The mask is tiled into (block_out x block_in)
-blocks and only blocks holding a kept pair run. CPU ("native"): one oneDNN conv per group of
-out-blocks sharing their kept in-blocks, or one grouped conv when the groups are equal
-(``_afcc_subconv.py``), or the C++ kernel (csrc/cpu/afcc_conv2d.cpp: im2col of the permuted
-input channels, one GEMM per run of kept blocks); CUDA: the Triton implicit-GEMM kernels
-(shallowkern/triton/afcc_conv2d*.py). None multiplies a skipped block; masked pairs inside a
-kept block are multiplied by zero weights (the block padding the profiler reports as *executed*
-minus *effective* FLOPs). On the CPU a cost model measured on this machine (``cpu_path``) picks
-the path, or the dense conv with the masked weight ("vendor") where that is faster; on CUDA the
-dense conv runs above ``afcc_conv2d.max_executed`` executed work. Visible in
-``shallowkern.ops.explain`` and ``last_backend("afcc_conv2d")``.
+Block-sparse execution (docs/afcc.md): ``block_plan`` orders the channels so that AFCC masks
+become near-block-diagonal and tiles the mask; only blocks holding a kept pair run (masked pairs
+inside them multiply zero weights: *executed* minus *effective* FLOPs). CPU ("native"): oneDNN
+sub-convs per group of kept blocks (``_afcc_subconv.py``) or the C++ kernel (im2col + GEMM,
+csrc/cpu/afcc_conv2d.cpp), picked by a cost model measured here (``cpu_path``), or the dense
+conv with the masked weight ("vendor") where faster; CUDA: the Triton kernels, dense above
+``afcc_conv2d.max_executed``. Visible in ``shallowkern.ops.explain`` and ``last_backend``.
 
 Layers (CONVENTIONS.md §2): ``afcc_conv2d_reference`` is the fallback, the oracle and the
 benchmark baseline; ``shallowkern::afcc_conv2d`` / ``afcc_conv2d_backward`` are registered ops
@@ -36,7 +30,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
@@ -389,7 +382,7 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     Returns:
         (N, K, OH, OW), contiguous. The gradient of a pruned weight is exactly zero.
     """
-    fast = _fast_dense(input, weight, mask, bias, stride, padding, dilation)
+    fast = _subconv.dense_call(input, weight, mask, bias, stride, padding, dilation)
     if fast is not None:  # a repeat of a validated call that chose the dense conv
         record(OP, fast.choice)
         return F.conv2d(input, fast.masked_weight(weight), bias, stride, padding, dilation)
@@ -413,14 +406,3 @@ def afcc_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
             return F.conv2d(input, call.masked_weight(weight), bias, stride, padding, dilation)
     return afcc_conv2d_op(input, weight, mask, bias, stride, padding, dilation)
 
-
-def _fast_dense(input, weight, mask, bias, stride, padding, dilation):
-    """The cached dense decision for a plain CPU call (no forced backend, autocast, tracing,
-    function transform or forward AD), or None: the few checks any host work here costs
-    several times over in the conv that follows (docs/afcc.md, "Per-call overhead")."""
-    if (type(input) is not Tensor or type(mask) is not Tensor or not input.is_cpu
-            or torch.compiler.is_compiling() or forced() is not None
-            or torch.is_autocast_enabled("cpu") or fwAD._current_level >= 0
-            or torch._C._functorch.peek_interpreter_stack() is not None):
-        return None
-    return _subconv.dense_call(input, weight, mask, bias, stride, padding, dilation)
