@@ -46,6 +46,38 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
 }
 
 
+// The BLAS chain (backend "vendor"): per layer, ATen's GEMMs on the whole batch write straight
+// into H's column slices (bias through addmm's beta, then the h_{i-1} part accumulated), the
+// activation in place, then the output layer as one addmm over H. Same math and buffers as
+// chain_rows; it differs in threading: ATen/MKL split each GEMM over all threads, where
+// chain_rows gives each thread its own rows and single-threaded GEMMs.
+void blas_chain(const Geom& g, Act act, const Tensor& x, TensorList wx, TensorList wh,
+                TensorList bias, const Tensor& wo, const std::optional<Tensor>& bo, Tensor& H,
+                Tensor& y) {
+  for (int64_t i = 0; i < g.L; ++i) {
+    const int64_t s = i % g.S;
+    Tensor xs = x.narrow(1, g.off[s], g.off[s + 1] - g.off[s]);
+    Tensor Z = H.narrow(1, i * g.W, g.W);
+    if (bias.empty()) {
+      at::mm_out(Z, xs, wx[i].t());
+    } else {
+      at::addmm_out(Z, bias[i], xs, wx[i].t());
+    }
+    if (i > 0) Z.addmm_(H.narrow(1, (i - 1) * g.W, g.W), wh[i - 1].t());
+    switch (act) {
+      case Act::kRelu: Z.relu_(); break;
+      case Act::kTanh: Z.tanh_(); break;
+      case Act::kSigmoid: Z.sigmoid_(); break;
+      default: break;
+    }
+  }
+  if (bo.has_value() && bo->defined()) {
+    at::addmm_out(y, *bo, H, wo.t());
+  } else {
+    at::mm_out(y, H, wo.t());
+  }
+}
+
 std::tuple<Tensor, Tensor> forward_cpu(const Tensor& input, TensorList wx, TensorList wh,
                                        TensorList bias, const Tensor& wo,
                                        const std::optional<Tensor>& bo, int64_t splits,
@@ -56,6 +88,10 @@ std::tuple<Tensor, Tensor> forward_cpu(const Tensor& input, TensorList wx, Tenso
   Tensor x = input.stride(1) == 1 && input.stride(0) >= g.F ? input : input.contiguous();
   Tensor H = at::empty({g.B, g.L * g.W}, input.options());
   Tensor y = at::empty({g.B, g.O}, input.options());
+  if (backend == "vendor" && g.B > 0) {
+    blas_chain(g, act, x, wx, wh, bias, wo, bo, H, y);
+    return {y, H};
+  }
   const bool has_bo = bo.has_value() && bo->defined();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "spinal_linear_cpu", [&] {
     std::vector<Tensor> keep;
@@ -103,24 +139,15 @@ BackwardOut backward_cpu(const Tensor& grad_out, const Tensor& input, TensorList
   const Geom g = check("spinal_linear_backward", input, wx, wh, {}, wo, std::nullopt, splits);
   const Act act = parse_act(activation);
   const int64_t B = g.B, W = g.W, L = g.L, LW = L * W, O = g.O, F = g.F;
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == B && grad_out.size(1) == O,
-              "spinal_linear_backward: grad_out must have shape (", B, ", ", O, "), got ",
-              grad_out.sizes());
-  TORCH_CHECK(hidden.dim() == 2 && hidden.size(0) == B && hidden.size(1) == LW,
-              "spinal_linear_backward: hidden must have shape (", B, ", ", LW, "), got ",
-              hidden.sizes());
+  check_grad_hidden("spinal_linear_backward", g, grad_out, hidden);
   Tensor gy = grad_out.to(input.scalar_type()).contiguous();
   Tensor x = input.contiguous(), Hc = hidden.to(input.scalar_type()).contiguous();
   Tensor gx = at::empty({B, F}, input.options());
   Tensor gH = at::empty({B, LW}, input.options());
   Tensor gwo = at::empty({O, LW}, input.options());
   Tensor gbo = gy.sum(0);
-  std::vector<Tensor> gwx, gwh, gb;
-  for (int64_t i = 0; i < L; ++i) {
-    gwx.push_back(at::empty(wx[i].sizes(), input.options()));
-    if (i > 0) gwh.push_back(at::empty({W, W}, input.options()));
-    gb.push_back(at::empty({W}, input.options()));
-  }
+  LayerGrads gw = layer_grads(wx, W, input.options(), /*zero=*/false);
+  std::vector<Tensor>&gwx = gw.wx, &gwh = gw.wh, &gb = gw.b;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "spinal_linear_backward_cpu", [&] {
     using T = scalar_t;
     std::vector<Tensor> keep;
@@ -183,13 +210,8 @@ BackwardOut backward_meta(const Tensor& grad_out, const Tensor& input, TensorLis
   const Geom g = check("spinal_linear_backward", input, wx, wh, {}, wo, std::nullopt, splits);
   parse_act(activation);
   auto o = input.options();
-  std::vector<Tensor> gwx, gwh, gb;
-  for (int64_t i = 0; i < g.L; ++i) {
-    gwx.push_back(at::empty(wx[i].sizes(), o));
-    if (i > 0) gwh.push_back(at::empty({g.W, g.W}, o));
-    gb.push_back(at::empty({g.W}, o));
-  }
-  return {at::empty({g.B, g.F}, o), gwx, gwh, gb, at::empty({g.O, g.L * g.W}, o),
+  LayerGrads gw = layer_grads(wx, g.W, o, /*zero=*/false);
+  return {at::empty({g.B, g.F}, o), gw.wx, gw.wh, gw.b, at::empty({g.O, g.L * g.W}, o),
           at::empty({g.O}, o)};
 }
 
@@ -229,13 +251,8 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
                               const std::optional<Tensor>&, int64_t, const std::string&,
                               const std::string&)>();
     auto [y, H] = fwd.call(input, wx, wh, bias, wo, bo, splits, activation, backend);
-    std::vector<Tensor> saved{input, wo, H, bo.has_value() && bo->defined() ? *bo : Tensor()};
-    saved.insert(saved.end(), wx.begin(), wx.end());
-    saved.insert(saved.end(), wh.begin(), wh.end());
-    saved.insert(saved.end(), bias.begin(), bias.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["L"] = static_cast<int64_t>(wx.size());
-    ctx->saved_data["nbias"] = static_cast<int64_t>(bias.size());
+    save_lists(ctx, {input, wo, H, bo.has_value() && bo->defined() ? *bo : Tensor()},
+               {wx, wh, bias});
     ctx->saved_data["has_bo"] = bo.has_value() && bo->defined();
     ctx->saved_data["splits"] = splits;
     ctx->saved_data["activation"] = activation;
@@ -249,11 +266,9 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
                           .typed<BackwardOut(const Tensor&, const Tensor&, TensorList, TensorList,
                                              const Tensor&, const Tensor&, int64_t,
                                              const std::string&, const std::string&)>();
-    auto saved = ctx->get_saved_variables();
-    const int64_t L = ctx->saved_data["L"].toInt(), nbias = ctx->saved_data["nbias"].toInt();
-    std::vector<Tensor> wx(saved.begin() + 4, saved.begin() + 4 + L);
-    std::vector<Tensor> wh(saved.begin() + 4 + L, saved.begin() + 3 + 2 * L);
-    std::vector<Tensor> bs(saved.begin() + 3 + 2 * L, saved.end());
+    const Restored r = restore_lists(ctx);
+    const std::vector<Tensor>&saved = r.head, &wx = r.lists[0], &wh = r.lists[1], &bs = r.lists[2];
+    const int64_t L = static_cast<int64_t>(wx.size()), nbias = static_cast<int64_t>(bs.size());
     const bool has_bo = ctx->saved_data["has_bo"].toBool();
     Tensor g = grads[0];
     if (!g.defined()) g = at::zeros({saved[0].size(0), saved[1].size(0)}, saved[0].options());
@@ -291,12 +306,7 @@ struct SpinalFn : public torch::autograd::Function<SpinalFn> {
         bwd.call(g, saved[0], wx, wh, saved[2], saved[1], ctx->saved_data["splits"].toInt(),
                  ctx->saved_data["activation"].toStringRef(),
                  ctx->saved_data["backend"].toStringRef());
-    torch::autograd::variable_list out{gx};
-    out.insert(out.end(), gwx.begin(), gwx.end());
-    out.insert(out.end(), gwh.begin(), gwh.end());
-    if (nbias > 0) out.insert(out.end(), gb.begin(), gb.end());
-    out.push_back(gwo);
-    out.push_back(has_bo ? gbo : Tensor());
+    auto out = chain_grads(gx, LayerGrads{gwx, gwh, gb}, nbias > 0, gwo, has_bo ? gbo : Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());
     out.push_back(Tensor());

@@ -206,6 +206,79 @@ std::vector<const T*> ptrs(TensorList ts, std::vector<Tensor>& keep) {
   return p;
 }
 
+// Gradient buffers of the layer weights: gW_i^x (shape of weight_x[i]), gW_i^h (W, W) for
+// i >= 1, gb_i (W), zero-filled or uninitialised (kernels that write every element).
+struct LayerGrads {
+  std::vector<Tensor> wx, wh, b;
+};
+
+inline LayerGrads layer_grads(TensorList wx, int64_t W, const at::TensorOptions& o, bool zero) {
+  LayerGrads g;
+  auto make = [&](at::IntArrayRef s) { return zero ? at::zeros(s, o) : at::empty(s, o); };
+  for (size_t i = 0; i < wx.size(); ++i) {
+    g.wx.push_back(make(wx[i].sizes()));
+    if (i > 0) g.wh.push_back(make({W, W}));
+    g.b.push_back(make({W}));
+  }
+  return g;
+}
+
+// The backward kernels' checks of grad_out (B, O) and the saved hidden buffer H (B, L*W).
+inline void check_grad_hidden(const char* op, const Geom& g, const Tensor& grad_out,
+                              const Tensor& hidden) {
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == g.B && grad_out.size(1) == g.O, op,
+              ": grad_out must have shape (", g.B, ", ", g.O, "), got ", grad_out.sizes());
+  TORCH_CHECK(hidden.dim() == 2 && hidden.size(0) == g.B && hidden.size(1) == g.L * g.W, op,
+              ": hidden must have shape (", g.B, ", ", g.L * g.W, "), got ", hidden.sizes());
+}
+
+// C++ autograd state: `head` tensors, then each list's tensors, saved for the backward, with the
+// lists' lengths in saved_data["lens"]; restore_lists hands them back split the same way.
+inline void save_lists(torch::autograd::AutogradContext* ctx, std::vector<Tensor> head,
+                       std::initializer_list<TensorList> lists) {
+  std::vector<int64_t> lens{static_cast<int64_t>(head.size())};
+  for (TensorList l : lists) {
+    head.insert(head.end(), l.begin(), l.end());
+    lens.push_back(static_cast<int64_t>(l.size()));
+  }
+  ctx->save_for_backward(head);
+  ctx->saved_data["lens"] = lens;
+}
+
+struct Restored {
+  std::vector<Tensor> head;
+  std::vector<std::vector<Tensor>> lists;
+};
+
+inline Restored restore_lists(torch::autograd::AutogradContext* ctx) {
+  const auto saved = ctx->get_saved_variables();
+  const std::vector<int64_t> lens = ctx->saved_data["lens"].toIntVector();
+  Restored r;
+  auto it = saved.begin();
+  r.head.assign(it, it + lens[0]);
+  it += lens[0];
+  for (size_t j = 1; j < lens.size(); ++j) {
+    r.lists.emplace_back(it, it + lens[j]);
+    it += lens[j];
+  }
+  return r;
+}
+
+// Autograd outputs for the leading (input, weight_x..., weight_h..., bias..., out_weight,
+// out_bias) arguments; bias gradients only when the call had biases, out_bias's only when
+// given (gbo undefined otherwise).
+inline torch::autograd::variable_list chain_grads(const Tensor& gx, const LayerGrads& gw,
+                                                  bool with_bias, const Tensor& gwo,
+                                                  const Tensor& gbo) {
+  torch::autograd::variable_list out{gx};
+  out.insert(out.end(), gw.wx.begin(), gw.wx.end());
+  out.insert(out.end(), gw.wh.begin(), gw.wh.end());
+  if (with_bias) out.insert(out.end(), gw.b.begin(), gw.b.end());
+  out.push_back(gwo);
+  out.push_back(gbo);
+  return out;
+}
+
 inline c10::OperatorHandle op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }

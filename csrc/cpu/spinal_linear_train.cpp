@@ -293,10 +293,7 @@ TrainBackwardOut train_backward_cpu(const Tensor& grad_out, const Tensor& input,
   const Act act = parse_act(activation);
   const int64_t B = g.B, W = g.W, L = g.L, LW = L * W, O = g.O, F = g.F;
   const bool drop = dropout > 0.0;
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == B && grad_out.size(1) == O, op,
-              ": grad_out must have shape (", B, ", ", O, "), got ", grad_out.sizes());
-  TORCH_CHECK(hidden.dim() == 2 && hidden.size(0) == B && hidden.size(1) == LW, op,
-              ": hidden must have shape (", B, ", ", LW, "), got ", hidden.sizes());
+  check_grad_hidden(op, g, grad_out, hidden);
   if (batch_norm) {
     TORCH_CHECK(xhat.dim() == 2 && xhat.size(0) == B && xhat.size(1) == LW, op,
                 ": xhat must have shape (", B, ", ", LW, "), got ", xhat.sizes());
@@ -311,15 +308,12 @@ TrainBackwardOut train_backward_cpu(const Tensor& grad_out, const Tensor& input,
   Tensor M = drop ? mask.contiguous() : mask;
   Tensor gx = at::zeros({B, F}, o), gH = at::empty({B, LW}, o), gwo = at::zeros({O, LW}, o);
   Tensor gbo = gy.sum(0);
-  std::vector<Tensor> gwx, gwh, gb, ggam, gbet;
-  for (int64_t i = 0; i < L; ++i) {
-    gwx.push_back(at::zeros(wx[i].sizes(), o));
-    if (i > 0) gwh.push_back(at::zeros({W, W}, o));
-    gb.push_back(at::zeros({W}, o));
-    if (batch_norm && !bn_weight.empty()) {
-      ggam.push_back(at::zeros({W}, o));
-      gbet.push_back(at::zeros({W}, o));
-    }
+  LayerGrads gw = layer_grads(wx, W, o, /*zero=*/true);
+  std::vector<Tensor>&gwx = gw.wx, &gwh = gw.wh, &gb = gw.b;
+  std::vector<Tensor> ggam, gbet;
+  for (int64_t i = 0; batch_norm && !bn_weight.empty() && i < L; ++i) {
+    ggam.push_back(at::zeros({W}, o));
+    gbet.push_back(at::zeros({W}, o));
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "spinal_linear_train_backward_cpu", [&] {
     using T = scalar_t;
@@ -458,17 +452,13 @@ TrainBackwardOut train_backward_meta(const Tensor& grad_out, const Tensor& input
   const Geom g = check("spinal_linear_train_backward", input, wx, wh, {}, wo, std::nullopt, splits);
   parse_act(activation);
   auto o = input.options();
-  std::vector<Tensor> gwx, gwh, gb, ggam, gbet;
-  for (int64_t i = 0; i < g.L; ++i) {
-    gwx.push_back(at::empty(wx[i].sizes(), o));
-    if (i > 0) gwh.push_back(at::empty({g.W, g.W}, o));
-    gb.push_back(at::empty({g.W}, o));
-    if (batch_norm && !bn_weight.empty()) {
-      ggam.push_back(at::empty({g.W}, o));
-      gbet.push_back(at::empty({g.W}, o));
-    }
+  LayerGrads gw = layer_grads(wx, g.W, o, /*zero=*/false);
+  std::vector<Tensor> ggam, gbet;
+  for (int64_t i = 0; batch_norm && !bn_weight.empty() && i < g.L; ++i) {
+    ggam.push_back(at::empty({g.W}, o));
+    gbet.push_back(at::empty({g.W}, o));
   }
-  return {at::empty({g.B, g.F}, o), gwx, gwh, gb, at::empty({g.O, g.L * g.W}, o),
+  return {at::empty({g.B, g.F}, o), gw.wx, gw.wh, gw.b, at::empty({g.O, g.L * g.W}, o),
           at::empty({g.O}, o), ggam, gbet};
 }
 
@@ -488,12 +478,7 @@ struct SpinalTrainFn : public torch::autograd::Function<SpinalTrainFn> {
     auto [y, mean, uvar, H, XH, rstd, mask] =
         fwd.call(input, wx, wh, bias, wo, bo, bn_weight, bn_bias, dropout_mask, batch_norm, eps,
                  dropout, splits, activation, backend);
-    std::vector<Tensor> saved{input, wo, H, XH, rstd, mask};
-    saved.insert(saved.end(), wx.begin(), wx.end());
-    saved.insert(saved.end(), wh.begin(), wh.end());
-    saved.insert(saved.end(), bn_weight.begin(), bn_weight.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["L"] = static_cast<int64_t>(wx.size());
+    save_lists(ctx, {input, wo, H, XH, rstd, mask}, {wx, wh, bn_weight});
     ctx->saved_data["nbias"] = static_cast<int64_t>(bias.size());
     ctx->saved_data["nbn"] = static_cast<int64_t>(bn_weight.size());
     ctx->saved_data["nbnb"] = static_cast<int64_t>(bn_bias.size());
@@ -518,12 +503,10 @@ struct SpinalTrainFn : public torch::autograd::Function<SpinalTrainFn> {
                                     const Tensor&, TensorList, const Tensor&, const Tensor&,
                                     const Tensor&, const Tensor&, bool, double, int64_t,
                                     const std::string&, const std::string&)>();
-    auto saved = ctx->get_saved_variables();
-    const int64_t L = ctx->saved_data["L"].toInt(), nbias = ctx->saved_data["nbias"].toInt();
+    const Restored r = restore_lists(ctx);
+    const std::vector<Tensor>&saved = r.head, &wx = r.lists[0], &wh = r.lists[1], &gam = r.lists[2];
+    const int64_t nbias = ctx->saved_data["nbias"].toInt();
     const int64_t nbn = ctx->saved_data["nbn"].toInt(), nbnb = ctx->saved_data["nbnb"].toInt();
-    std::vector<Tensor> wx(saved.begin() + 6, saved.begin() + 6 + L);
-    std::vector<Tensor> wh(saved.begin() + 6 + L, saved.begin() + 5 + 2 * L);
-    std::vector<Tensor> gam(saved.begin() + 5 + 2 * L, saved.end());
     const bool has_bo = ctx->saved_data["has_bo"].toBool();
     Tensor g = grads[0];
     if (!g.defined()) g = at::zeros({saved[0].size(0), saved[1].size(0)}, saved[0].options());
@@ -532,12 +515,7 @@ struct SpinalTrainFn : public torch::autograd::Function<SpinalTrainFn> {
                  ctx->saved_data["batch_norm"].toBool(), ctx->saved_data["dropout"].toDouble(),
                  ctx->saved_data["splits"].toInt(), ctx->saved_data["activation"].toStringRef(),
                  ctx->saved_data["backend"].toStringRef());
-    torch::autograd::variable_list out{gx};
-    out.insert(out.end(), gwx.begin(), gwx.end());
-    out.insert(out.end(), gwh.begin(), gwh.end());
-    if (nbias > 0) out.insert(out.end(), gb.begin(), gb.end());
-    out.push_back(gwo);
-    out.push_back(has_bo ? gbo : Tensor());
+    auto out = chain_grads(gx, LayerGrads{gwx, gwh, gb}, nbias > 0, gwo, has_bo ? gbo : Tensor());
     // gamma/beta gradients exist when BN is affine; a bn_bias list without bn_weight gets
     // sum gn (= gbeta) computed here from ggam's twin only when both are given
     for (int64_t i = 0; i < nbn; ++i) out.push_back(ggam.empty() ? Tensor() : ggam[i]);

@@ -113,11 +113,36 @@ class _TritonInterpreted(torch.autograd.Function):
                 *((gbo,) if has_bo else ()))
 
 
+def _native_cpu_supports(*args) -> str | None:
+    return None if NATIVE_CPU else \
+        f"no C++ spinal_linear kernel (shallowkern._C: {_ext.load_error or 'built before it'})"
+
+
+BLAS_CHAIN_MIN_MACS = 1 << 23  # per-layer multiply-adds from which the BLAS chain is chosen
+
+
+def _row_blocks_prefer(input, weight_x, *rest) -> str | None:
+    """The C++ op has two CPU paths (csrc/cpu/spinal_linear.cpp): row blocks (the whole chain per
+    block of rows, one block per thread, direct MKL for small products) and the BLAS chain
+    (per-layer ATen/MKL GEMMs over the whole batch, multi-threaded inside). Row blocks win when
+    per-call overhead matters; from BLAS_CHAIN_MIN_MACS multiply-adds per layer the chain's
+    GEMMs are as fast or faster (docs/spinal.md, "CPU paths")."""
+    B, W = input.shape[0], weight_x[0].shape[0]
+    k = max(w.shape[1] for w in weight_x)
+    if B * W * (k + W) >= BLAS_CHAIN_MIN_MACS:
+        return f"{B}x{W}x{k + W} per layer >= {BLAS_CHAIN_MIN_MACS} multiply-adds: BLAS chain"
+    return None
+
+
 DISPATCH = OpDispatch("spinal_linear", [
     Backend("native", devices=("cpu",), dtypes=(torch.float32, torch.float64),
-            supports=lambda *a: None if NATIVE_CPU else
-            f"no C++ spinal_linear kernel (shallowkern._C: {_ext.load_error or 'built before it'})",
-            description="C++ CPU kernel (whole chain, MKL GEMMs into one hidden buffer)"),
+            supports=_native_cpu_supports, prefer=_row_blocks_prefer,
+            description="C++ CPU kernel, row blocks (whole chain per block of rows, MKL GEMMs "
+                        "into one hidden buffer)"),
+    Backend("vendor", devices=("cpu",), dtypes=(torch.float32, torch.float64),
+            supports=_native_cpu_supports,
+            description="C++ CPU kernel, BLAS chain (per-layer multi-threaded ATen/MKL GEMMs over "
+                        "the whole batch into one hidden buffer)"),
     Backend("triton", devices=("cuda", "cpu"), dtypes=(torch.float32, torch.float16, torch.bfloat16),
             needs_triton=True, supports=_triton_supports, prefer=_triton_prefer,
             description="Triton fused chain"),

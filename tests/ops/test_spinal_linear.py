@@ -323,6 +323,52 @@ def test_native_forward_backward_vs_reference(cfg, dtype):
 
 
 @requires_native
+@pytest.mark.parametrize("cfg", OP_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("path", ["native", "vendor"])
+def test_cpu_paths_forward_vs_reference(cfg, path):
+    """Both C++ CPU paths (row blocks: "native"; BLAS chain: "vendor"), every activation, bias
+    or not, empty batch, unused splits; fp32 against the fp64 reference."""
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=torch.float32)
+    y, H = torch.ops.shallowkern.spinal_linear_forward(x, wx, wh, b, wo, bo, S, act, path)
+    d = lambda t: [u.double() for u in t] if isinstance(t, list) else t.double() if \
+        isinstance(t, torch.Tensor) else t
+    yr, Hr = sl.spinal_linear_forward_reference(*(d(t) for t in (x, wx, wh, b, wo, bo, S, act)))
+    F_, W = cfg[1], cfg[2]
+    assert_close(y, yr, dtype=torch.float32, reduction=F_ + len(wx) * W)
+    assert_close(H, Hr, dtype=torch.float32, reduction=F_ + W)
+    assert_close(torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo, bo, S, act, path), yr,
+                 dtype=torch.float32, reduction=F_ + len(wx) * W)
+
+
+@requires_native
+def test_blas_chain_routing_is_visible():
+    """Large per-layer products choose the BLAS chain (backend "vendor"), small ones the row
+    blocks ("native"); explain says why, last_backend what ran, and gradients flow through it."""
+    small = make(F_=10, W=8)
+    ch = sl.explain(torch.randn(3, 10), list(small.weight_x), list(small.weight_h), list(small.bias),
+                    small.out_weight, small.out_bias)
+    assert ch.backend == "native"
+    W, F_ = 64, 64
+    big = make(F_=F_, W=W, dtype=torch.float32)
+    B = sl.BLAS_CHAIN_MIN_MACS // (W * (F_ // 2 + W)) + 1
+    x = torch.randn(B, F_, requires_grad=True)
+    ch = sl.explain(x, list(big.weight_x), list(big.weight_h), list(big.bias), big.out_weight,
+                    big.out_bias)
+    assert ch.backend == "vendor" and "BLAS chain" in ch.reason, ch
+    y = big(x)
+    assert shallowkern.last_backend("spinal_linear").backend == "vendor"
+    y.square().sum().backward()
+    xd = x.detach().double().requires_grad_()
+    yd = eager_cat(big.double(), xd)
+    assert_close(y, yd, dtype=torch.float32, reduction=F_ + 4 * W)
+    yd.square().sum().backward()
+    assert_close(x.grad, xd.grad, dtype=torch.float32, reduction=B * (F_ + 4 * W))
+    with shallowkern.use_backend("native"):
+        big.float()(x)
+    assert shallowkern.last_backend("spinal_linear").backend == "native"
+
+
+@requires_native
 def test_native_public_op_autograd_matches_reference():
     m = make(F_=11, S=3, L=5, act="tanh")
     x = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
