@@ -574,7 +574,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         t = estimate_time(configs)
         print(f"estimated wall time on this project's 2-core VM, 2 single-threaded workers "
-              f"(a rough guide from measured throughput, docs/study.md): "
+              f"(a guide from one-thread step times measured on an idle machine where a network "
+              f"has one, else from MACs; scripts/measure_step_times.py, docs/study.md): "
               f"~{t['hours_single']:.2f} h one trial at a time, ~{t['hours_packed']:.2f} h "
               f"with --pack 4 (the packing ratios were measured with 4 trials)")
         return 0

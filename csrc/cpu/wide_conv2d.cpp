@@ -27,8 +27,8 @@
 // buffers: MKL here; inside at::parallel_for it runs single-threaded, so no oversubscription).
 // The forward has two more ways to y, chosen by reduction length (forward_path): short
 // reductions (CRS <= 512: the first layer, conv2 at small d1) run a direct AVX-512 kernel with
-// no im2col and the epilogue in registers (forward_direct); long ones (CRS >= 1024: conv2 from
-// d1 ~ 41), where the conv is compute-bound, run oneDNN's convolution for the whole batch and
+// no im2col and the epilogue in registers (forward_direct); longer ones (CRS >= 512: conv2 from
+// d1 ~ 21), where the conv is compute-bound, run oneDNN's convolution for the whole batch and
 // fuse only the epilogue (one more read of y, cheap next to the conv).
 // The backward mirrors it: gy of a chunk from grad_out + saved (window-major, branch-free), gw
 // accumulated per thread with MKL beta = 1 and reduced in a fixed order (deterministic for a

@@ -388,10 +388,13 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
 // The forward's path: direct where it fits (forward_direct), else the vendor conv from a
 // reduction length of kVendorConvMinCRS, else fused im2col + GEMM (forward_impl);
 // SHALLOWKERN_CPU_FORWARD=direct|fused|vendor forces one (direct only where it fits). Measured on
-// the dev machine (2 threads, Zen 4, batch 32, LeNet conv2 shapes, fused / vendor time): CRS 400
-// 1.02, 800 0.97, 1600 1.00-1.03, 2400 1.14, 3200 1.12, 4800 1.33, 6400 1.41 (the vendor path
-// also saves eager's separate ReLU and pool passes, so it is the one that stays >= 1x eager).
-constexpr int64_t kVendorConvMinCRS = 1024;
+// the dev machine (2 threads, Zen 4, LeNet conv2 shapes, fused / vendor time, interleaved best of
+// 5; batch 32 | 100): CRS 400 1.10 | 1.14, 575 1.21 | 1.14, 800 1.08 | 1.06 forward, training
+// step 0.93 | 1.03, 1.09 | 1.07, 1.01 | 1.00 (2026-11-30, after the vendor path went
+// channels_last; before it CRS 800 was 0.97 and 2400 1.14). Direct covers CRS <= 512 on AVX-512,
+// so there the vendor conv takes everything longer; the fused path serves the rest (no AVX-512,
+// double, groups the direct kernel does not take) below this length.
+constexpr int64_t kVendorConvMinCRS = 512;
 
 enum class ForwardPath { kDirect, kFused, kVendor };
 

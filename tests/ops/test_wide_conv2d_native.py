@@ -289,12 +289,14 @@ def test_forward_default_path_is_direct_for_the_first_layer():
     assert torch.equal(got["direct"][1][nan], ref_idx[nan])
 
 
-def test_forward_default_path_is_vendor_for_long_reductions():
-    """CRS = 96*25 >= 1024 takes the vendor conv by default: same result as forcing it."""
-    x, w, b, params = make((3, 96, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
+@pytest.mark.parametrize("c", [24, 96])
+def test_forward_default_path_is_vendor_for_long_reductions(c):
+    """CRS = c*25 >= 512 (kVendorConvMinCRS; above the direct kernel's 512) takes the vendor
+    conv by default: same result as forcing it."""
+    x, w, b, params = make((3, c, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), torch.float32)
     got = forward_by_path(("vendor", "fused", None), x, w, b, params)
     ref, _ = wide_conv2d_reference(x.double(), w.double(), b.double(), *params, True, 2, False)
-    assert_close(got["vendor"][0], ref, torch.float32, 96 * 25, msg="vendor")
+    assert_close(got["vendor"][0], ref, torch.float32, c * 25, msg="vendor")
     assert not torch.equal(got["fused"][0], got["vendor"][0]), "the paths must differ"
     assert torch.equal(got[None][0], got["vendor"][0]) and torch.equal(got[None][1],
                                                                        got["vendor"][1])
