@@ -35,7 +35,8 @@ kernels; training with BatchNorm batch statistics or dropout is ops/spinal_train
 registered ops ``torch.ops.shallowkern.spinal_linear`` (+ ``spinal_linear_forward`` /
 ``spinal_linear_backward`` for training) have C++ schemas
 (csrc/registration.cpp) with a C++ autograd kernel and C++ CPU kernel (csrc/cpu/spinal_linear.cpp),
-so a call costs a few microseconds of host time; on CUDA they run the Triton kernels
+so a call costs a few microseconds of host time (two CPU paths: row blocks and, for large
+layers, the BLAS chain; see ``_row_blocks_prefer``); on CUDA they run the Triton kernels
 (shallowkern/triton/spinal_linear.py) or the CUDA C++ forward (csrc/cuda/spinal_linear.cu).
 """
 
@@ -189,8 +190,10 @@ def spinal_linear(
     Shapes: input (B, F); weight_x[i] (W, F_{i mod S}); weight_h[i] (W, W) (layer i + 1);
     bias: L vectors (W,) or None; out_weight (O, L*W); out_bias (O,) or None -> (B, O).
     BatchNorm is not part of the op: fold it first (``fold_bn``; the module does).
-    Support: CPU fp32/fp64 run the C++ kernel (other dtypes, or no _C: the reference); CUDA
-    fp32/fp16/bf16 run Triton (or the CUDA C++ forward when forced, inference only).
+    Support: CPU fp32/fp64 run the C++ kernel, as row blocks ("native") or, from
+    ``BLAS_CHAIN_MIN_MACS`` multiply-adds per layer, as the BLAS chain ("vendor"); other dtypes,
+    or no _C: the reference. CUDA fp32/fp16/bf16 run Triton (or the CUDA C++ forward when forced,
+    inference only).
     Differentiable in every tensor argument; ``shallowkern.last_backend("spinal_linear")`` says
     which kernel ran. Bad arguments raise ValueError/TypeError naming the argument.
     """
@@ -204,7 +207,8 @@ def spinal_linear(
             return spinal_linear_reference(c(input), [c(w) for w in weight_x], [c(w) for w in weight_h],
                                            [c(t) for t in b], c(out_weight), c(out_bias),
                                            splits=splits, activation=activation)
-        backend = ("native" if input.device.type == "cpu" and NATIVE_CPU and input.dtype in
+        backend = (("vendor" if _row_blocks_prefer(input, weight_x) else "native")
+                   if input.device.type == "cpu" and NATIVE_CPU and input.dtype in
                    (torch.float32, torch.float64) else "triton" if input.is_cuda else
                    "reference" if _LIBS and input.device.type == "cpu" else None)
         if backend is None:
