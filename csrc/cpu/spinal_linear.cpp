@@ -10,8 +10,11 @@
 // concatenated and the output layer is one GEMM over it. GEMMs call MKL's SGEMM/DGEMM directly
 // (exported by libtorch_cpu) when present: an at::mm through the dispatcher costs ~2-4 us, which
 // is the whole budget of a batch-32 head; otherwise (other BLAS, or SHALLOWKERN_SPINAL_BLAS=aten)
-// at::mm_out on strided views. The forward runs the whole chain per row block (one block per
-// thread, single-threaded GEMMs inside), so a block's H stays in cache between layers.
+// at::mm_out on strided views (csrc/include/shallowkern/cpu/blas.h). The forward has two paths,
+// chosen in Python (shallowkern/ops/spinal_linear.py) and passed as `backend`: "native" runs the
+// whole chain per row block (one block per thread, single-threaded GEMMs inside), so a block's H
+// stays in cache between layers; "vendor" (large layers) is blas_chain, whole-batch GEMMs that
+// ATen/MKL split over the threads themselves. The backward is one path (whole-batch GEMMs).
 //
 // Autograd: a C++ torch::autograd::Function on the Autograd key, so a training call costs no
 // Python; it calls shallowkern::spinal_linear_forward / _backward through the dispatcher, which
