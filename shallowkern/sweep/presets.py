@@ -88,7 +88,7 @@ STUDY_K_D1 = 16
 STUDY_K = (1.0, 2.0, 4.0, 8.0)  # plus 2.8, already in the width grid at d1 = 16
 STUDY_VGG_WIDTHS = (0.03125, 0.0625, 0.125)
 STUDY_LR_STEP = 4
-STUDY_EPOCHS = 24
+STUDY_EPOCHS = 26
 PILOT_EPOCHS = 28
 PILOT_D1 = (4, 16, 64)
 

@@ -82,6 +82,19 @@ def test_writes_markdown_json_and_figures(tmp_path):
     assert data["pilot"]["epochs"] == 4
 
 
+def test_one_seed_per_width_does_not_claim_the_ci_target(tmp_path):
+    """Seed resampling cannot vary a single seed: the interval is degenerate, so the report
+    must not call the CI target met (what an interim one-seed study report shows)."""
+    write_study_report(_records(np.random.default_rng(3), seeds=1, with_kscan=False),
+                       tmp_path, n_boot=50)
+    md = (tmp_path / "study.md").read_text()
+    assert "Intervals understate the uncertainty" in md
+    assert "target <= 0.05: not assessed" in md and "target <= 0.05: met" not in md
+    write_study_report(_records(np.random.default_rng(3), seeds=2, with_kscan=False),
+                       tmp_path, n_boot=50)
+    assert "understate" not in (tmp_path / "study.md").read_text()
+
+
 def test_choose_epochs_uses_validation_only():
     rec = {"model": {"family": "lenet", "d1": 4}, "n_val": 5000, "test_error": 0.0,
            "history": [{"epoch": e, "val_error": v, "test_error": 0.0}
