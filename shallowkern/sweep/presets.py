@@ -140,17 +140,17 @@ _DESCRIPTIONS: dict[str, str] = {
 # ``OMP_NUM_THREADS=1 python scripts/measure_step_times.py`` on an idle machine prints this table
 # (MEASURED_STEP_WHEN says when). estimate_time uses it where a network is listed, else the MAC
 # model. STEP_OVERHEAD is the rest of a real epoch over its training steps (augmenting loader,
-# validation pass, bookkeeping), from the study pilot's records (docs/study.md).
+# validation pass, bookkeeping): 1.14-1.25 in the study's first LeNet records (d1 = 4..11).
 MEASURED_STEP_MS: dict[str, float] = {
-    'lenet d1=4 k=2.8': 7.5, 'lenet d1=6 k=2.8': 9.1, 'lenet d1=8 k=2.8': 10.4,
-    'lenet d1=11 k=2.8': 14.3, 'lenet d1=16 k=2.8': 18.0, 'lenet d1=23 k=2.8': 32.2,
-    'lenet d1=32 k=2.8': 48.3, 'lenet d1=45 k=2.8': 96.2, 'lenet d1=64 k=2.8': 144.6,
-    'lenet d1=16 k=1': 10.7, 'lenet d1=16 k=2': 15.2, 'lenet d1=16 k=4': 20.1,
-    'lenet d1=16 k=8': 32.9,
-    'vgg16 width=0.03125 bn': 38.6, 'vgg16 width=0.0625 bn': 53.0, 'vgg16 width=0.125 bn': 91.9,
+    'lenet d1=4 k=2.8': 5.6, 'lenet d1=6 k=2.8': 8.0, 'lenet d1=8 k=2.8': 8.5,
+    'lenet d1=11 k=2.8': 11.5, 'lenet d1=16 k=2.8': 15.7, 'lenet d1=23 k=2.8': 32.4,
+    'lenet d1=32 k=2.8': 45.0, 'lenet d1=45 k=2.8': 85.1, 'lenet d1=64 k=2.8': 137.2,
+    'lenet d1=16 k=1': 10.4, 'lenet d1=16 k=2': 13.5, 'lenet d1=16 k=4': 19.0,
+    'lenet d1=16 k=8': 30.6,
+    'vgg16 width=0.03125 bn': 26.4, 'vgg16 width=0.0625 bn': 49.5, 'vgg16 width=0.125 bn': 78.8,
 }
-MEASURED_STEP_WHEN = "2026-11-30 02:40 UTC, torch 2.13.0+cpu, through /tmp/quiet.sh"
-STEP_OVERHEAD = 1.12
+MEASURED_STEP_WHEN = "2026-11-30 03:25 UTC, torch 2.13.0+cpu, commit fd614d2, through /tmp/quiet.sh"
+STEP_OVERHEAD = 1.2
 
 
 def step_key(cfg: TrialConfig) -> str:
