@@ -45,7 +45,8 @@ def choose_epochs(records: Sequence[dict[str, Any]], *, slack: float = 1.0) -> d
     For each record with a per-epoch ``val_error`` history: the first epoch whose validation
     error is within ``slack`` binomial standard errors (sqrt(p(1-p)/n_val)) of that curve's
     minimum; the choice is the largest such epoch over the records (the slowest curve decides).
-    Returns ``{"epochs", "per_trial": [{label, epoch, min_val, min_epoch}], "curves"}``.
+    Returns ``{"epochs", "per_trial": [{label, epoch, min_val, min_epoch}], "curves",
+    "slack_se", "trained"}`` (``trained``: the longest curve's last epoch).
     """
     per, curves = [], []
     for r in records:
@@ -66,7 +67,7 @@ def choose_epochs(records: Sequence[dict[str, Any]], *, slack: float = 1.0) -> d
         raise ReportError("no record has a per-epoch validation history (run the study-pilot "
                           "preset: its records carry history with val_error)")
     return {"epochs": max(p["epoch"] for p in per), "per_trial": per, "curves": curves,
-            "slack_se": slack}
+            "slack_se": slack, "trained": max(max(c["epochs"]) for c in curves)}
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -335,10 +336,15 @@ def _markdown(rep: dict[str, Any], figures: Sequence[str]) -> str:
         lines.append(f"\nVGG-16: {fr['note']}")
     pl = rep.get("pilot")
     if pl:
-        lines += ["", "## Pilot: epochs from validation curves", "",
-                  f"Chosen epochs: **{pl['epochs']}** (first epoch within {pl['slack_se']:g} "
-                  "binomial SE of each validation curve's minimum; the slowest curve decides; "
-                  "never the test error)."]
+        trained = pl.get("trained")
+        lines += ["", "## Validation curves: the epochs they support", "",
+                  f"Epochs the validation curves support: **{pl['epochs']}**"
+                  + (f" of the {trained} trained" if trained else "")
+                  + f" (first epoch within {pl['slack_se']:g} binomial SE of each curve's "
+                  "minimum; the slowest curve decides; never the test error). On a pilot's "
+                  "records this is the study's epoch count; on the study's own records it checks "
+                  "that choice: a number below the epochs trained means every curve had "
+                  "flattened, one equal to it means some curve was still falling."]
         for p in pl["per_trial"]:
             lines.append(f"- {p['label']}: reaches it at epoch {p['epoch']} (minimum "
                          f"{p['min_val']:.4f} at epoch {p['min_epoch']})")

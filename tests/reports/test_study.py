@@ -79,7 +79,9 @@ def test_writes_markdown_json_and_figures(tmp_path):
     md = (tmp_path / "study.md").read_text()
     assert "rho = **" in md and "EXTRAPOLATION" in md and "VGG-16 / LeNet" in md
     data = json.loads((tmp_path / "study.json").read_text())
-    assert data["pilot"]["epochs"] == 4
+    assert data["pilot"]["epochs"] == 4 and data["pilot"]["trained"] == 12
+    # named for what it is on any records (a pilot's or the study's own), never "chosen"
+    assert "Epochs the validation curves support: **4** of the 12 trained" in md
 
 
 def test_one_seed_per_width_does_not_claim_the_ci_target(tmp_path):
