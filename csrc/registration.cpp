@@ -42,9 +42,15 @@ TORCH_LIBRARY_FRAGMENT(shallowkern, m) {
       "Tensor? bias, str form, str backend=\"\") -> Tensor");
   m.def(
       "quadric_linear_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
-      "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\") "
+      "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\", "
+      "Tensor? factors=None) "
       "-> (Tensor grad_input, Tensor grad_weight_quad, Tensor grad_weight_quad2, "
       "Tensor grad_weight, Tensor grad_bias)");
+  // lowrank training forward on CPU: (y, factors = stack(x Wa^T, x Wb^T)), saved by the C++
+  // autograd and handed to quadric_linear_backward (which recomputes them when absent)
+  m.def(
+      "_quadric_linear_lowrank_train(Tensor input, Tensor weight_quad, Tensor weight_quad2, "
+      "Tensor weight, Tensor? bias) -> (Tensor out, Tensor factors)");
 }
 
 // SpinalNet head, the whole chain in one op (csrc/cpu/spinal_linear.cpp; math in

@@ -11,7 +11,8 @@
 //   diagonal  [gq | gl] = gy [Wq | W];  gx = gl + 2 x*gq;  gWq = gy^T (x*x), gW = gy^T x
 //   full      gP[:, t] = gy^T Z[:, t] with Z[b, t(i,j)] = x_i x_j;  G = gy P;
 //             gx_i += sum_{j>=i} G[t(i,j)] x_j,  gx_j += G[t(i,j)] x_i;  gW = gy^T x
-//   lowrank   ha = x Wa^T, hb = x Wb^T (recomputed);  da = gy*hb, db = gy*ha (per rank);
+//   lowrank   ha = x Wa^T, hb = x Wb^T (saved by the training forward, else recomputed);
+//             da = gy*hb, db = gy*ha (per rank);
 //             gx = gy W + da Wa + db Wb;  gWa = da^T x, gWb = db^T x, gW = gy^T x
 //   gbias = sum_b gy (all forms)
 //
@@ -29,7 +30,9 @@
 //   O(kRowBlock * kChunkCols) = O(B (n + K)) for B >= kRowBlock. The backward reuses the blocks:
 //   gP[:, chunk] += gy_blk^T Z, G = gy_blk P[:, chunk], then a fused contraction into gx.
 // * lowrank: three GEMMs on the same x (stacking the weights copied 3Kn values per call), then an
-//   elementwise epilogue multiplies the factors and sums over the rank.
+//   elementwise epilogue multiplies the factors and sums over the rank. The training forward
+//   (_quadric_linear_lowrank_train) also returns the two factors, so the backward runs the six
+//   GEMMs autograd of the composition runs, not eight.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -304,6 +307,39 @@ at::Tensor squared(const at::Tensor& x) {
   return out;
 }
 
+// lowrank: three GEMMs on the same x, no weight concatenation (stacking [Wb; Wa; W] copied 3Kn
+// weights per call, 12 MB at n = K = 1024, which lost to the composition at small batches),
+// then an epilogue y += sum_s ha_s * hb_s. ha, hb live in one (2, B, rK) buffer, handed to the
+// caller through `factors` when it wants them (the training forward).
+at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& weight_quad,
+                           const at::Tensor& weight_quad2, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::Tensor* factors) {
+  const int64_t k = weight.size(0), rk = weight_quad.size(0), r = rk / k, b = x.size(0);
+  at::Tensor h = at::empty({2, b, rk}, x.options());
+  at::Tensor ha = h.select(0, 0), hb = h.select(0, 1);
+  at::mm_out(ha, x, weight_quad.t());
+  at::mm_out(hb, x, weight_quad2.t());
+  at::Tensor y = linear_start(x, weight, bias);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_forward", [&] {
+    const scalar_t* pa = ha.const_data_ptr<scalar_t>();
+    const scalar_t* pb = hb.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, b, std::max<int64_t>(1, 16384 / std::max<int64_t>(rk, 1)),
+                     [&](int64_t r0, int64_t r1) {
+      for (int64_t row = r0; row < r1; ++row) {
+        scalar_t* yr = yp + row * k;
+        for (int64_t s = 0; s < r; ++s) {
+          const scalar_t* a = pa + row * rk + s * k;
+          const scalar_t* c = pb + row * rk + s * k;
+          for (int64_t j = 0; j < k; ++j) yr[j] += a[j] * c[j];
+        }
+      }
+    });
+  });
+  if (factors != nullptr) *factors = h;
+  return y;
+}
+
 at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight_quad,
                                const std::optional<at::Tensor>& weight_quad2,
                                const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -329,38 +365,43 @@ at::Tensor quadric_forward_cpu(const at::Tensor& input, const at::Tensor& weight
   if (form == "full") {
     return full_forward(x, weight_quad.contiguous(), linear_start(x, weight, bias));
   }
-  // three GEMMs on the same x, no weight concatenation: stacking [Wb; Wa; W] copied 3Kn
-  // weights per call (12 MB at n = K = 1024), which lost to the composition at small batches
-  const int64_t rk = weight_quad.size(0), r = rk / k, b = x.size(0);
-  at::Tensor ha = at::mm(x, weight_quad.t()), hb = at::mm(x, weight_quad2->t());
-  at::Tensor y = linear_start(x, weight, bias);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_forward", [&] {
-    const scalar_t* pa = ha.const_data_ptr<scalar_t>();
-    const scalar_t* pb = hb.const_data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, b, std::max<int64_t>(1, 16384 / std::max<int64_t>(rk, 1)),
-                     [&](int64_t r0, int64_t r1) {
-      for (int64_t row = r0; row < r1; ++row) {
-        scalar_t* yr = yp + row * k;
-        for (int64_t s = 0; s < r; ++s) {
-          const scalar_t* a = pa + row * rk + s * k;
-          const scalar_t* c = pb + row * rk + s * k;
-          for (int64_t j = 0; j < k; ++j) yr[j] += a[j] * c[j];
-        }
-      }
-    });
-  });
-  (void)n;
-  return y;
+  return lowrank_forward(x, weight_quad, *weight_quad2, weight, bias, nullptr);
+}
+
+// Training forward of the lowrank form: (y, factors) with factors[0] = x Wa^T, factors[1] =
+// x Wb^T, which the forward computes anyway; the C++ autograd saves them so the backward does
+// not recompute two of its GEMMs (the eager composition keeps the same two tensors).
+std::tuple<at::Tensor, at::Tensor> quadric_lowrank_train_cpu(
+    const at::Tensor& input, const at::Tensor& weight_quad, const at::Tensor& weight_quad2,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_common(input, weight_quad, weight_quad2, weight, bias, "lowrank", "native");
+  TORCH_CHECK(native_dtype(input), "_quadric_linear_lowrank_train: input must be float32 or "
+              "float64, got ", input.scalar_type());
+  at::Tensor factors;
+  at::Tensor y = lowrank_forward(input.contiguous(), weight_quad, weight_quad2, weight, bias,
+                                 &factors);
+  return {y, factors};
 }
 
 Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
                            const at::Tensor& weight_quad,
                            const std::optional<at::Tensor>& weight_quad2,
                            const at::Tensor& weight, c10::string_view form_sv,
-                           std::array<bool, 4> mask, c10::string_view backend) {
+                           std::array<bool, 4> mask, c10::string_view backend,
+                           const std::optional<at::Tensor>& factors) {
   const std::string form(form_sv);
   check_common(input, weight_quad, weight_quad2, weight, std::nullopt, form, backend);
+  const bool has_f = factors.has_value() && factors->defined();
+  TORCH_CHECK(!has_f || (form == "lowrank" && factors->dim() == 3 && factors->size(0) == 2 &&
+                         factors->size(1) == input.size(0) &&
+                         factors->size(2) == weight_quad.size(0) &&
+                         factors->scalar_type() == input.scalar_type() &&
+                         factors->device() == input.device()),
+              kOp, "_backward: factors must be None, or for form='lowrank' the training "
+              "forward's (2, ", input.size(0), ", ", weight_quad.size(0), ") ",
+              input.scalar_type(), " tensor, got ",
+              has_f ? factors->scalar_type() : input.scalar_type(), " ",
+              has_f ? factors->sizes() : at::IntArrayRef{}, " for form='", form, "'");
   const int64_t b = input.size(0), n = input.size(1), k = weight.size(0);
   TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == b && grad_out.size(1) == k &&
                   grad_out.scalar_type() == input.scalar_type(),
@@ -371,7 +412,8 @@ Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
     auto [gx, gq, gq2, gw, gb] =
         quadric_backward_cpu(grad_out.to(at::kFloat), input.to(at::kFloat),
                              weight_quad.to(at::kFloat), to_float(weight_quad2),
-                             weight.to(at::kFloat), form_sv, mask, backend);
+                             weight.to(at::kFloat), form_sv, mask, backend,
+                             to_float(factors));
     return {gx.to(dt), gq.to(dt), gq2.to(dt), gw.to(dt), gb.to(dt)};
   }
   const at::Tensor x = input.contiguous(), gy = grad_out.contiguous();
@@ -436,25 +478,38 @@ Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
       });
     }
   } else {
-    // recompute ha, hb (nothing but x is saved), then da = gy*hb, db = gy*ha in their place;
-    // separate GEMMs accumulate into gx (no stacked weights, no [da | db | gy] copy)
+    // ha, hb: the training forward's saved factors, else recomputed (only x was saved); then
+    // da = gy*hb, db = gy*ha, written over fresh ha, hb but never over saved ones (autograd may
+    // run this backward again with retain_graph). Separate GEMMs accumulate into gx (no
+    // stacked weights, no [da | db | gy] copy).
     const int64_t rk = weight_quad.size(0), r = rk / k;
-    at::Tensor ha = at::mm(x, weight_quad.t()), hb = at::mm(x, weight_quad2->t());
+    at::Tensor ha, hb;
+    if (!has_f) {
+      ha = at::mm(x, weight_quad.t());
+      hb = at::mm(x, weight_quad2->t());
+    } else {
+      at::Tensor d = at::empty({2, b, rk}, x.options());
+      ha = d.select(0, 0);
+      hb = d.select(0, 1);
+    }
+    const at::Tensor fa = has_f ? factors->select(0, 0).contiguous() : ha;
+    const at::Tensor fb = has_f ? factors->select(0, 1).contiguous() : hb;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quadric_lowrank_dh", [&] {
       scalar_t* pa = ha.data_ptr<scalar_t>();
       scalar_t* pb = hb.data_ptr<scalar_t>();
+      const scalar_t* sa = fa.const_data_ptr<scalar_t>();
+      const scalar_t* sb = fb.const_data_ptr<scalar_t>();
       const scalar_t* gp = gy.const_data_ptr<scalar_t>();
       at::parallel_for(0, b, std::max<int64_t>(1, 16384 / std::max<int64_t>(rk, 1)),
                        [&](int64_t r0, int64_t r1) {
         for (int64_t row = r0; row < r1; ++row) {
           const scalar_t* g = gp + row * k;
           for (int64_t s = 0; s < r; ++s) {
-            scalar_t* a = pa + row * rk + s * k;
-            scalar_t* c = pb + row * rk + s * k;
+            const int64_t o = row * rk + s * k;
             for (int64_t j = 0; j < k; ++j) {
-              const scalar_t va = a[j], vb = c[j];
-              a[j] = g[j] * vb;  // ha's slot <- da = gy*hb
-              c[j] = g[j] * va;  // hb's slot <- db = gy*ha
+              const scalar_t va = sa[o + j], vb = sb[o + j];
+              pa[o + j] = g[j] * vb;  // da = gy*hb
+              pb[o + j] = g[j] * va;  // db = gy*ha
             }
           }
         }
@@ -484,4 +539,5 @@ Grads quadric_backward_cpu(const at::Tensor& grad_out, const at::Tensor& input,
 TORCH_LIBRARY_IMPL(shallowkern, CPU, m) {
   m.impl("quadric_linear", &shallowkern::quadric_forward_cpu);
   m.impl("quadric_linear_backward", &shallowkern::quadric_backward_cpu);
+  m.impl("_quadric_linear_lowrank_train", &shallowkern::quadric_lowrank_train_cpu);
 }

@@ -17,6 +17,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <tuple>
 
 namespace shallowkern {
 namespace quadric {
@@ -56,14 +57,41 @@ Tensor composite(const Tensor& x, const Tensor& wq, const OptTensor& wq2, const 
   return y + at::linear(x.index_select(1, idx[0]) * x.index_select(1, idx[1]), wq);
 }
 
+// The lowrank form on the C++ CPU kernel (float32/float64; fake CPU tensors under torch.compile
+// too) runs the training forward, which also returns the factors x Wa^T, x Wb^T: saving them
+// spares the backward two GEMMs, at the B x 2rK floats the eager composition also keeps.
+bool saves_factors(const Tensor& x, const OptTensor& wq2, c10::string_view form,
+                   c10::string_view backend) {
+  return form == "lowrank" && wq2.has_value() && wq2->defined() && x.device().is_cpu() &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+         (backend.empty() || backend == "native");
+}
+
+std::tuple<Tensor, Tensor> lowrank_train_call(const Tensor& x, const Tensor& wq,
+                                              const Tensor& wq2, const Tensor& w,
+                                              const OptTensor& b) {
+  static auto op = handle("shallowkern::_quadric_linear_lowrank_train")
+                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                         const Tensor&, const Tensor&,
+                                                         const OptTensor&)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, wq, wq2, w, b);
+}
+
 struct QuadricFn : public torch::autograd::Function<QuadricFn> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& wq,
                         const OptTensor& wq2, const Tensor& w, const OptTensor& b,
                         c10::string_view form, c10::string_view backend) {
-    Tensor y = forward_call(x, wq, wq2, w, b, form, backend);
+    Tensor y, factors;
+    if (saves_factors(x, wq2, form, backend)) {
+      std::tie(y, factors) = lowrank_train_call(x, wq, *wq2, w, b);
+    } else {
+      y = forward_call(x, wq, wq2, w, b, form, backend);
+    }
     const bool has_q2 = wq2.has_value() && wq2->defined();
     const bool has_b = b.has_value() && b->defined();
-    ctx->save_for_backward({x, wq, has_q2 ? *wq2 : Tensor(), w, has_b ? *b : Tensor()});
+    ctx->save_for_backward(
+        {x, wq, has_q2 ? *wq2 : Tensor(), w, has_b ? *b : Tensor(), factors});
     ctx->saved_data["form"] = std::string(form);
     ctx->saved_data["backend"] = std::string(backend);
     ctx->saved_data["has_q2"] = has_q2;
@@ -76,7 +104,8 @@ struct QuadricFn : public torch::autograd::Function<QuadricFn> {
     static auto bwd = handle("shallowkern::quadric_linear_backward")
                           .typed<Grads(const Tensor&, const Tensor&, const Tensor&,
                                        const OptTensor&, const Tensor&, c10::string_view,
-                                       std::array<bool, 4>, c10::string_view)>();
+                                       std::array<bool, 4>, c10::string_view,
+                                       const OptTensor&)>();
     auto saved = ctx->get_saved_variables();
     const std::string form = ctx->saved_data["form"].toStringRef();
     const bool has_q2 = ctx->saved_data["has_q2"].toBool();
@@ -115,7 +144,8 @@ struct QuadricFn : public torch::autograd::Function<QuadricFn> {
     const std::array<bool, 4> mask{need[0], need[1] || need[2], need[3], need[4]};
     if (!(mask[0] || mask[1] || mask[2] || mask[3])) return out;
     auto [gx, gq, gq2, gw, gb] = bwd.call(g.contiguous(), saved[0], saved[1], wq2, saved[3],
-                                          form, mask, ctx->saved_data["backend"].toStringRef());
+                                          form, mask, ctx->saved_data["backend"].toStringRef(),
+                                          saved[5].defined() ? OptTensor(saved[5]) : std::nullopt);
     if (need[0]) out[0] = gx;
     if (need[1]) out[1] = gq;
     if (need[2] && form == "lowrank") out[2] = gq2;

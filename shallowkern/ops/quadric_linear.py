@@ -134,9 +134,13 @@ SCHEMAS = {
         "Tensor? bias, str form, str backend=\"\") -> Tensor"),
     "quadric_linear_backward": (
         "quadric_linear_backward(Tensor grad_out, Tensor input, Tensor weight_quad, "
-        "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\") "
+        "Tensor? weight_quad2, Tensor weight, str form, bool[4] output_mask, str backend=\"\", "
+        "Tensor? factors=None) "
         "-> (Tensor grad_input, Tensor grad_weight_quad, Tensor grad_weight_quad2, "
         "Tensor grad_weight, Tensor grad_bias)"),
+    "_quadric_linear_lowrank_train": (
+        "_quadric_linear_lowrank_train(Tensor input, Tensor weight_quad, Tensor weight_quad2, "
+        "Tensor weight, Tensor? bias) -> (Tensor out, Tensor factors)"),
 }
 
 
@@ -147,8 +151,15 @@ def _check_op_args(input, weight_quad, weight_quad2, weight, bias, form) -> None
                          f"got {tuple(input.shape)} (the functional flattens leading dimensions)")
 
 
-def _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask):
+def _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
+                         factors=None):
     _check_op_args(input, weight_quad, weight_quad2, weight, None, form)
+    if factors is not None and (form != "lowrank" or factors.shape != (
+            2, input.shape[0], weight_quad.shape[0]) or factors.dtype != input.dtype):
+        raise ValueError(f"quadric_linear_backward: factors must be None, or for form='lowrank' "
+                         f"the training forward's (2, {input.shape[0]}, {weight_quad.shape[0]}) "
+                         f"{input.dtype} tensor, got {form=} {factors.dtype} "
+                         f"{tuple(factors.shape)}")
     if grad_out.shape != (input.shape[0], weight.shape[0]) or grad_out.dtype != input.dtype:
         raise ValueError(f"quadric_linear_backward: grad_out must be {input.dtype} of shape "
                          f"({input.shape[0]}, {weight.shape[0]}), got {grad_out.dtype} "
@@ -170,9 +181,12 @@ def _py_forward(input, weight_quad, weight_quad2, weight, bias, form, backend=""
 
 
 def _py_backward(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
-                 backend=""):
-    """Gradients (input, weight_quad, weight_quad2, weight, bias); off or unused ones empty."""
-    _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask)
+                 backend="", factors=None):
+    """Gradients (input, weight_quad, weight_quad2, weight, bias); off or unused ones empty.
+    ``factors`` (lowrank, from the training forward) only spares work: these kernels recompute
+    them, so it is checked and otherwise unused."""
+    _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
+                         factors)
     choice = BACKWARD.select(grad_out, input, weight_quad, weight_quad2, weight, form,
                              backend=backend or None)
     if choice.backend == "triton":
@@ -187,8 +201,25 @@ def _fake_forward(input, weight_quad, weight_quad2, weight, bias, form, backend=
     return input.new_empty(input.shape[0], weight.shape[0])
 
 
+def _py_lowrank_train(input, weight_quad, weight_quad2, weight, bias):
+    """The lowrank training forward where no C++ kernel runs it: (y, stack(x Wa^T, x Wb^T))."""
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, "lowrank")
+    factors = torch.stack((input @ weight_quad.t(), input @ weight_quad2.t()))
+    k = weight.shape[0]
+    prod = (factors[0] * factors[1]).view(input.shape[0], weight_quad.shape[0] // k, k).sum(1)
+    return torch.nn.functional.linear(input, weight, bias) + prod, factors
+
+
+def _fake_lowrank_train(input, weight_quad, weight_quad2, weight, bias):
+    _check_op_args(input, weight_quad, weight_quad2, weight, bias, "lowrank")
+    return (input.new_empty(input.shape[0], weight.shape[0]),
+            input.new_empty(2, input.shape[0], weight_quad.shape[0]))
+
+
 def _fake_backward(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
-                   backend=""):
+                   backend="", factors=None):
+    _check_backward_args(grad_out, input, weight_quad, weight_quad2, weight, form, output_mask,
+                         factors)
     e = lambda: input.new_empty(0)  # noqa: E731
     lr = form == "lowrank"
     return (input.new_empty(input.shape) if output_mask[0] else e(),
@@ -252,8 +283,12 @@ if not hasattr(torch.ops.shallowkern, "quadric_linear"):  # pragma: no cover - n
 for _key in ("CPU",) * (not _has_kernel("quadric_linear", "CPU")) + ("CUDA",):
     _LIB.impl("quadric_linear", _py_forward, _key)
     _LIB.impl("quadric_linear_backward", _py_backward, _key)
+for _key in ("CPU",) * (not _has_kernel("_quadric_linear_lowrank_train", "CPU")) + ("CUDA",):
+    _LIB.impl("_quadric_linear_lowrank_train", _py_lowrank_train, _key)
 torch.library.register_fake("shallowkern::quadric_linear", _fake_forward, lib=_LIB)
 torch.library.register_fake("shallowkern::quadric_linear_backward", _fake_backward, lib=_LIB)
+torch.library.register_fake("shallowkern::_quadric_linear_lowrank_train", _fake_lowrank_train,
+                            lib=_LIB)
 if not _has_kernel("quadric_linear", "Autograd"):  # pragma: no cover - no-extension job
     torch.library.register_autograd(
         "shallowkern::quadric_linear",
@@ -271,6 +306,13 @@ def _quadric_linear_flops(input_shape, weight_quad_shape, weight_quad2_shape, we
     k = weight_shape[0]
     return _flops.quadric_linear_flops(input_shape[0], input_shape[1], k, form,
                                        weight_quad_shape[0] // max(k, 1) if form == "lowrank" else 1)
+
+
+@register_flop_formula(torch.ops.shallowkern._quadric_linear_lowrank_train)
+def _quadric_linear_lowrank_train_flops(input_shape, weight_quad_shape, weight_quad2_shape,
+                                        weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return _quadric_linear_flops(input_shape, weight_quad_shape, weight_quad2_shape,
+                                 weight_shape, None, "lowrank")
 
 
 @register_flop_formula(torch.ops.shallowkern.quadric_linear_backward)

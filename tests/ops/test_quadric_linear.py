@@ -12,6 +12,7 @@ import torch
 
 import shallowkern
 from shallowkern import _ext
+from shallowkern.flops import quadric_linear_flops
 from shallowkern.nn.quadric_linear import QuadricConv2d, QuadricLinear, quadric_param_count
 # the module (shallowkern.ops.quadric_linear is also the name of the exported functional)
 ql = importlib.import_module("shallowkern.ops.quadric_linear")
@@ -218,6 +219,47 @@ def test_diagonal_small_and_large_gemm_paths(b, n, k):
     want = torch.autograd.grad(ref, (x, wq, w, bias), g)
     for name, a, e in zip(("x", "wq", "w", "bias"), got, want):
         assert_close(a, e, torch.float64, max(b, k), msg=name)
+
+
+@NATIVE
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lowrank_training_forward_saves_its_factors(dtype):
+    """The C++ autograd's lowrank training forward returns y and stack(x Wa^T, x Wb^T); the
+    backward with them is bit-identical to the one that recomputes them, saved factors are never
+    overwritten (a retained graph's second backward is identical), bad factors raise, and the
+    FLOP counter counts the training forward like the inference one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(3)
+    b, n, k, r = 33, 17, 6, 3
+    x, wq, wq2, w, bias, gy = (torch.randn(*s, generator=g, dtype=dtype) for s in (
+        (b, n), (r * k, n), (r * k, n), (k, n), (k,), (b, k)))
+    op = torch.ops.shallowkern
+    y, factors = op._quadric_linear_lowrank_train(x, wq, wq2, w, bias)
+    assert torch.equal(y, op.quadric_linear(x, wq, wq2, w, bias, "lowrank"))
+    assert torch.equal(factors, torch.stack((x @ wq.t(), x @ wq2.t())))
+    mask = [True] * 4
+    saved = op.quadric_linear_backward(gy, x, wq, wq2, w, "lowrank", mask, factors=factors)
+    recomputed = op.quadric_linear_backward(gy, x, wq, wq2, w, "lowrank", mask)
+    assert all(torch.equal(s, c) for s, c in zip(saved, recomputed))
+    leaves = [t.clone().requires_grad_() for t in (x, wq, wq2, w, bias)]
+    out = ql.quadric_linear(leaves[0], leaves[1], leaves[3], leaves[4], form="lowrank",
+                            weight_quad2=leaves[2])
+    first = torch.autograd.grad(out, leaves, gy, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, gy)
+    assert all(torch.equal(a, c) for a, c in zip(first, second))
+    assert all(torch.equal(a, c) for a, c in zip(first[:4], recomputed[:4]))
+    for bad in (factors[:, :3], factors[0], factors.to(torch.float16)):
+        with pytest.raises(RuntimeError, match="factors must be None"):
+            op.quadric_linear_backward(gy, x, wq, wq2, w, "lowrank", mask, factors=bad)
+    with pytest.raises(RuntimeError, match="factors must be None"):  # lowrank only
+        op.quadric_linear_backward(gy, x, w.clone(), None, w, "diagonal", mask, factors=factors)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        op._quadric_linear_lowrank_train(x.half(), wq.half(), wq2.half(), w.half(), None)
+    with FlopCounterMode(display=False) as fc:
+        out = ql.quadric_linear(leaves[0], leaves[1], leaves[3], leaves[4], form="lowrank",
+                                weight_quad2=leaves[2])
+    assert fc.get_total_flops() == quadric_linear_flops(b, n, k, "lowrank", r) > 0
 
 
 @NATIVE
