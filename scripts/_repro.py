@@ -1,6 +1,7 @@
-"""Pieces the reproduction scripts (scripts/repro_*.py) share: a resumable per-run JSON record
-store (one file per run, written atomically, so a killed script loses only the run in
-progress), accuracy over a split, and the machine/threads/load fields every record carries."""
+"""Pieces the reproduction and measuring scripts (scripts/repro_*.py, measure_step_times.py)
+share: a resumable per-run JSON record store (one file per run, written atomically, so a killed
+script loses only the run in progress), accuracy over a split, the machine/threads/load fields
+every record carries, and a warm-up-then-time loop."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import os
 import platform
 import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,3 +69,16 @@ def mean_sd(vals: list[float]) -> str:
     """``mean ± sd`` with two decimals (sd nan for a single value)."""
     sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
     return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
+
+
+def call_times(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones (callers take the
+    minimum on a busy machine, where contention only adds time, or the median on an idle one)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times

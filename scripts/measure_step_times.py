@@ -11,10 +11,15 @@ median of ``--steps`` timed steps after three warm-up steps.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_repro.py
+from _repro import call_times  # noqa: E402
 
 
 def step_ms(cfg, steps: int) -> float:
@@ -29,14 +34,7 @@ def step_ms(cfg, steps: int) -> float:
         loss_fn(model(x), y).backward()
         opt.step()
 
-    for _ in range(3):
-        step()
-    ts = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+    return statistics.median(call_times(step, steps, warmup=3)) * 1e3
 
 
 def main() -> None:

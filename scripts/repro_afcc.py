@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/_repro.py
 
+from _repro import call_times  # noqa: E402
 from shallowkern import AFCCConv2d  # noqa: E402
 from shallowkern.afcc.prune import accuracy, prune, train_epochs  # noqa: E402
 from shallowkern.data import load_dataset  # noqa: E402
@@ -59,13 +61,7 @@ def splits(args):
 
 def timed(fn, reps=7):
     """Minimum of ``reps`` runs after a warm-up (the busy shared machine only adds time)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(call_times(fn, reps))
 
 
 def speed(base, pruned, layers, batch=128):
