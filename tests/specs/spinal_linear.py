@@ -16,12 +16,27 @@ from shallowkern.testing import BadInput, OpSpec, Sample
 
 
 def _unflatten(flat, layers: int, nbias: int, has_out_bias: bool):
+    """(x, weight_x, weight_h, bias, out_weight, out_bias) from the flat order; what follows them
+    (the training spec's BatchNorm parameters) starts at ``head_size(layers, nbias,
+    has_out_bias)``."""
     L = layers
     x, wx, wh = flat[0], list(flat[1:1 + L]), list(flat[1 + L:2 * L])
     b = list(flat[2 * L:2 * L + nbias])
     wo = flat[2 * L + nbias]
     bo = flat[2 * L + nbias + 1] if has_out_bias else None
     return x, wx, wh, b, wo, bo
+
+
+def head_size(layers: int, nbias: int, has_out_bias: bool) -> int:
+    return 2 * layers + nbias + 1 + int(has_out_bias)
+
+
+def head_tensors(r, B, F, W, L, S, O, bias=True, out_bias=True) -> list[torch.Tensor]:
+    """A head's tensors in the flat order, drawn by ``r(*shape)``."""
+    sizes = sl.split_sizes(F, S)
+    return [r(B, F), *[r(W, sizes[i % S]) for i in range(L)], *[r(W, W) for _ in range(L - 1)],
+            *([r(W) for _ in range(L)] if bias else []), r(O, L * W),
+            *([r(O)] if out_bias else [])]
 
 
 def op(*flat, layers, nbias, has_out_bias, splits, activation):
@@ -39,11 +54,7 @@ def _make(name, B, F, W, L, S, O, act="relu", bias=True, out_bias=True, dtype=to
           seed=0) -> Sample:
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(dtype)
-    sizes = sl.split_sizes(F, S)
-    flat = [r(B, F), *[r(W, sizes[i % S]) for i in range(L)], *[r(W, W) for _ in range(L - 1)],
-            *([r(W) for _ in range(L)] if bias else []), r(O, L * W)]
-    if out_bias:
-        flat.append(r(O))
+    flat = head_tensors(r, B, F, W, L, S, O, bias, out_bias)
     kw = dict(layers=L, nbias=L if bias else 0, has_out_bias=out_bias, splits=S, activation=act)
     return Sample(tuple(flat), kw, name)
 

@@ -18,18 +18,15 @@ from shallowkern.nn.spinal_linear import SpinalLinear
 from shallowkern.ops import spinal_linear as sl
 from shallowkern.ops import spinal_train as st
 from shallowkern.testing import BadInput, OpSpec, Sample
+from tests.specs.spinal_linear import _unflatten as _head_unflatten
+from tests.specs.spinal_linear import head_size, head_tensors
 
 
 def _unflatten(flat, layers: int, nbias: int, has_out_bias: bool, naffine: int):
-    L = layers
-    x, wx, wh = flat[0], list(flat[1:1 + L]), list(flat[1 + L:2 * L])
-    b = list(flat[2 * L:2 * L + nbias])
-    k = 2 * L + nbias
-    wo = flat[k]
-    bo = flat[k + 1] if has_out_bias else None
-    k += 1 + int(has_out_bias)
+    """The inference head's tensors (tests/specs/spinal_linear.py), then the BatchNorm affines."""
+    k = head_size(layers, nbias, has_out_bias)
     gam, bet = list(flat[k:k + naffine]), list(flat[k + naffine:k + 2 * naffine])
-    return x, wx, wh, b, wo, bo, gam, bet
+    return (*_head_unflatten(flat, layers, nbias, has_out_bias), gam, bet)
 
 
 def _call(fn, flat, layers, nbias, has_out_bias, naffine, splits, activation, batch_norm, dropout,
@@ -52,11 +49,7 @@ def _make(name, B, F, W, L, S, O, act="relu", bn=True, affine=True, p=0.0, bias=
           out_bias=True, dtype=torch.float32, seed=0, eps=1e-5) -> Sample:
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: (torch.randn(*s, generator=g) * 0.5).to(dtype)
-    sizes = sl.split_sizes(F, S)
-    flat = [r(B, F), *[r(W, sizes[i % S]) for i in range(L)], *[r(W, W) for _ in range(L - 1)],
-            *([r(W) for _ in range(L)] if bias else []), r(O, L * W)]
-    if out_bias:
-        flat.append(r(O))
+    flat = head_tensors(r, B, F, W, L, S, O, bias, out_bias)
     naffine = L if bn and affine else 0
     flat += [(1 + r(W)) for _ in range(naffine)] + [r(W) for _ in range(naffine)]
     mask = None
