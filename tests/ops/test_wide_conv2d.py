@@ -252,3 +252,45 @@ def test_zero_input_channels_fake_agrees_with_eager():
     assert fake.shape == eager.shape
     with pytest.raises(ValueError, match="zero input channels"):
         wide_conv2d(x, w, activation="relu", pool=2)
+
+
+@pytest.mark.skipif(not has_ext(), reason="shallowkern._C (the C++ kernels) is not built")
+def test_fast_path_matches_the_public_op_and_the_dispatch_table():
+    """Unforced eager CPU calls skip the public custom op for the C++ kernels (inference: the
+    forward kernel; training: a thin autograd.Function over both kernels). Same backend as
+    FORWARD chooses, bit-identical outputs and gradients to the public op's native path, double
+    backward, and FlopCounterMode still counts (a dispatch mode sends calls to the public op)."""
+    import importlib
+
+    wc = importlib.import_module("shallowkern.ops.wide_conv2d")  # the module, not the function
+    threads = torch.get_num_threads()
+    for n, dtype, fmt in [(0, torch.float32, torch.contiguous_format),
+                          (1, torch.float32, torch.contiguous_format),
+                          (max(threads, 3), torch.float64, torch.contiguous_format),
+                          (max(threads, 3), torch.float32, torch.channels_last)]:
+        x, w, b = make(n, 6, 11, 5, r=3, dtype=dtype)
+        x = x.contiguous(memory_format=fmt)
+        for grad in (False, True):
+            leaves = [t.clone().requires_grad_(grad) for t in (x, w, b)]
+            out = wide_conv2d(*leaves, activation="relu", pool=2)
+            assert shallowkern.last_backend("wide_conv2d") == wc.FORWARD.choose(
+                x, w, b, (1, 1), (0, 0), (1, 1), 1), (n, dtype, fmt, grad)
+            with use_backend(shallowkern.last_backend("wide_conv2d").backend):
+                ref_leaves = [t.clone().requires_grad_(grad) for t in (x, w, b)]
+                ref = wide_conv2d(*ref_leaves, activation="relu", pool=2)
+            assert torch.equal(out, ref) and out.is_contiguous(memory_format=fmt)
+            if grad and n > 0:
+                g = torch.randn_like(out)
+                got = torch.autograd.grad(out, leaves, g)
+                want = torch.autograd.grad(ref, ref_leaves, g)
+                assert all(torch.equal(a, c) for a, c in zip(got, want))
+    x, w, b = (t.double().requires_grad_() for t in make(2, 2, 6, 3, r=3))
+    f = lambda *t: wide_conv2d(*t, activation="relu", pool=2)  # noqa: E731
+    assert isinstance(f(x, w, b).grad_fn, wc._NativeFn._backward_cls)
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as fc:
+            wide_conv2d(x, w, b, activation="relu", pool=2)
+        assert fc.get_total_flops() == 2 * 2 * 3 * 4 * 4 * 2 * 9  # 2 N K OH OW C R S
+    with pytest.raises(ValueError, match="weight"):  # the C++ error, re-raised in Python's words
+        wide_conv2d(x.detach(), w.detach()[:, :1], None, activation="relu", pool=2)
