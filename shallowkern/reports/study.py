@@ -71,10 +71,13 @@ def choose_epochs(records: Sequence[dict[str, Any]], *, slack: float = 1.0) -> d
 
 
 def _label(r: dict[str, Any]) -> str:
-    fam = value(r, "family")
+    fam, seed = value(r, "family"), value(r, "seed")
     if fam == "lenet":
-        return f"lenet d1={value(r, 'd1')}"
-    return f"{fam} width={value(r, 'width')}"
+        k = value(r, "k")
+        name = f"lenet d1={value(r, 'd1')}" + ("" if k is None or k == 2.8 else f" k={k:g}")
+    else:
+        name = f"{fam} width={value(r, 'width')}"
+    return name + ("" if seed is None else f" seed={seed}")
 
 
 def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -420,11 +423,15 @@ def _figures(rep: dict[str, Any], out: Path, formats: Sequence[str]) -> list[str
     pl = rep.get("pilot")
     if pl:
         fig, ax = plt.subplots(figsize=(5, 4))
+        many = len(pl["curves"]) > 12  # a whole study: lines without a legend
         for c in pl["curves"]:
-            ax.plot(c["epochs"], c["val_error"], label=c["label"])
+            ax.plot(c["epochs"], c["val_error"], label=c["label"], lw=0.7 if many else 1.5,
+                    alpha=0.6 if many else 1.0)
         ax.axvline(pl["epochs"], color="gray", lw=0.8, ls="--")
-        ax.set(xlabel="epoch", ylabel="validation error", title="pilot")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="epoch", ylabel="validation error",
+               title=f"validation curves ({len(pl['curves'])} trials)")
+        if not many:
+            ax.legend(fontsize=7)
         save(fig, "pilot_curves")
     return written
 
