@@ -9,6 +9,8 @@
   or forward-mode AD, where a custom op's autograd formula does not apply (jvp would give a
   silent zero tangent). Functionals then run their reference composition, which every transform
   differentiates exactly. Double backward is handled in each op's backward (``create_graph``).
+* ``plain_eager_cpu(input, dtypes)``: the condition under which a functional may call its C++
+  CPU kernel straight, skipping its public op's dispatch (host cost on small layers).
 """
 
 from __future__ import annotations
@@ -54,6 +56,21 @@ def register_autocast(qualname: str, device_types: tuple[str, ...] = ("cpu", "cu
                 return op(*cast)
 
         lib.impl(name, kernel, key, with_keyset=True)
+
+
+_peek_interpreter = torch._C._functorch.peek_interpreter_stack
+
+
+def plain_eager_cpu(input, dtypes: tuple[torch.dtype, ...]) -> bool:
+    """True for a plain eager CPU call in ``dtypes``: no autocast, function transform, forward AD,
+    dispatch mode (FlopCounterMode counts public ops), compile or forced backend. Checked in C
+    calls only: it guards the functionals' fast paths."""
+    from ._backend import forced
+
+    return (type(input) is Tensor and input.is_cpu and input.dtype in dtypes
+            and not torch._C._is_any_autocast_enabled() and _peek_interpreter() is None
+            and fwAD._current_level < 0 and torch._C._len_torch_dispatch_stack() == 0
+            and not torch.compiler.is_compiling() and forced() is None)
 
 
 def needs_composite(*tensors: Tensor | None) -> bool:

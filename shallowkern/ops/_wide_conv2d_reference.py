@@ -13,7 +13,8 @@ from torch import Tensor
 
 from ._geometry import NO_GRAD, conv_out_hw, out_memory_format
 
-__all__ = ["wide_conv2d_reference", "wide_conv2d_backward_reference", "unpool_grad"]
+__all__ = ["wide_conv2d_reference", "wide_conv2d_backward_reference", "wide_conv2d_composite",
+           "unpool_grad"]
 
 
 def _pool_indices(out: Tensor, flat_idx: Tensor, ow: int, relu: bool) -> Tensor:
@@ -69,3 +70,13 @@ def wide_conv2d_backward_reference(grad_out: Tensor, input: Tensor, weight: Tens
     gw = gw.contiguous() if output_mask[1] else None
     # custom ops may not return aliased outputs: a fresh empty tensor for each masked-off grad
     return tuple(t if t is not None else input.new_empty(0) for t in (gi, gw, gb))
+
+
+def wide_conv2d_composite(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
+                          dilation, groups: int, relu: bool, pool: int) -> Tensor:
+    """The same function in differentiable aten ops: what function transforms and double
+    backward run (every torch.func transform differentiates it exactly)."""
+    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if relu:
+        y = torch.relu(y)
+    return F.max_pool2d(y, 2, 2) if pool == 2 else y

@@ -39,13 +39,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.autograd.forward_ad as _fw_ad
 from torch import Tensor
 
 from .. import flops as _flops
 from ._backend import Backend, Choice, OpDispatch, forced, record
-from ._common import (autocast_dtype, cast_for_autocast, needs_composite, register_autocast,
-                      register_flop_formula)
+from ._common import (autocast_dtype, cast_for_autocast, needs_composite, plain_eager_cpu,
+                      register_autocast, register_flop_formula)
 from ._quadric_reference import (FORMS, check_args, outer_packed, pack_symmetric, packed_size,
                                  quadric_linear_backward_reference, quadric_linear_composite,
                                  quadric_linear_reference, triu_indices, unpack_symmetric)
@@ -297,7 +296,6 @@ if not _has_kernel("quadric_linear", "Autograd"):  # pragma: no cover - no-exten
 register_autocast("shallowkern::quadric_linear")
 _OP = torch.ops.shallowkern.quadric_linear.default
 _NATIVE_2D = NATIVE_CPU  # the functional's fast path (CPU, 2-D, float32/float64, eager)
-_peek_interpreter = torch._C._functorch.peek_interpreter_stack
 
 
 @register_flop_formula(torch.ops.shallowkern.quadric_linear)
@@ -345,10 +343,7 @@ def quadric_linear(input: Tensor, weight_quad: Tensor, weight: Tensor, bias: Ten
         composition runs (exact derivatives). Bad arguments raise ValueError/TypeError naming
         the argument.
     """
-    if (_NATIVE_2D and type(input) is Tensor and input.is_cpu and input.dim() == 2
-            and input.dtype in _NATIVE_CPU_DTYPES and not torch._C._is_any_autocast_enabled()
-            and _peek_interpreter() is None and _fw_ad._current_level < 0
-            and not torch.compiler.is_compiling() and forced() is None):
+    if _NATIVE_2D and plain_eager_cpu(input, _NATIVE_CPU_DTYPES) and input.dim() == 2:
         # the common CPU call, checked in C calls only (~2 us instead of ~7): FORWARD's first
         # rule (a test keeps the two equal); the C++ op validates everything itself
         record("quadric_linear", _NATIVE_CHOICE)

@@ -25,20 +25,18 @@ which ran.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from ._common import register_flop_formula  # deferred: flop_counter imports Triton
 
-import torch.autograd.forward_ad as _fw_ad
-
 from .. import _ext
 from .. import flops as _flops
-from ._backend import Backend, Choice, OpDispatch, forced, record
-from ._common import needs_composite, register_autocast
+from ._backend import Backend, Choice, OpDispatch, record
+from ._common import needs_composite, plain_eager_cpu, register_autocast
 from ._geometry import (NO_GRAD, check_conv_geometry, check_conv_tensors, conv_out_hw,
                         out_memory_format, pair)
 # the reference (CPU fallback, test oracle, benchmark baseline) lives in its own module
-from ._wide_conv2d_reference import wide_conv2d_backward_reference, wide_conv2d_reference
+from ._wide_conv2d_reference import (wide_conv2d_backward_reference, wide_conv2d_composite,
+                                     wide_conv2d_reference)
 
 __all__ = ["wide_conv2d", "wide_conv2d_reference", "check_args", "conv_out_hw",
            "out_memory_format", "NO_GRAD", "FORWARD", "BACKWARD"]
@@ -326,11 +324,6 @@ register_autocast("shallowkern::wide_conv2d")
 # ---------------------------------------------------------------------------------------------
 # FLOP formulas (shallowkern.flops; bias, ReLU and pooling are not counted, as aten's are not)
 # ---------------------------------------------------------------------------------------------
-def conv_flops(input_shape, weight_shape, stride, padding, dilation) -> int:
-    """Dense conv FLOPs (kept for callers of the old name; see shallowkern.flops.conv2d_flops)."""
-    return _flops.conv2d_flops(input_shape, weight_shape, stride, padding, dilation)
-
-
 @register_flop_formula(torch.ops.shallowkern.wide_conv2d)
 def _wide_conv2d_flops(input_shape, weight_shape, bias_shape, stride, padding, dilation, *args,
                        out_shape=None, **kwargs) -> int:
@@ -350,20 +343,14 @@ def _wide_conv2d_backward_flops(grad_shape, input_shape, weight_shape, saved_sha
 # ---------------------------------------------------------------------------------------------
 _NATIVE_CHOICE = Choice("native", FORWARD.backends[0].description)
 _NATIVE_BACKWARD_CHOICE = Choice("native", BACKWARD.backends[0].description)
-_peek_interpreter = torch._C._functorch.peek_interpreter_stack
 
 
 def _fast_path(input) -> bool:
-    """True where a call may skip the public op for the C++ kernels: eager on CPU,
-    float32/float64, no autocast, transform, forward AD, dispatch mode (FlopCounterMode counts
-    the public op) or forced backend, and FORWARD would choose native (``_enough_images``; a
-    test keeps the two equal)."""
-    return (type(input) is Tensor and input.is_cpu and input.dim() == 4
-            and input.dtype in _NATIVE_CPU_DTYPES and _ext.available()
-            and not 0 < input.shape[0] < torch.get_num_threads()
-            and not torch._C._is_any_autocast_enabled() and _peek_interpreter() is None
-            and _fw_ad._current_level < 0 and torch._C._len_torch_dispatch_stack() == 0
-            and not torch.compiler.is_compiling() and forced() is None)
+    """True where a call may skip the public op for the C++ kernels: a plain eager CPU call
+    (``plain_eager_cpu``) of a 4-D input where FORWARD would choose native (``_enough_images``;
+    a test keeps the two equal)."""
+    return (plain_eager_cpu(input, _NATIVE_CPU_DTYPES) and input.dim() == 4 and _ext.available()
+            and not 0 < input.shape[0] < torch.get_num_threads())
 
 
 class _NativeFn(torch.autograd.Function):
@@ -394,16 +381,6 @@ class _NativeFn(torch.autograd.Function):
             *ctx.params, mask)
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
                 None, None, None, None, None, None)
-
-
-def wide_conv2d_composite(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding,
-                          dilation, groups: int, relu: bool, pool: int) -> Tensor:
-    """The same function in differentiable aten ops: what function transforms and double
-    backward run (every torch.func transform differentiates it exactly)."""
-    y = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-    if relu:
-        y = torch.relu(y)
-    return F.max_pool2d(y, 2, 2) if pool == 2 else y
 
 
 def wide_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
