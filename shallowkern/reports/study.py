@@ -73,7 +73,7 @@ def choose_epochs(records: Sequence[dict[str, Any]], *, slack: float = 1.0) -> d
 def _label(r: dict[str, Any]) -> str:
     fam, seed = value(r, "family"), value(r, "seed")
     if fam == "lenet":
-        k = value(r, "k")
+        k = (r.get("config") or {}).get("k", value(r, "k"))  # the requested k, not d2/d1
         name = f"lenet d1={value(r, 'd1')}" + ("" if k is None or k == 2.8 else f" k={k:g}")
     else:
         name = f"{fam} width={value(r, 'width')}"
