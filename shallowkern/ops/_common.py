@@ -19,6 +19,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from ._backend import forced
+
 _libs: list[torch.library.Library] = []
 
 
@@ -65,8 +67,6 @@ def plain_eager_cpu(input, dtypes: tuple[torch.dtype, ...]) -> bool:
     """True for a plain eager CPU call in ``dtypes``: no autocast, function transform, forward AD,
     dispatch mode (FlopCounterMode counts public ops), compile or forced backend. Checked in C
     calls only: it guards the functionals' fast paths."""
-    from ._backend import forced
-
     return (type(input) is Tensor and input.is_cpu and input.dtype in dtypes
             and not torch._C._is_any_autocast_enabled() and _peek_interpreter() is None
             and fwAD._current_level < 0 and torch._C._len_torch_dispatch_stack() == 0
