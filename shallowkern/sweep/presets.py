@@ -158,9 +158,10 @@ def step_key(cfg: TrialConfig) -> str:
     return cfg.label().rsplit(" seed=", 1)[0]
 # Packed-over-single training throughput by d1: `OMP_NUM_THREADS=1 python -m
 # shallowkern.sweep.packed 4 4 8 16` (4 trials, loaders included) on this project's 2-core VM,
-# 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 (docs/study.md "Packing").
+# 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 07:06 UTC, after the
+# wide_conv2d fast path (docs/study.md "Packing").
 # Below 1: packing is slower than one trial at a time. Widths not listed get 1.0 (no claim).
-MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.38, 8: 1.16, 16: 0.94}
+MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.29, 8: 1.14, 16: 0.94}
 
 
 def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
