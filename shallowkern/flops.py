@@ -112,12 +112,12 @@ def quadric_linear_flops(batch: int, in_features: int, out_features: int, form: 
 
 def quadric_linear_backward_flops(batch: int, in_features: int, out_features: int, form: str,
                                   rank: int = 1, output_mask: Sequence[bool] = (True,) * 4,
-                                  kind: str = "effective", factors_saved: bool = False) -> int:
+                                  kind: str = "effective") -> int:
     """Backward FLOPs: input gradient and weight gradients each cost one forward GEMM of their
     part (bias gradient not counted). executed adds what the kernels do beyond that: the full
     form's input-gradient contraction (4BT) on CPU, and the lowrank recomputation of the two
-    factor GEMMs (2 * 2BrnK) whenever the input or quadratic-weight gradient is needed and the
-    training forward did not save them (``factors_saved``: the C++ CPU path saves them)."""
+    factor GEMMs (2 * 2BrnK) whenever the input or quadratic-weight gradient is needed, as the
+    Triton backward does (the C++ CPU training forward saves the factors instead)."""
     n, k = in_features, out_features
     quad = _quadric_terms(n, form, rank, kind)
     total = 0
@@ -129,8 +129,7 @@ def quadric_linear_backward_flops(batch: int, in_features: int, out_features: in
         total += 2 * batch * k * quad
     if output_mask[2]:
         total += 2 * batch * k * n
-    if (form == "lowrank" and kind == "executed" and not factors_saved
-            and (output_mask[0] or output_mask[1])):
+    if form == "lowrank" and kind == "executed" and (output_mask[0] or output_mask[1]):
         total += 4 * batch * rank * n * k
     return total
 

@@ -32,8 +32,9 @@ from .. import _ext
 from .. import flops as _flops
 from ._backend import Backend, Choice, OpDispatch, record
 from ._common import needs_composite, plain_eager_cpu, register_autocast
-from ._geometry import (NO_GRAD, check_conv_geometry, check_conv_tensors, conv_out_hw,
-                        out_memory_format, pair)
+from ._geometry import NO_GRAD, conv_out_hw, out_memory_format, pair
+# the argument checks (the registered ops validate their own arguments: they are public API)
+from ._wide_conv2d_args import _check_backward_args, check_args, out_channels
 # the reference (CPU fallback, test oracle, benchmark baseline) lives in its own module
 from ._wide_conv2d_reference import (wide_conv2d_backward_reference, wide_conv2d_composite,
                                      wide_conv2d_reference)
@@ -46,51 +47,6 @@ _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The CUDA C++ kernel is a direct convolution for the first layer (weights in shared memory);
 # above this C_in the implicit-GEMM Triton kernel wins.
 CUDA_SMALL_CIN = 4
-
-
-# ---------------------------------------------------------------------------------------------
-# argument checks (the registered op validates its own arguments: it is public API)
-# ---------------------------------------------------------------------------------------------
-def _shape(t) -> object:
-    return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-
-
-def check_args(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
-               groups: int, pool: int) -> tuple[int, int, int, int]:
-    """Validate a call; returns (OH, OW, PH, PW): conv output and pooled output sizes."""
-    op = "wide_conv2d"
-    check_conv_tensors(op, input, weight, None, "(K, C/groups, R, S)")
-    stride, padding, dilation = (pair(stride, "stride", op), pair(padding, "padding", op),
-                                 pair(dilation, "dilation", op))
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 \
-            or input.shape[1] % groups or weight.shape[0] % groups:
-        raise ValueError(f"{op}: groups={groups!r} must be a positive int dividing "
-                         f"in_channels={input.shape[1]} and out_channels={weight.shape[0]}")
-    if weight.shape[1] * groups != input.shape[1]:
-        raise ValueError(f"{op}: weight has {weight.shape[1]} input channels per group but "
-                         f"input has {input.shape[1]} channels and groups={groups}")
-    if weight.shape[2] < 1 or weight.shape[3] < 1:  # oneDNN's error for it names nothing
-        raise ValueError(f"{op}: weight must have a non-empty kernel, got {tuple(weight.shape)}")
-    if bias is not None:
-        if not isinstance(bias, Tensor) or tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {_shape(bias)}")
-        if bias.dtype != input.dtype or bias.device != input.device:
-            raise TypeError(f"{op}: bias must be {input.dtype} on {input.device}, got "
-                            f"{bias.dtype} on {bias.device}")
-    if pool not in (1, 2) or isinstance(pool, bool):
-        raise ValueError(f"{op}: pool must be None/1 (no pooling) or 2, got {pool!r}")
-    oh, ow = check_conv_geometry(op, input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    if pool == 2 and (oh < 2 or ow < 2):
-        raise ValueError(f"{op}: pool=2 needs a conv output of at least 2x2, got {oh}x{ow}")
-    if pool == 2 and input.shape[1] == 0:
-        raise ValueError(f"{op}: pool=2 with zero input channels: conv2d's (N, 0, OH, OW) output "
-                         "has no channel to pool (max_pool2d refuses it too)")
-    return oh, ow, oh // pool, ow // pool
-
-
-def out_channels(input: Tensor, weight: Tensor) -> int:
-    """Output channels as aten's conv2d gives them: K, or 0 when the input has no channels."""
-    return 0 if input.shape[1] == 0 else weight.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,27 +198,6 @@ def wide_conv2d_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor, sav
                                           dilation, groups, relu, pool, output_mask)
 
 
-def _check_backward_args(grad_out, input, weight, saved, stride, padding, dilation, groups, relu,
-                         pool, output_mask):
-    op = "wide_conv2d_backward"
-    _, _, ph, pw = check_args(input, weight, None, stride, padding, dilation, groups, pool)
-    want = (input.shape[0], out_channels(input, weight), ph, pw)
-    if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != want:
-        raise ValueError(f"{op}: grad_out must have shape {want}, got {_shape(grad_out)}")
-    if grad_out.dtype != input.dtype or grad_out.device != input.device:
-        raise TypeError(f"{op}: grad_out must be {input.dtype} on {input.device}, got "
-                        f"{grad_out.dtype} on {grad_out.device}")
-    if pool == 2:
-        if saved.dtype != torch.uint8 or tuple(saved.shape) != want:
-            raise ValueError(f"{op}: pool=2 needs the forward's uint8 indices of shape {want}, got "
-                             f"{saved.dtype} {_shape(saved)}")
-    elif relu and tuple(saved.shape) != want:
-        raise ValueError(f"{op}: relu needs the forward's output of shape {want}, got "
-                         f"{_shape(saved)}")
-    if len(output_mask) != 3:
-        raise ValueError(f"{op}: output_mask must have 3 entries, got {list(output_mask)}")
-
-
 @wide_conv2d_backward_op.register_fake
 def _wide_conv2d_backward_fake(grad_out, input, weight, saved, stride, padding, dilation, groups,
                                relu, pool, output_mask, backend=""):
@@ -274,11 +209,15 @@ def _wide_conv2d_backward_fake(grad_out, input, weight, saved, stride, padding, 
             weight.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0))
 
 
+def _saved(input, out, idx, relu: bool, pool: int) -> Tensor:
+    """What the backward kernels read: pool 2 the window indices, else the output if ReLU."""
+    return idx if pool == 2 else (out if relu else input.new_empty(0))
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, relu, pool, return_indices = inputs
     out, idx = output
-    saved = idx if pool == 2 else (out if relu else input.new_empty(0))
-    ctx.save_for_backward(input, weight, saved, bias)
+    ctx.save_for_backward(input, weight, _saved(input, out, idx, relu, pool), bias)
     ctx.set_materialize_grads(False)  # the uint8 indices output never gets a gradient
     ctx.params = (stride, padding, dilation, groups, relu, pool)
     ctx.has_bias = bias is not None
@@ -289,32 +228,32 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = last.backend
 
 
-def _backward(ctx, grad_out, _grad_idx):
+def _grads(ctx, grad_out, kernel) -> tuple:
+    """(grad input, grad weight, grad bias), None where not needed: the op's autograd formula,
+    shared by the public op and the functional's fast path. ``kernel(grad_out, input, weight,
+    saved, stride, padding, dilation, groups, relu, pool, mask)`` runs the backward."""
     input, weight, saved, bias = ctx.saved_tensors
-    if grad_out is None:  # only the indices were used downstream
-        return (None,) * 10
-    stride, padding, dilation, groups, relu, pool = ctx.params
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    ng = ctx.needs_input_grad
+    mask = [ng[0], ng[1], ctx.has_bias and ng[2]]
     if torch.is_grad_enabled():
         # create_graph=True (double backward): the reference composition, differentiable again
-        return _differentiable_backward(ctx, grad_out, input, weight, bias, mask)
-    if ctx.missing_indices:
+        bias = bias if ctx.has_bias else None
+        out = wide_conv2d_composite(input, weight, bias, *ctx.params)
+        wrt = [t for t, m in zip((input, weight, bias), mask) if m]
+        grads = iter(torch.autograd.grad(out, wrt, grad_out, create_graph=True))
+        return tuple(next(grads) if m else None for m in mask)
+    gi, gw, gb = kernel(grad_out.contiguous(memory_format=out_memory_format(input)), input, weight,
+                        saved, *ctx.params, mask)
+    return gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None
+
+
+def _backward(ctx, grad_out, _grad_idx):
+    if grad_out is None:  # only the indices were used downstream
+        return (None,) * 10
+    if ctx.missing_indices and not torch.is_grad_enabled():
         raise RuntimeError("wide_conv2d: backward through pool=2 needs return_indices=True in the "
                            "forward (the functional shallowkern.ops.wide_conv2d sets it for you)")
-    gi, gw, gb = wide_conv2d_backward_op(grad_out.contiguous(memory_format=out_memory_format(input)),
-                                         input, weight, saved, stride, padding, dilation, groups,
-                                         relu, pool, mask, ctx.backend)
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-            None, None, None, None, None, None, None)
-
-
-def _differentiable_backward(ctx, grad_out, input, weight, bias, mask):
-    stride, padding, dilation, groups, relu, pool = ctx.params
-    bias = bias if ctx.has_bias else None
-    out = wide_conv2d_composite(input, weight, bias, stride, padding, dilation, groups, relu, pool)
-    wrt = [t for t, m in zip((input, weight, bias), mask) if m]
-    grads = iter(torch.autograd.grad(out, wrt, grad_out, create_graph=True))
-    return tuple(next(grads) if m else None for m in mask) + (None,) * 7
+    return _grads(ctx, grad_out, lambda *a: wide_conv2d_backward_op(*a, ctx.backend)) + (None,) * 7
 
 
 wide_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -353,34 +292,27 @@ def _fast_path(input) -> bool:
             and not 0 < input.shape[0] < torch.get_num_threads())
 
 
+def _native_backward(*args):
+    record("wide_conv2d_backward", _NATIVE_BACKWARD_CHOICE)
+    return torch.ops.shallowkern._wide_conv2d_native_backward(*args)
+
+
 class _NativeFn(torch.autograd.Function):
     """Training calls on the fast path: the C++ forward and backward kernels with the op's
-    autograd formula (``_backward``), without the public ops' dispatch."""
+    autograd formula (``_grads``), without the public ops' dispatch."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation, groups, relu, pool):
         out, idx = torch.ops.shallowkern._wide_conv2d_native(
             input, weight, bias, stride, padding, dilation, groups, relu, pool, pool == 2)
-        ctx.save_for_backward(input, weight, idx if pool == 2 else (
-            out if relu else input.new_empty(0)), bias)
+        ctx.save_for_backward(input, weight, _saved(input, out, idx, relu, pool), bias)
         ctx.params = (stride, padding, dilation, groups, relu, pool)
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        input, weight, saved, bias = ctx.saved_tensors
-        ng = ctx.needs_input_grad
-        mask = [ng[0], ng[1], ctx.has_bias and ng[2]]
-        if torch.is_grad_enabled():  # create_graph=True: differentiable again
-            return _differentiable_backward(ctx, grad_out, input, weight, bias, mask)[:3] + (
-                None,) * 6
-        record("wide_conv2d_backward", _NATIVE_BACKWARD_CHOICE)
-        gi, gw, gb = torch.ops.shallowkern._wide_conv2d_native_backward(
-            grad_out.contiguous(memory_format=out_memory_format(input)), input, weight, saved,
-            *ctx.params, mask)
-        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-                None, None, None, None, None, None)
+        return _grads(ctx, grad_out, _native_backward) + (None,) * 6
 
 
 def wide_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
