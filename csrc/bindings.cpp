@@ -2,6 +2,7 @@
 // dispatcher (registration.cpp, cpu/*.cpp, cuda/bindings.cu), not through pybind11.
 #include <torch/extension.h>
 
+#include "shallowkern/cpu/small_gemm.h"
 #include "shallowkern/knobs.h"
 
 #ifdef _OPENMP
@@ -28,4 +29,33 @@ PYBIND11_MODULE(_C, m) {
         "Set the C++ knob read from environment variable `env` ('' restores its default).");
   m.def("get_knob", &shallowkern::knobs::get_knob, pybind11::arg("env"),
         "The C++ knob's current value as text.");
+  // The C++ kernels' GEMM routing, for the Python backend choice and for tests.
+  m.def("small_gemm_ok", &shallowkern::cpu::small_gemm_ok, pybind11::arg("M"), pybind11::arg("N"),
+        pybind11::arg("K"),
+        "Whether a float M x N (reduction K) A B^T product takes the skinny kernel.");
+  // Test hook: c = alpha a b^T + beta c through the skinny kernel itself (strided rows allowed).
+  m.def(
+      "small_gemm_nt",
+      [](const at::Tensor& a, const at::Tensor& b, at::Tensor& c, double alpha, double beta) {
+        const std::pair<const at::Tensor*, const char*> args[] = {{&a, "a"}, {&b, "b"}, {&c, "c"}};
+        for (auto [t, name] : args) {
+          TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kFloat &&
+                                t->dim() == 2 && t->stride(1) == 1,
+                            "small_gemm_nt: ", name,
+                            " must be a 2-D float32 CPU tensor with unit column stride");
+        }
+        const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
+        TORCH_CHECK_VALUE(b.size(1) == K && c.size(0) == M && c.size(1) == N,
+                          "small_gemm_nt: shapes a ", a.sizes(), ", b ", b.sizes(), ", c ",
+                          c.sizes(), " do not give c = a b^T");
+        TORCH_CHECK_VALUE(shallowkern::cpu::small_gemm_ok(M, N, K),
+                          "small_gemm_nt: the skinny kernel does not take M=", M, ", N=", N,
+                          ", K=", K, " on this CPU");
+        shallowkern::cpu::small_gemm_nt(M, N, K, static_cast<float>(alpha), a.data_ptr<float>(),
+                                        a.stride(0), b.data_ptr<float>(), b.stride(0),
+                                        static_cast<float>(beta), c.data_ptr<float>(),
+                                        c.stride(0));
+      },
+      pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"), pybind11::arg("alpha") = 1.0,
+      pybind11::arg("beta") = 0.0);
 }

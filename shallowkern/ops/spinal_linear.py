@@ -42,6 +42,7 @@ layers, the BLAS chain; see ``_row_blocks_prefer``); on CUDA they run the Triton
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -122,14 +123,30 @@ def _native_cpu_supports(*args) -> str | None:
 BLAS_CHAIN_MIN_MACS = 1 << 23  # per-layer multiply-adds from which the BLAS chain is chosen
 
 
+@functools.lru_cache(maxsize=1024)
+def _skinny_cached(rows: int, width: int, k: int) -> bool:
+    return bool(_ext._C.small_gemm_ok(rows, width, k))
+
+
+@torch.compiler.assume_constant_result  # dynamo runs it at trace time: a static path choice
+def _skinny(rows: int, width: int, k: int) -> bool:
+    """Whether the C++ kernels take their AVX-512 skinny-GEMM kernel for a layer (fp32). Cached
+    per shape (a pybind call costs ~1 us): the SHALLOWKERN_CPU_AVX512 knob, flipped at run time,
+    changes what the C++ GEMMs run at once but this path choice only for shapes not seen yet."""
+    return _skinny_cached(rows, width, k)
+
+
 def _row_blocks_prefer(input, weight_x, *rest) -> str | None:
     """The C++ op has two CPU paths (csrc/cpu/spinal_linear.cpp): row blocks (the whole chain per
     block of rows, one block per thread, direct MKL for small products) and the BLAS chain
     (per-layer ATen/MKL GEMMs over the whole batch, multi-threaded inside). Row blocks win when
     per-call overhead matters; from BLAS_CHAIN_MIN_MACS multiply-adds per layer the chain's
-    GEMMs are as fast or faster (docs/spinal.md, "CPU paths")."""
+    GEMMs are as fast or faster (docs/spinal.md, "CPU paths"), except for skinny fp32 layers
+    (few rows or few outputs), where the row blocks' AVX-512 kernel beats MKL (small_gemm.h)."""
     B, W = input.shape[0], weight_x[0].shape[0]
     k = max(w.shape[1] for w in weight_x)
+    if input.dtype == torch.float32 and _skinny(B, W, k):
+        return None
     if B * W * (k + W) >= BLAS_CHAIN_MIN_MACS:
         return f"{B}x{W}x{k + W} per layer >= {BLAS_CHAIN_MIN_MACS} multiply-adds: BLAS chain"
     return None

@@ -1,5 +1,6 @@
-// Row-major GEMM for the C++ CPU kernels (quadric_linear, spinal_linear*): MKL's SGEMM/DGEMM
-// called directly for small products, ATen's GEMM on strided views otherwise.
+// Row-major GEMM for the C++ CPU kernels (quadric_linear, spinal_linear*): our AVX-512 kernel for
+// skinny float A B^T products (small_gemm.h), MKL's SGEMM/DGEMM called directly for other small
+// products, ATen's GEMM on strided views otherwise.
 //
 // Why: an at::mm through the dispatcher costs ~2-4 us, which is most of a batch-32 layer
 // (the whole quadric diagonal forward at B = 32, n = K = 64 took 11.7 us with two at::addmm;
@@ -9,6 +10,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include "shallowkern/cpu/small_gemm.h"
 
 #include <cstdint>
 #include <limits>
@@ -78,12 +81,19 @@ void aten_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const
   }
 }
 
-// direct_gemm when allowed (allow_direct, e.g. an environment switch) and direct_gemm_ok,
-// aten_gemm otherwise. Empty outputs return at once.
+// When allowed (allow_direct, e.g. an environment switch): small_gemm_nt for skinny float A B^T
+// products (small_gemm_ok), direct_gemm when direct_gemm_ok; aten_gemm otherwise. Empty outputs
+// return at once.
 template <typename T>
 void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool allow_direct = true) {
   if (M == 0 || N == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (allow_direct && ta == 'N' && tb == 'T' && small_gemm_ok(M, N, K)) {
+      small_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+  }
   if (allow_direct && direct_gemm_ok(M, N, K, lda, ldb, ldc)) {
     direct_gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {

@@ -1,0 +1,27 @@
+// Skinny row-major products C = alpha A B^T + beta C (A: M x K, B: N x K, both with unit column
+// stride) where MKL's SGEMM is inefficient: few outputs per row (N <= 16: a SpinalNet layer of
+// width 8, the 10-class output layer) or few rows (M <= 2: batch-1 inference, a GEMV per layer).
+//
+// Measured on this project's Zen 4 VM (1 thread): MKL reaches 26 GFLOP/s at M = 32, N = 8,
+// K = 1608 and 22-28 GFLOP/s at M = 1 (the weights stream from cache); the kernel here computes
+// each output as a 16-lane dot product over K (AVX-512, R rows x NB outputs of accumulators,
+// one horizontal sum per output), so every A row is read once per NB outputs and every B row
+// once per R rows. float only; the caller falls back to gemm() where small_gemm_ok is false.
+#pragma once
+
+#include <cstdint>
+
+namespace shallowkern {
+namespace cpu {
+
+// Whether small_gemm_nt takes this product: float, AVX-512 present (and not hidden by the
+// SHALLOWKERN_CPU_AVX512 knob), the skinny shapes above, K at least one vector.
+bool small_gemm_ok(int64_t M, int64_t N, int64_t K);
+
+// C[m, n] = alpha * sum_k A[m * lda + k] * B[n * ldb + k] + beta * C[m * ldc + n]
+// (beta == 0 ignores C's old contents, NaN included). Caller checked small_gemm_ok.
+void small_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace cpu
+}  // namespace shallowkern

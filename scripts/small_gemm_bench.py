@@ -1,0 +1,142 @@
+"""Kernel-level timing of the skinny-GEMM kernel (csrc/cpu/small_gemm.cpp) against MKL's SGEMM
+as the C++ kernels call it (direct_gemm, csrc/include/shallowkern/cpu/blas.h), one thread, on
+the shapes that decide small_gemm_ok. Builds a throwaway extension (about a minute) whose two
+functions run one product `reps` times in C++, so no Python or dispatcher cost is timed.
+
+usage: python scripts/small_gemm_bench.py [OUT.txt]
+       python scripts/small_gemm_bench.py --spinal B,F,W [B,F,W ...]
+
+--spinal: the GEMM floor of a spinal_linear forward (4 layers, 2 splits, 10 outputs): the sum,
+over the chain's GEMMs, of the faster of the two kernels on that shape (each timed alone, its
+operands hot in cache), beside the eager chain (benchmarks/test_bench_spinal_linear.py, timed
+here) and the time 1.5x eager would need. Where the floor is above that time, no chain of these
+GEMMs reaches the issue's 1.5x target on this CPU.
+"""
+
+import os
+import sys
+import time
+
+import torch
+from torch.utils.cpp_extension import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = [  # (M rows, N outputs, K)
+    (32, 8, 1600), (32, 8, 1608), (32, 8, 25600), (32, 10, 32), (32, 10, 512), (32, 10, 2048),
+    (1, 8, 1608), (1, 10, 512), (1, 128, 128), (1, 128, 1600), (1, 128, 25600), (1, 512, 512),
+    (1, 512, 672), (1, 512, 2112), (1, 512, 25600), (2, 128, 1728), (2, 512, 672),
+    (4, 128, 128), (4, 128, 1728), (8, 128, 128), (8, 128, 1728), (8, 512, 672), (12, 128, 1728),
+    (32, 16, 64), (32, 16, 1608), (32, 24, 32), (32, 24, 1608), (32, 32, 1608),
+    (32, 128, 160), (32, 128, 288), (32, 128, 1728), (32, 512, 672), (32, 512, 2112)]
+
+CPP = r"""
+#include <torch/extension.h>
+#include "shallowkern/cpu/blas.h"
+#include "shallowkern/cpu/small_gemm.h"
+using namespace shallowkern::cpu;
+at::Tensor run(const at::Tensor& a, const at::Tensor& b, int64_t reps, bool skinny) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
+  at::Tensor c = at::empty({M, N}, a.options());
+  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
+  float* pc = c.data_ptr<float>();
+  for (int64_t i = 0; i < reps; ++i) {
+    if (skinny) small_gemm_nt(M, N, K, 1.f, pa, K, pb, K, 0.f, pc, N);
+    else direct_gemm<float>('N', 'T', M, N, K, 1.f, pa, K, pb, K, 0.f, pc, N);
+  }
+  return c;
+}
+"""
+
+
+def main(out=None):
+    ext = _build()
+    torch.set_num_threads(1)
+    lines = [f"# skinny GEMM vs MKL SGEMM (direct), 1 thread, fp32, {time.strftime('%Y-%m-%d')}",
+             f"# torch {torch.__version__}; {_cpu()}",
+             "| M | N | K | skinny µs | GFLOP/s | MKL µs | GFLOP/s | MKL/skinny | routed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
+    for M, N, K in SHAPES:
+        a, b = torch.randn(M, K), torch.randn(N, K)
+        reps = max(1, int(2e6 / (M * N * K)))
+        ts, tm = (_time(lambda s=s: ext.run(a, b, reps, s)) / reps for s in (True, False))
+        fl = 2 * M * N * K
+        row = (f"| {M} | {N} | {K} | {ts * 1e6:.2f} | {fl / ts / 1e9:.1f} | {tm * 1e6:.2f} | "
+               f"{fl / tm / 1e9:.1f} | {tm / ts:.2f}x | "
+               f"{'yes' if _routed(M, N, K) else 'no'} |")
+        lines.append(row)
+        print(row, flush=True)
+    if out:
+        with open(out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def spinal(cases):
+    from benchmarks.test_bench_spinal_linear import _eager_fn, _eager_inputs
+    from shallowkern.ops.spinal_linear import split_sizes
+    ext = _build()
+    torch.set_num_threads(1)
+    L, S, O = 4, 2, 10
+
+    def best(M, N, K):
+        a, b = torch.randn(M, K), torch.randn(N, K)
+        reps = max(1, int(2e6 / (M * N * K)))
+        tm = _time(lambda: ext.run(a, b, reps, False)) / reps
+        if not _routed(M, N, K):
+            return tm
+        return min(tm, _time(lambda: ext.run(a, b, reps, True)) / reps)
+
+    print("| case | GEMM floor µs | eager µs | 1.5x eager needs µs | floor / needed |")
+    print("|---|---|---|---|---|")
+    for case in cases:
+        B, F, W = map(int, case.split(","))
+        sizes = split_sizes(F, S)
+        floor = sum(best(B, W, sizes[i % S]) + (best(B, W, W) if i else 0) for i in range(L))
+        floor += best(B, O, L * W)
+        c = {"batch": B, "f": F, "w": W}
+        fn, inp = _eager_fn(c), _eager_inputs(c, torch.device("cpu"), torch.float32)
+        with torch.no_grad():
+            te = _time(lambda: fn(*inp), 1.0)
+        print(f"| b{B}_f{F}_w{W} | {floor * 1e6:,.0f} | {te * 1e6:,.0f} | {te / 1.5 * 1e6:,.0f} | "
+              f"{floor / (te / 1.5):.2f} |", flush=True)
+
+
+def _build():
+    src = os.path.join(ROOT, "build", "small_gemm_bench.cpp")
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    with open(src, "w") as f:
+        f.write(CPP + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("run", &run); }\n')
+    return load("sk_small_gemm_bench", [src, os.path.join(ROOT, "csrc", "cpu", "small_gemm.cpp"),
+                                        os.path.join(ROOT, "csrc", "knobs.cpp")],
+                extra_include_paths=[os.path.join(ROOT, "csrc", "include")],
+                extra_cflags=["-O3"], verbose=False)
+
+
+def _routed(M, N, K):
+    from shallowkern import _ext
+    return _ext._C is not None and _ext._C.small_gemm_ok(M, N, K)
+
+
+def _time(f, budget=0.3):
+    f()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < budget:
+        f()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "cpu ?"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--spinal"]:
+        sys.path.insert(0, ROOT)
+        spinal(sys.argv[2:])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)
