@@ -93,7 +93,7 @@ void blocks(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, float alp
   }
 }
 #endif
-constexpr int64_t kParallelMacs = int64_t{1} << 20;  // below this, one thread
+constexpr int64_t kParallelMacs = int64_t{1} << 18;  // below this, one thread
 }  // namespace
 
 void small_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -53,7 +53,7 @@ from ._common import register_flop_formula  # deferred: flop_counter imports Tri
 from .. import _ext
 from .. import flops as _flops
 from ._backend import Backend, Choice, OpDispatch, record
-from ._common import needs_composite
+from ._common import needs_composite, plain_eager_cpu
 from .spinal_fallback import _LIBS, NATIVE_CPU, SCHEMAS  # noqa: F401  (registers the ops)
 from .spinal_reference import (  # noqa: F401  (public names of this module)
     ACTIVATIONS, _ACT_FN, act_grad_from_out, check_args, check_config, fold_bn, init_bound,
@@ -143,8 +143,8 @@ def _row_blocks_prefer(input, weight_x, *rest) -> str | None:
     per-call overhead matters; from BLAS_CHAIN_MIN_MACS multiply-adds per layer the chain's
     GEMMs are as fast or faster (docs/spinal.md, "CPU paths"), except for skinny fp32 layers
     (few rows or few outputs), where the row blocks' AVX-512 kernel beats MKL (small_gemm.h)."""
-    B, W = input.shape[0], weight_x[0].shape[0]
-    k = max(w.shape[1] for w in weight_x)
+    B = input.shape[0]
+    W, k = weight_x[0].shape  # layer 0 reads split 0, the widest (tensor_split's rule)
     if input.dtype == torch.float32 and _skinny(B, W, k):
         return None
     if B * W * (k + W) >= BLAS_CHAIN_MIN_MACS:
@@ -168,6 +168,10 @@ DISPATCH = OpDispatch("spinal_linear", [
             supports=_cuda_native_supports, description="CUDA C++ fused forward"),
     Backend("reference", description="PyTorch composition (spinal_linear_reference)"),
 ], key=lambda input, *rest: input)
+_CPU_DTYPES = (torch.float32, torch.float64)
+# what DISPATCH records for a CPU call on row blocks (the functional's fast path records the same)
+_ROW_BLOCKS = Choice("native", next(b.description for b in DISPATCH.backends
+                                    if b.name == "native" and b.devices == ("cpu",)))
 
 
 def _flop_args(input_shape, weight_x_shapes, weight_h_shapes, out_weight_shape, splits):
@@ -215,6 +219,18 @@ def spinal_linear(
     which kernel ran. Bad arguments raise ValueError/TypeError naming the argument.
     """
     b = list(bias) if bias else []
+    if NATIVE_CPU and plain_eager_cpu(input, _CPU_DTYPES):
+        # the common CPU call, checked in C calls only (~2 us instead of ~12 through DISPATCH):
+        # DISPATCH's choice for row blocks (a test keeps the two equal); the C++ op validates
+        # everything itself. The BLAS chain's larger layers take the general path below.
+        try:
+            if not _row_blocks_prefer(input, weight_x):
+                record("spinal_linear", _ROW_BLOCKS)
+                return torch.ops.shallowkern.spinal_linear(input, weight_x, weight_h, b, out_weight,
+                                                           out_bias, splits, activation, "native")
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError):
+            check_args(input, weight_x, weight_h, b, out_weight, out_bias, splits, activation)
+            raise
     if torch.compiler.is_compiling():
         # traced by dynamo: a static choice (no recording, no logging in the graph); the
         # registered op is one opaque node with its fake and autograd kernels

@@ -369,6 +369,22 @@ def test_blas_chain_routing_is_visible():
 
 
 @requires_native
+@pytest.mark.parametrize("B,F_,W,dtype", [(1, 320, 8, torch.float32), (32, 3200, 8, torch.float32),
+                                          (5, 11, 3, torch.float64), (2, 25600, 128, torch.float32),
+                                          (600, 512, 128, torch.float32)])
+def test_functional_fast_path_records_dispatch_choice(B, F_, W, dtype):
+    """The functional's CPU fast path (plain eager calls skip DISPATCH) records exactly what
+    DISPATCH would choose, row blocks or the BLAS chain, and computes the same result."""
+    m = make(F_=F_, W=W, dtype=dtype)
+    args = (list(m.weight_x), list(m.weight_h), list(m.bias), m.out_weight, m.out_bias)
+    x = torch.randn(B, F_, dtype=dtype)
+    with torch.no_grad():
+        y = sl.spinal_linear(x, *args)
+    assert shallowkern.last_backend("spinal_linear") == sl.DISPATCH.choose(x, *args, 2, "relu")
+    assert_close(y, eager_cat(m, x), dtype=dtype, reduction=F_ + 4 * W)
+
+
+@requires_native
 def test_native_public_op_autograd_matches_reference():
     m = make(F_=11, S=3, L=5, act="tanh")
     x = torch.randn(7, 11, dtype=torch.float64, requires_grad=True)
