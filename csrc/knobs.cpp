@@ -27,6 +27,13 @@ CpuForward parse_forward(const std::string& env, const std::string& v) {
   throw std::invalid_argument(env + "=" + v + ": expected direct, fused or vendor");
 }
 
+CpuConvLayout parse_layout(const std::string& env, const std::string& v) {
+  if (v.empty()) return CpuConvLayout::kAuto;
+  if (v == "channels_last") return CpuConvLayout::kChannelsLast;
+  if (v == "planar") return CpuConvLayout::kPlanar;
+  throw std::invalid_argument(env + "=" + v + ": expected channels_last or planar");
+}
+
 int64_t parse_mb(const std::string& env, const std::string& v) {
   if (v.empty()) return kDefaultPartialsMB;
   char* end = nullptr;
@@ -43,7 +50,7 @@ std::string env_text(const char* name) {
 }
 
 struct State {
-  std::atomic<int> forward;
+  std::atomic<int> forward, layout;
   std::atomic<bool> sparse_backward, avx512;
   std::atomic<int64_t> partials_mb;
   std::string kt;  // the CUDA planner's, read once by it; kept to accept a no-op set_knob
@@ -60,6 +67,12 @@ struct State {
     forward = static_cast<int>(or_default(
         [] { return parse_forward("SHALLOWKERN_CPU_FORWARD", env_text("SHALLOWKERN_CPU_FORWARD")); },
         CpuForward::kAuto));
+    layout = static_cast<int>(or_default(
+        [] {
+          return parse_layout("SHALLOWKERN_CPU_CONV_LAYOUT",
+                              env_text("SHALLOWKERN_CPU_CONV_LAYOUT"));
+        },
+        CpuConvLayout::kAuto));
     sparse_backward = or_default(
         [] {
           return parse_bool("SHALLOWKERN_CPU_SPARSE_BACKWARD",
@@ -88,6 +101,9 @@ State& state() {
 CpuForward cpu_forward() {
   return static_cast<CpuForward>(state().forward.load(std::memory_order_relaxed));
 }
+CpuConvLayout cpu_conv_layout() {
+  return static_cast<CpuConvLayout>(state().layout.load(std::memory_order_relaxed));
+}
 bool cpu_sparse_backward() { return state().sparse_backward.load(std::memory_order_relaxed); }
 bool cpu_avx512() { return state().avx512.load(std::memory_order_relaxed); }
 int64_t cpu_partials_bytes() {
@@ -98,6 +114,8 @@ void set_knob(const std::string& env, const std::string& value) {
   State& s = state();
   if (env == "SHALLOWKERN_CPU_FORWARD") {
     s.forward = static_cast<int>(parse_forward(env, value));
+  } else if (env == "SHALLOWKERN_CPU_CONV_LAYOUT") {
+    s.layout = static_cast<int>(parse_layout(env, value));
   } else if (env == "SHALLOWKERN_CPU_SPARSE_BACKWARD") {
     s.sparse_backward = parse_bool(env, value, true);
   } else if (env == "SHALLOWKERN_CPU_AVX512") {
@@ -112,7 +130,8 @@ void set_knob(const std::string& env, const std::string& value) {
           "environment before the first launch");
   } else {
     throw std::invalid_argument("unknown C++ knob " + env +
-                                " (known: SHALLOWKERN_CPU_FORWARD, SHALLOWKERN_CPU_SPARSE_BACKWARD, "
+                                " (known: SHALLOWKERN_CPU_FORWARD, SHALLOWKERN_CPU_CONV_LAYOUT, "
+                                "SHALLOWKERN_CPU_SPARSE_BACKWARD, "
                                 "SHALLOWKERN_CPU_AVX512, SHALLOWKERN_CPU_PARTIALS_MB, "
                                 "SHALLOWKERN_WC2D_KT)");
   }
@@ -125,6 +144,13 @@ std::string get_knob(const std::string& env) {
       case CpuForward::kDirect: return "direct";
       case CpuForward::kFused: return "fused";
       case CpuForward::kVendor: return "vendor";
+      default: return "";
+    }
+  }
+  if (env == "SHALLOWKERN_CPU_CONV_LAYOUT") {
+    switch (static_cast<CpuConvLayout>(s.layout.load())) {
+      case CpuConvLayout::kChannelsLast: return "channels_last";
+      case CpuConvLayout::kPlanar: return "planar";
       default: return "";
     }
   }

@@ -86,6 +86,11 @@ for _k in (
          _choice("direct", "fused", "vendor"),
          "C++ CPU forward path (default: by reduction length C·R·S)", where="C++",
          values="`direct`, `fused`, `vendor`"),
+    Knob("wide_conv2d.cpu_conv_layout", "SHALLOWKERN_CPU_CONV_LAYOUT", None,
+         _choice("channels_last", "planar"),
+         "C++ CPU vendor forward's oneDNN conv layout (default: inference calls time both once "
+         "per shape and keep the faster; training and deterministic mode: channels_last)",
+         where="C++", values="`channels_last`, `planar`"),
     Knob("wide_conv2d.cpu_sparse_backward", "SHALLOWKERN_CPU_SPARSE_BACKWARD", True, _bool,
          "`0`: C++ CPU backward with dense MKL GEMMs instead of the pooled-sparse kernels",
          where="C++", values="`0`, `1`"),

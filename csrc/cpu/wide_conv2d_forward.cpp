@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <tuple>
 #include <type_traits>
@@ -140,14 +142,61 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // (PH*PW, K) buffer and from there to the output in its layout. Wins where the conv is
 // compute-bound (CRS large): oneDNN beats per-thread im2col + GEMM there, and reading y once
 // more is cheap next to it.
+//
+// Layout: which of oneDNN's two convolutions is faster depends on the shape (planar NCHW won at
+// LeNet conv2 d1 = 256 and 362, channels_last at d1 = 128 by 10-12 %; docs/study.md). Inference
+// calls (no pool indices wanted) time both once per shape and keep the faster (vendor_planar);
+// training calls, deterministic mode and SHALLOWKERN_CPU_CONV_LAYOUT=channels_last use
+// channels_last, so a training run never depends on a timing.
+at::Tensor vendor_conv(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool planar) {
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const auto fmt = planar ? at::MemoryFormat::Contiguous : cl;
+  return at::conv2d(x.contiguous(fmt), weight.contiguous(fmt), bias, {g.sh, g.sw}, {g.ph, g.pw},
+                    {g.dh, g.dw}, g.G)
+      .contiguous(cl);
+}
+
+bool vendor_planar(const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool inference) {
+  switch (knobs::cpu_conv_layout()) {
+    case knobs::CpuConvLayout::kChannelsLast: return false;
+    case knobs::CpuConvLayout::kPlanar: return true;
+    case knobs::CpuConvLayout::kAuto: break;
+  }
+  if (!inference || at::globalContext().deterministicAlgorithms()) return false;
+  using Key = std::array<int64_t, 17>;  // the shape, dtype, input layout and thread count
+  const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G,
+                static_cast<int64_t>(x.scalar_type()),
+                x.is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0, at::get_num_threads()};
+  static std::mutex mu;
+  static std::map<Key, bool> chosen;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto it = chosen.find(key);
+    if (it != chosen.end()) return it->second;
+  }
+  // Three alternating rounds (the first also pays each primitive's creation), best of each.
+  double best[2] = {1e300, 1e300};
+  for (int round = 0; round < 3; ++round) {
+    for (int planar = 0; planar < 2; ++planar) {
+      const auto t0 = std::chrono::steady_clock::now();
+      vendor_conv(x, weight, bias, g, planar == 1);
+      const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+      best[planar] = std::min(best[planar], dt.count());
+    }
+  }
+  const bool planar = best[1] < best[0];
+  std::lock_guard<std::mutex> lock(mu);
+  return chosen.emplace(key, planar).first->second;
+}
+
 template <typename T>
 void forward_vendor(const at::Tensor& x, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool relu,
                     at::Tensor& out, at::Tensor* idx) {
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor y = at::conv2d(x.contiguous(cl), weight.contiguous(cl), bias,
-                                  {g.sh, g.sw}, {g.ph, g.pw}, {g.dh, g.dw}, g.G)
-                           .contiguous(cl);
+  const at::Tensor y =
+      vendor_conv(x, weight, bias, g, vendor_planar(x, weight, bias, g, idx == nullptr));
   const int64_t K = g.K, PHW = g.PH * g.PW, OW = g.OW;
   const T* yp = y.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();

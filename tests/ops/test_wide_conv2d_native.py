@@ -302,6 +302,48 @@ def test_forward_default_path_is_vendor_for_long_reductions(c):
                                                                        got["vendor"][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool,relu", [(2, True), (1, False), (2, False)])
+@pytest.mark.parametrize("case,layout", [((3, 24, 9, 9, 10, 5, 5, 1, 0, 1, 1, True), "contiguous"),
+                                         ((2, 40, 8, 7, 6, 3, 5, 1, (1, 2), 1, 2, False),
+                                          "channels_last"),
+                                         ((2, 64, 9, 9, 33, 3, 3, 2, 1, 1, 1, True),
+                                          "noncontiguous")])
+def test_vendor_conv_layouts(case, layout, pool, relu, dtype):
+    """The vendor forward's two oneDNN layouts (wide_conv2d.cpu_conv_layout) both match the
+    reference; an inference call by default (timed once per shape) returns exactly one of the
+    two, and a training call (indices), or any call in deterministic mode, the channels_last one."""
+    x, w, b, params = make(case, dtype, layout)
+    red = w.shape[1] * w.shape[2] * w.shape[3]
+    ref, _ = wide_conv2d_reference(up(x), up(w), up(b), *params, relu, pool, False)
+    got = {}
+    with cpp_knobs(cpu_forward="vendor"):
+        for lay in ("channels_last", "planar"):
+            with cpp_knobs(cpu_conv_layout=lay):
+                got[lay] = fwd(x, w, b, *params, relu, pool, False)[0]
+                assert_close(got[lay], ref, dtype, red, msg=lay)
+        auto = fwd(x, w, b, *params, relu, pool, False)[0]
+        assert any(torch.equal(auto, g) for g in got.values())
+        assert torch.equal(fwd(x, w, b, *params, relu, pool, False)[0], auto)  # the cached choice
+        if pool == 2:
+            assert torch.equal(fwd(x, w, b, *params, relu, pool, True)[0], got["channels_last"])
+        torch.use_deterministic_algorithms(True)
+        try:
+            x2 = x[:1].clone()  # a new shape: not yet timed
+            with cpp_knobs(cpu_conv_layout="channels_last"):
+                want = fwd(x2, w, b, *params, relu, pool, False)[0]
+            assert torch.equal(fwd(x2, w, b, *params, relu, pool, False)[0], want)
+        finally:
+            torch.use_deterministic_algorithms(False)
+
+
+def test_conv_layout_knob_rejects_unknown_values():
+    from shallowkern import _C
+    with pytest.raises(ValueError, match="channels_last or planar"):
+        _C.set_knob("SHALLOWKERN_CPU_CONV_LAYOUT", "nhwc")
+    assert _C.get_knob("SHALLOWKERN_CPU_CONV_LAYOUT") == ""
+
+
 @pytest.mark.parametrize("path", ["sparse", "sparse_avx2", "dense"])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize(
