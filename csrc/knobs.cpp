@@ -34,6 +34,13 @@ CpuConvLayout parse_layout(const std::string& env, const std::string& v) {
   throw std::invalid_argument(env + "=" + v + ": expected channels_last or planar");
 }
 
+CpuBackward parse_backward(const std::string& env, const std::string& v) {
+  if (v.empty()) return CpuBackward::kAuto;
+  if (v == "fused") return CpuBackward::kFused;
+  if (v == "vendor") return CpuBackward::kVendor;
+  throw std::invalid_argument(env + "=" + v + ": expected fused or vendor");
+}
+
 int64_t parse_mb(const std::string& env, const std::string& v) {
   if (v.empty()) return kDefaultPartialsMB;
   char* end = nullptr;
@@ -50,7 +57,7 @@ std::string env_text(const char* name) {
 }
 
 struct State {
-  std::atomic<int> forward, layout;
+  std::atomic<int> forward, layout, backward;
   std::atomic<bool> sparse_backward, avx512;
   std::atomic<int64_t> partials_mb;
   std::string kt;  // the CUDA planner's, read once by it; kept to accept a no-op set_knob
@@ -73,6 +80,11 @@ struct State {
                               env_text("SHALLOWKERN_CPU_CONV_LAYOUT"));
         },
         CpuConvLayout::kAuto));
+    backward = static_cast<int>(or_default(
+        [] {
+          return parse_backward("SHALLOWKERN_CPU_BACKWARD", env_text("SHALLOWKERN_CPU_BACKWARD"));
+        },
+        CpuBackward::kAuto));
     sparse_backward = or_default(
         [] {
           return parse_bool("SHALLOWKERN_CPU_SPARSE_BACKWARD",
@@ -104,6 +116,9 @@ CpuForward cpu_forward() {
 CpuConvLayout cpu_conv_layout() {
   return static_cast<CpuConvLayout>(state().layout.load(std::memory_order_relaxed));
 }
+CpuBackward cpu_backward() {
+  return static_cast<CpuBackward>(state().backward.load(std::memory_order_relaxed));
+}
 bool cpu_sparse_backward() { return state().sparse_backward.load(std::memory_order_relaxed); }
 bool cpu_avx512() { return state().avx512.load(std::memory_order_relaxed); }
 int64_t cpu_partials_bytes() {
@@ -116,6 +131,8 @@ void set_knob(const std::string& env, const std::string& value) {
     s.forward = static_cast<int>(parse_forward(env, value));
   } else if (env == "SHALLOWKERN_CPU_CONV_LAYOUT") {
     s.layout = static_cast<int>(parse_layout(env, value));
+  } else if (env == "SHALLOWKERN_CPU_BACKWARD") {
+    s.backward = static_cast<int>(parse_backward(env, value));
   } else if (env == "SHALLOWKERN_CPU_SPARSE_BACKWARD") {
     s.sparse_backward = parse_bool(env, value, true);
   } else if (env == "SHALLOWKERN_CPU_AVX512") {
@@ -131,6 +148,7 @@ void set_knob(const std::string& env, const std::string& value) {
   } else {
     throw std::invalid_argument("unknown C++ knob " + env +
                                 " (known: SHALLOWKERN_CPU_FORWARD, SHALLOWKERN_CPU_CONV_LAYOUT, "
+                                "SHALLOWKERN_CPU_BACKWARD, "
                                 "SHALLOWKERN_CPU_SPARSE_BACKWARD, "
                                 "SHALLOWKERN_CPU_AVX512, SHALLOWKERN_CPU_PARTIALS_MB, "
                                 "SHALLOWKERN_WC2D_KT)");
@@ -151,6 +169,13 @@ std::string get_knob(const std::string& env) {
     switch (static_cast<CpuConvLayout>(s.layout.load())) {
       case CpuConvLayout::kChannelsLast: return "channels_last";
       case CpuConvLayout::kPlanar: return "planar";
+      default: return "";
+    }
+  }
+  if (env == "SHALLOWKERN_CPU_BACKWARD") {
+    switch (static_cast<CpuBackward>(s.backward.load())) {
+      case CpuBackward::kFused: return "fused";
+      case CpuBackward::kVendor: return "vendor";
       default: return "";
     }
   }

@@ -91,6 +91,9 @@ for _k in (
          "C++ CPU vendor forward's oneDNN conv layout (default: inference calls time both once "
          "per shape and keep the faster; training and deterministic mode: channels_last)",
          where="C++", values="`channels_last`, `planar`"),
+    Knob("wide_conv2d.cpu_backward", "SHALLOWKERN_CPU_BACKWARD", None, _choice("fused", "vendor"),
+         "C++ CPU backward: our pool/ReLU-fused kernels or ATen's convolution_backward "
+         "(default: vendor from a 256 MiB weight)", where="C++", values="`fused`, `vendor`"),
     Knob("wide_conv2d.cpu_sparse_backward", "SHALLOWKERN_CPU_SPARSE_BACKWARD", True, _bool,
          "`0`: C++ CPU backward with dense MKL GEMMs instead of the pooled-sparse kernels",
          where="C++", values="`0`, `1`"),

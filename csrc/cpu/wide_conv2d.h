@@ -13,6 +13,14 @@ namespace cpu {
 
 constexpr uint8_t kNoGrad = 4;  // idx value where the ReLU zeroed the window
 
+// A "huge" weight (K x C/G x R x S elements of elem bytes): from here the backward runs ATen's
+// convolution_backward and a training forward oneDNN's planar conv, as eager does (LeNet conv2
+// from d1 ~ 870 in fp32; the measurements are in wide_conv2d_backward.cpp).
+constexpr int64_t kHugeWeightBytes = int64_t(256) << 20;
+inline bool huge_weight(int64_t K, int64_t crs, int64_t elem) {
+  return K * crs * elem >= kHugeWeightBytes;
+}
+
 // shallowkern::_wide_conv2d_native, CPU (schema: csrc/registration.cpp).
 std::tuple<at::Tensor, at::Tensor> wide_conv2d_forward_cpu(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

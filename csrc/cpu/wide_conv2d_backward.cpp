@@ -384,6 +384,47 @@ Conv2dGeom check_backward_args(const char* op, const at::Tensor& grad_out, const
   return g;
 }
 
+// Vendor backward for huge weights: the gradient unpooled (and ReLU-masked) to the conv output,
+// then ATen's convolution_backward (oneDNN), as eager autograd runs it. backward_impl keeps one
+// (K x CRS) weight-gradient partial per thread and adds every image's contribution to it, which
+// streams the whole partial from memory once per image: fine at LeNet conv2 d1 = 724 (a 147 MB
+// weight; 1.23-1.36x ATen's backward at batch 32 and 100), 1.53x slower than ATen at d1 = 1024
+// (293 MB; 2 threads, measured 2026-11-30, docs/study.md). From kHugeWeightBytes of weight
+// (wide_conv2d.h) the vendor path runs instead; SHALLOWKERN_CPU_BACKWARD=fused|vendor forces one.
+bool backward_vendor_fits(const Conv2dGeom& g, int64_t elem) {
+  switch (knobs::cpu_backward()) {
+    case knobs::CpuBackward::kFused: return false;
+    case knobs::CpuBackward::kVendor: return true;
+    case knobs::CpuBackward::kAuto: break;
+  }
+  return huge_weight(g.K, g.crs(), elem);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_vendor(
+    const at::Tensor& gy, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& saved,
+    const Conv2dGeom& g, bool relu, std::array<bool, 3> mask) {
+  at::Tensor gc;  // the gradient of the conv output (N, K, OH, OW)
+  if (g.pool == 2) {
+    // select, not multiply: a non-finite gradient must not leak into the window's other positions
+    const at::Tensor onehot =
+        saved.to(at::kLong).unsqueeze(-1) == at::arange(4, saved.options().dtype(at::kLong));
+    gc = at::where(onehot, gy.unsqueeze(-1), at::zeros({}, gy.options()))
+             .reshape({g.N, g.K, g.PH, g.PW, 2, 2})
+             .permute({0, 1, 2, 4, 3, 5})
+             .reshape({g.N, g.K, 2 * g.PH, 2 * g.PW});
+    gc = at::constant_pad_nd(gc, {0, g.OW - 2 * g.PW, 0, g.OH - 2 * g.PH});
+  } else {
+    gc = relu ? at::where(saved > 0, gy, at::zeros({}, gy.options())) : gy;
+  }
+  auto [gx, gw, gb] = at::convolution_backward(
+      gc, x, weight, std::vector<int64_t>{g.K}, {g.sh, g.sw}, {g.ph, g.pw}, {g.dh, g.dw}, false,
+      {0, 0}, g.G, mask);
+  // the op's contract: gx in the input's layout, gw contiguous, a masked-off gradient empty
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  return {mask[0] ? gx.contiguous(out_format(x)) : empty(), mask[1] ? gw.contiguous() : empty(),
+          mask[2] ? gb : empty()};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> wide_conv2d_backward_cpu(
@@ -398,6 +439,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wide_conv2d_backward_cpu(
   SK_CHECK_FLOAT_OR_DOUBLE(op, input);
   check_padded_size(op, g, input.element_size());
 
+  if (g.N > 0 && g.C > 0 && (output_mask[0] || output_mask[1] || output_mask[2]) &&
+      backward_vendor_fits(g, input.element_size()))
+    return backward_vendor(grad_out, input, weight, saved, g, relu, output_mask);
   // A masked-off output is its own empty tensor: outputs of an op must not alias each other.
   const auto empty = [&] { return at::empty({0}, input.options()); };
   at::Tensor gx = output_mask[0]

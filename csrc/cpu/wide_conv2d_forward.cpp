@@ -146,8 +146,9 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 // Layout: which of oneDNN's two convolutions is faster depends on the shape (planar NCHW won at
 // LeNet conv2 d1 = 256 and 362, channels_last at d1 = 128 by 10-12 %; docs/study.md). Inference
 // calls (no pool indices wanted) time both once per shape and keep the faster (vendor_planar);
-// training calls, deterministic mode and SHALLOWKERN_CPU_CONV_LAYOUT=channels_last use
-// channels_last, so a training run never depends on a timing.
+// training calls and deterministic mode follow a size rule (planar for huge weights, where the
+// backward is ATen's as well; channels_last otherwise), so a training run never depends on a
+// timing. SHALLOWKERN_CPU_CONV_LAYOUT=channels_last|planar forces one.
 at::Tensor vendor_conv(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool planar) {
   const auto cl = at::MemoryFormat::ChannelsLast;
@@ -164,7 +165,10 @@ bool vendor_planar(const at::Tensor& x, const at::Tensor& weight,
     case knobs::CpuConvLayout::kPlanar: return true;
     case knobs::CpuConvLayout::kAuto: break;
   }
-  if (!inference || at::globalContext().deterministicAlgorithms()) return false;
+  // training and deterministic mode: a size rule, no timing (planar where the backward will be
+  // ATen's too, as in eager)
+  if (!inference || at::globalContext().deterministicAlgorithms())
+    return huge_weight(g.K, g.crs(), x.element_size());
   using Key = std::array<int64_t, 17>;  // the shape, dtype, input layout and thread count
   const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G,
                 static_cast<int64_t>(x.scalar_type()),

@@ -337,11 +337,38 @@ def test_vendor_conv_layouts(case, layout, pool, relu, dtype):
             torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool,relu", [(2, True), (2, False), (1, True), (1, False)])
+@pytest.mark.parametrize("case,layout", [("first_layer", "contiguous"), ("mixed", "contiguous"),
+                                         ("groups_wide", "channels_last"),
+                                         ("odd_31", "noncontiguous"), ("batch_1", "contiguous")])
+def test_vendor_backward(case, layout, pool, relu, dtype):
+    """The backward's vendor path (ATen's convolution_backward after unpooling, chosen from a
+    256 MiB weight; wide_conv2d.cpu_backward=vendor forces it) against the reference, with
+    every output mask and a non-finite gradient that must stay in its own window position."""
+    with cpp_knobs(cpu_backward="vendor"):
+        x, w, b, params = make(case, dtype, layout)
+        out, idx = check_forward(x, w, b, params, relu, pool, pool == 2, dtype)
+        for mask in ([True, True, True], [False, True, False], [True, False, True]):
+            check_backward(x, w, b, params, relu, pool, out, idx, mask, dtype)
+        if pool == 2:
+            g = torch.zeros(out.shape, dtype=dtype).contiguous(memory_format=fmt_of(x))
+            g[0, 0, 0, 0] = float("inf")
+            saved = saved_for(x, out, idx, relu, pool)
+            gx = bwd(g, x, w, saved, *params, relu, pool, [True, False, False])[0]
+            ref = wide_conv2d_backward_reference(g, x, w, saved, *params, relu, pool,
+                                                 [True, False, False])[0]
+            assert torch.equal(gx.isnan(), ref.isnan()) and torch.equal(gx.isinf(), ref.isinf())
+
+
 def test_conv_layout_knob_rejects_unknown_values():
     from shallowkern import _C
     with pytest.raises(ValueError, match="channels_last or planar"):
         _C.set_knob("SHALLOWKERN_CPU_CONV_LAYOUT", "nhwc")
     assert _C.get_knob("SHALLOWKERN_CPU_CONV_LAYOUT") == ""
+    with pytest.raises(ValueError, match="fused or vendor"):
+        _C.set_knob("SHALLOWKERN_CPU_BACKWARD", "aten")
+    assert _C.get_knob("SHALLOWKERN_CPU_BACKWARD") == ""
 
 
 @pytest.mark.parametrize("path", ["sparse", "sparse_avx2", "dense"])
@@ -767,6 +794,7 @@ def test_cpp_knobs_read_once_and_set_through_the_registry(monkeypatch):
     effect; shallowkern._knobs.override (through _C.set_knob) does, and is undone on exit."""
     from shallowkern import _C
 
+    knobs.get("wide_conv2d.cpu_forward")  # the registry reads the variable once, too: before
     before = _C.get_knob("SHALLOWKERN_CPU_FORWARD")
     monkeypatch.setenv("SHALLOWKERN_CPU_FORWARD", "vendor" if before != "vendor" else "fused")
     x, w, b, params = make("first_layer", torch.float32)

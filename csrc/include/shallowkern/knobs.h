@@ -5,6 +5,7 @@
 //
 //   SHALLOWKERN_CPU_FORWARD          wide_conv2d.cpu_forward          "" (by shape) | direct | fused | vendor
 //   SHALLOWKERN_CPU_CONV_LAYOUT      wide_conv2d.cpu_conv_layout      "" (timed per shape) | channels_last | planar
+//   SHALLOWKERN_CPU_BACKWARD         wide_conv2d.cpu_backward         "" (by weight size) | fused | vendor
 //   SHALLOWKERN_CPU_SPARSE_BACKWARD  wide_conv2d.cpu_sparse_backward  1 | 0 (dense MKL GEMMs)
 //   SHALLOWKERN_CPU_AVX512           wide_conv2d.cpu_avx512           1 | 0 (as a CPU without AVX-512)
 //   SHALLOWKERN_CPU_PARTIALS_MB      wide_conv2d.cpu_partials_mb      MiB for weight-grad partials
@@ -24,8 +25,12 @@ enum class CpuForward : int { kAuto = 0, kDirect = 1, kFused = 2, kVendor = 3 };
 // The vendor forward's oneDNN convolution layout (csrc/cpu/wide_conv2d_forward.cpp).
 enum class CpuConvLayout : int { kAuto = 0, kChannelsLast = 1, kPlanar = 2 };
 
+// The CPU backward: our pool/ReLU-fused kernels, or ATen's convolution_backward (huge weights).
+enum class CpuBackward : int { kAuto = 0, kFused = 1, kVendor = 2 };
+
 CpuForward cpu_forward();
 CpuConvLayout cpu_conv_layout();
+CpuBackward cpu_backward();
 bool cpu_sparse_backward();
 bool cpu_avx512();            // allowed to use AVX-512 (whether the CPU has it is separate)
 int64_t cpu_partials_bytes();  // budget of the backward's per-thread weight-gradient partials
