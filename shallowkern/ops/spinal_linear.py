@@ -128,12 +128,18 @@ def _skinny_cached(rows: int, width: int, k: int) -> bool:
     return bool(_ext._C.small_gemm_ok(rows, width, k))
 
 
-@torch.compiler.assume_constant_result  # dynamo runs it at trace time: a static path choice
 def _skinny(rows: int, width: int, k: int) -> bool:
     """Whether the C++ kernels take their AVX-512 skinny-GEMM kernel for a layer (fp32). Cached
     per shape (a pybind call costs ~1 us): the SHALLOWKERN_CPU_AVX512 knob, flipped at run time,
     changes what the C++ GEMMs run at once but this path choice only for shapes not seen yet."""
     return _skinny_cached(rows, width, k)
+
+
+# What torch.compiler.assume_constant_result sets: dynamo calls it at trace time (a static path
+# choice) instead of tracing into the pybind call. Set directly because the decorator imports
+# torch._dynamo (and Triton) at `import shallowkern` (tests/test_packaging.py); if torch renamed
+# the attribute, torch.compile(fullgraph=True) of the module would fail loudly (tested).
+_skinny._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _row_blocks_prefer(input, weight_x, *rest) -> str | None:

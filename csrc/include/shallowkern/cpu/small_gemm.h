@@ -1,12 +1,14 @@
 // Skinny row-major products C = alpha A B^T + beta C (A: M x K, B: N x K, both with unit column
-// stride) where MKL's SGEMM is inefficient: few outputs per row (N <= 16: a SpinalNet layer of
-// width 8, the 10-class output layer) or few rows (M <= 2: batch-1 inference, a GEMV per layer).
+// stride) where MKL's SGEMM is inefficient: few outputs per row (a SpinalNet layer of width 8,
+// the 10-class output layer) or few rows (batch-1 inference: a GEMV per layer). small_gemm_ok
+// holds the measured rule.
 //
-// Measured on this project's Zen 4 VM (1 thread): MKL reaches 26 GFLOP/s at M = 32, N = 8,
-// K = 1608 and 22-28 GFLOP/s at M = 1 (the weights stream from cache); the kernel here computes
-// each output as a 16-lane dot product over K (AVX-512, R rows x NB outputs of accumulators,
-// one horizontal sum per output), so every A row is read once per NB outputs and every B row
-// once per R rows. float only; the caller falls back to gemm() where small_gemm_ok is false.
+// Measured on this project's Zen 4 VM (1 thread, benchmarks/results/spinal/cpu-small-gemm-*.txt):
+// MKL reaches 34-35 GFLOP/s at M = 32, N = 8 and 26-32 GFLOP/s at M = 1 (88 at M = 32,
+// N = 128); this kernel 81-92 and 41-50 on those skinny shapes. It computes each output as a
+// 16-lane dot product over K (AVX-512, R rows x NB outputs of accumulators, one horizontal sum
+// per output), so every A row is read once per NB outputs and every B row once per R rows.
+// float only; blas.h's gemm() falls back to MKL/ATen where small_gemm_ok is false.
 #pragma once
 
 #include <cstdint>
