@@ -145,10 +145,10 @@ void forward_impl(const at::Tensor& x, const at::Tensor& weight, const T* bias, 
 //
 // Layout: which of oneDNN's two convolutions is faster depends on the shape (planar NCHW won at
 // LeNet conv2 d1 = 256 and 362, channels_last at d1 = 128 by 10-12 %; docs/study.md). Inference
-// calls (no pool indices wanted) time both once per shape and keep the faster (vendor_planar);
-// training calls and deterministic mode follow a size rule (planar for huge weights, where the
-// backward is ATen's as well; channels_last otherwise), so a training run never depends on a
-// timing. SHALLOWKERN_CPU_CONV_LAYOUT=channels_last|planar forces one.
+// calls (no pool indices wanted) time both once per shape and keep the faster
+// (vendor_conv_chosen); training calls and deterministic mode follow a size rule (planar for
+// huge weights, where the backward is ATen's as well; channels_last otherwise), so a training
+// run never depends on a timing. SHALLOWKERN_CPU_CONV_LAYOUT=channels_last|planar forces one.
 at::Tensor vendor_conv(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool planar) {
   const auto cl = at::MemoryFormat::ChannelsLast;
@@ -158,17 +158,19 @@ at::Tensor vendor_conv(const at::Tensor& x, const at::Tensor& weight,
       .contiguous(cl);
 }
 
-bool vendor_planar(const at::Tensor& x, const at::Tensor& weight,
-                   const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool inference) {
+// The conv output (channels_last) in the layout chosen for this call (see above).
+at::Tensor vendor_conv_chosen(const at::Tensor& x, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const Conv2dGeom& g,
+                              bool inference) {
   switch (knobs::cpu_conv_layout()) {
-    case knobs::CpuConvLayout::kChannelsLast: return false;
-    case knobs::CpuConvLayout::kPlanar: return true;
+    case knobs::CpuConvLayout::kChannelsLast: return vendor_conv(x, weight, bias, g, false);
+    case knobs::CpuConvLayout::kPlanar: return vendor_conv(x, weight, bias, g, true);
     case knobs::CpuConvLayout::kAuto: break;
   }
   // training and deterministic mode: a size rule, no timing (planar where the backward will be
   // ATen's too, as in eager)
   if (!inference || at::globalContext().deterministicAlgorithms())
-    return huge_weight(g.K, g.crs(), x.element_size());
+    return vendor_conv(x, weight, bias, g, huge_weight(g.K, g.crs(), x.element_size()));
   using Key = std::array<int64_t, 17>;  // the shape, dtype, input layout and thread count
   const Key key{g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.G,
                 static_cast<int64_t>(x.scalar_type()),
@@ -178,29 +180,34 @@ bool vendor_planar(const at::Tensor& x, const at::Tensor& weight,
   {
     std::lock_guard<std::mutex> lock(mu);
     const auto it = chosen.find(key);
-    if (it != chosen.end()) return it->second;
+    if (it != chosen.end()) return vendor_conv(x, weight, bias, g, it->second);
   }
-  // Three alternating rounds (the first also pays each primitive's creation), best of each.
+  // Time both, alternating, best of each. The first round also pays each primitive's creation
+  // (~1 ms), so convs under 2^32 multiply-adds (~40 ms here) get three rounds and longer ones
+  // one; the winner's last output is the result, so the first call of a shape costs five or one
+  // extra convolutions (LeNet conv2 at d1 = 1024, batch 100: one more ~2.5 s conv).
+  const int64_t macs = g.N * g.K * g.OH * g.OW * g.crs();
+  const int rounds = macs < (int64_t(1) << 32) ? 3 : 1;
   double best[2] = {1e300, 1e300};
-  for (int round = 0; round < 3; ++round) {
+  at::Tensor last[2];
+  for (int round = 0; round < rounds; ++round) {
     for (int planar = 0; planar < 2; ++planar) {
       const auto t0 = std::chrono::steady_clock::now();
-      vendor_conv(x, weight, bias, g, planar == 1);
+      last[planar] = vendor_conv(x, weight, bias, g, planar == 1);
       const std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
       best[planar] = std::min(best[planar], dt.count());
     }
   }
   const bool planar = best[1] < best[0];
   std::lock_guard<std::mutex> lock(mu);
-  return chosen.emplace(key, planar).first->second;
+  return last[chosen.emplace(key, planar).first->second ? 1 : 0];
 }
 
 template <typename T>
 void forward_vendor(const at::Tensor& x, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, const Conv2dGeom& g, bool relu,
                     at::Tensor& out, at::Tensor* idx) {
-  const at::Tensor y =
-      vendor_conv(x, weight, bias, g, vendor_planar(x, weight, bias, g, idx == nullptr));
+  const at::Tensor y = vendor_conv_chosen(x, weight, bias, g, idx == nullptr);
   const int64_t K = g.K, PHW = g.PH * g.PW, OW = g.OW;
   const T* yp = y.const_data_ptr<T>();
   T* op = out.mutable_data_ptr<T>();
