@@ -125,7 +125,8 @@ BLAS_CHAIN_MIN_MACS = 1 << 23  # per-layer multiply-adds from which the BLAS cha
 
 @functools.lru_cache(maxsize=1024)
 def _skinny_cached(rows: int, width: int, k: int) -> bool:
-    return bool(_ext._C.small_gemm_ok(rows, width, k))
+    ok = getattr(_ext._C, "small_gemm_ok", None)  # None: a _C built before the kernel
+    return ok is not None and bool(ok(rows, width, k))
 
 
 def _skinny(rows: int, width: int, k: int) -> bool:
