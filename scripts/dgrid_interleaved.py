@@ -29,13 +29,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_repro.py
+from _repro import machine_fields  # noqa: E402
 from benchmarks import shapes  # noqa: E402
 from benchmarks.test_bench_wide_conv2d import _inputs, eager, fused  # noqa: E402
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def run(rounds: int, batch: int, widths: list[int], layer: str, step: bool) -> list[dict]:
@@ -70,7 +67,8 @@ def run(rounds: int, batch: int, widths: list[int], layer: str, step: bool) -> l
         for base in ("eager", "compiled"):
             r = [tb / ts for tb, ts in zip(times[base], times["shallowkern"])]
             row[f"vs_{base}"] = statistics.median(r)
-            row[f"vs_{base}_p10"], row[f"vs_{base}_p90"] = _pct(r, 0.1), _pct(r, 0.9)
+            q = statistics.quantiles(r, n=10, method="inclusive")
+            row[f"vs_{base}_p10"], row[f"vs_{base}_p90"] = q[0], q[-1]
         out.append(row)
         print(f"| {case['name']} | {row['shallowkern_ms']:.2f} | {row['eager_ms']:.2f} | "
               f"{row['compiled_ms']:.2f} | {row['vs_eager']:.2f}x ({row['vs_eager_p10']:.2f}-"
@@ -92,8 +90,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     rows = run(a.rounds, a.batch, [int(v) for v in a.widths.split(",")], a.layer, a.step)
     if a.out:
-        meta = {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        meta = {**machine_fields(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         with open(a.out, "a") as f:
             for r in rows:
                 f.write(json.dumps({**meta, **r}) + "\n")

@@ -14,11 +14,15 @@ GEMMs reaches the issue's 1.5x target on this CPU.
 """
 
 import os
+import statistics
 import sys
 import time
 
 import torch
 from torch.utils.cpp_extension import load
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_repro.py
+from _repro import call_times, machine_fields  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = [  # (M rows, N outputs, K)
@@ -52,14 +56,14 @@ def main(out=None):
     ext = _build()
     torch.set_num_threads(1)
     lines = [f"# skinny GEMM vs MKL SGEMM (direct), 1 thread, fp32, {time.strftime('%Y-%m-%d')}",
-             f"# torch {torch.__version__}; {_cpu()}",
+             f"# {machine_fields()}",
              "| M | N | K | skinny µs | GFLOP/s | MKL µs | GFLOP/s | MKL/skinny | routed |",
              "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines))
     for M, N, K in SHAPES:
         a, b = torch.randn(M, K), torch.randn(N, K)
         reps = max(1, int(2e6 / (M * N * K)))
-        ts, tm = (_time(lambda s=s: ext.run(a, b, reps, s)) / reps for s in (True, False))
+        ts, tm = (_median(lambda s=s: ext.run(a, b, reps, s)) / reps for s in (True, False))
         fl = 2 * M * N * K
         row = (f"| {M} | {N} | {K} | {ts * 1e6:.2f} | {fl / ts / 1e9:.1f} | {tm * 1e6:.2f} | "
                f"{fl / tm / 1e9:.1f} | {tm / ts:.2f}x | "
@@ -81,10 +85,10 @@ def spinal(cases):
     def best(M, N, K):
         a, b = torch.randn(M, K), torch.randn(N, K)
         reps = max(1, int(2e6 / (M * N * K)))
-        tm = _time(lambda: ext.run(a, b, reps, False)) / reps
+        tm = _median(lambda: ext.run(a, b, reps, False)) / reps
         if not _routed(M, N, K):
             return tm
-        return min(tm, _time(lambda: ext.run(a, b, reps, True)) / reps)
+        return min(tm, _median(lambda: ext.run(a, b, reps, True)) / reps)
 
     print("| case | GEMM floor µs | eager µs | 1.5x eager needs µs | floor / needed |")
     print("|---|---|---|---|---|")
@@ -96,7 +100,7 @@ def spinal(cases):
         c = {"batch": B, "f": F, "w": W}
         fn, inp = _eager_fn(c), _eager_inputs(c, torch.device("cpu"), torch.float32)
         with torch.no_grad():
-            te = _time(lambda: fn(*inp), 1.0)
+            te = _median(lambda: fn(*inp), 200)
         print(f"| b{B}_f{F}_w{W} | {floor * 1e6:,.0f} | {te * 1e6:,.0f} | {te / 1.5 * 1e6:,.0f} | "
               f"{floor / (te / 1.5):.2f} |", flush=True)
 
@@ -117,21 +121,8 @@ def _routed(M, N, K):
     return _ext._C is not None and _ext._C.small_gemm_ok(M, N, K)
 
 
-def _time(f, budget=0.3):
-    f()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < budget:
-        f()
-        n += 1
-    return (time.perf_counter() - t0) / n
-
-
-def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "cpu ?"
+def _median(f, reps=30):
+    return statistics.median(call_times(f, reps, warmup=2))
 
 
 if __name__ == "__main__":
