@@ -2,6 +2,7 @@
 // dispatcher (registration.cpp, cpu/*.cpp, cuda/bindings.cu), not through pybind11.
 #include <torch/extension.h>
 
+#include "shallowkern/cpu/alloc.h"
 #include "shallowkern/cpu/small_gemm.h"
 #include "shallowkern/knobs.h"
 
@@ -29,6 +30,18 @@ PYBIND11_MODULE(_C, m) {
         "Set the C++ knob read from environment variable `env` ('' restores its default).");
   m.def("get_knob", &shallowkern::knobs::get_knob, pybind11::arg("env"),
         "The C++ knob's current value as text.");
+  // Large CPU outputs (cpu/alloc.h): the cache of freed huge-page blocks, and a test hook.
+  m.def("large_cache_bytes", &shallowkern::cpu::large_cache_bytes,
+        "Bytes of freed large-output blocks kept for reuse.");
+  m.def("empty_large_cache", &shallowkern::cpu::empty_large_cache,
+        "Return the cached large-output blocks to the OS.");
+  m.def(
+      "empty_large",
+      [](std::vector<int64_t> sizes, at::ScalarType dtype) {
+        for (int64_t s : sizes) TORCH_CHECK_VALUE(s >= 0, "empty_large: negative size ", s);
+        return shallowkern::cpu::empty_large(sizes, at::TensorOptions().dtype(dtype));
+      },
+      pybind11::arg("sizes"), pybind11::arg("dtype"));
   // The C++ kernels' GEMM routing, for the Python backend choice and for tests.
   m.def("small_gemm_ok", &shallowkern::cpu::small_gemm_ok, pybind11::arg("M"), pybind11::arg("N"),
         pybind11::arg("K"),

@@ -58,7 +58,7 @@ std::string env_text(const char* name) {
 
 struct State {
   std::atomic<int> forward, layout, backward;
-  std::atomic<bool> sparse_backward, avx512;
+  std::atomic<bool> sparse_backward, avx512, huge_pages;
   std::atomic<int64_t> partials_mb;
   std::string kt;  // the CUDA planner's, read once by it; kept to accept a no-op set_knob
   // A malformed variable must not abort the process from a static initialiser: it falls back to
@@ -94,6 +94,12 @@ struct State {
     avx512 = or_default(
         [] { return parse_bool("SHALLOWKERN_CPU_AVX512", env_text("SHALLOWKERN_CPU_AVX512"), true); },
         true);
+    huge_pages = or_default(
+        [] {
+          return parse_bool("SHALLOWKERN_CPU_HUGE_PAGES", env_text("SHALLOWKERN_CPU_HUGE_PAGES"),
+                            true);
+        },
+        true);
     partials_mb = or_default(
         [] {
           return parse_mb("SHALLOWKERN_CPU_PARTIALS_MB", env_text("SHALLOWKERN_CPU_PARTIALS_MB"));
@@ -121,6 +127,7 @@ CpuBackward cpu_backward() {
 }
 bool cpu_sparse_backward() { return state().sparse_backward.load(std::memory_order_relaxed); }
 bool cpu_avx512() { return state().avx512.load(std::memory_order_relaxed); }
+bool cpu_huge_pages() { return state().huge_pages.load(std::memory_order_relaxed); }
 int64_t cpu_partials_bytes() {
   return state().partials_mb.load(std::memory_order_relaxed) << 20;
 }
@@ -139,6 +146,8 @@ void set_knob(const std::string& env, const std::string& value) {
     s.avx512 = parse_bool(env, value, true);
   } else if (env == "SHALLOWKERN_CPU_PARTIALS_MB") {
     s.partials_mb = parse_mb(env, value);
+  } else if (env == "SHALLOWKERN_CPU_HUGE_PAGES") {
+    s.huge_pages = parse_bool(env, value, true);
   } else if (env == "SHALLOWKERN_WC2D_KT") {
     // The CUDA kernel's plans are cached per shape with the blocking read at the first launch.
     if (value != s.kt && !(value.empty() && s.kt.empty()))
@@ -151,7 +160,7 @@ void set_knob(const std::string& env, const std::string& value) {
                                 "SHALLOWKERN_CPU_BACKWARD, "
                                 "SHALLOWKERN_CPU_SPARSE_BACKWARD, "
                                 "SHALLOWKERN_CPU_AVX512, SHALLOWKERN_CPU_PARTIALS_MB, "
-                                "SHALLOWKERN_WC2D_KT)");
+                                "SHALLOWKERN_CPU_HUGE_PAGES, SHALLOWKERN_WC2D_KT)");
   }
 }
 
@@ -182,6 +191,7 @@ std::string get_knob(const std::string& env) {
   if (env == "SHALLOWKERN_CPU_SPARSE_BACKWARD") return s.sparse_backward ? "1" : "0";
   if (env == "SHALLOWKERN_CPU_AVX512") return s.avx512 ? "1" : "0";
   if (env == "SHALLOWKERN_CPU_PARTIALS_MB") return std::to_string(s.partials_mb.load());
+  if (env == "SHALLOWKERN_CPU_HUGE_PAGES") return s.huge_pages ? "1" : "0";
   if (env == "SHALLOWKERN_WC2D_KT") return s.kt;
   throw std::invalid_argument("unknown C++ knob " + env);
 }

@@ -18,12 +18,13 @@ from typing import Any
 from . import _ext, ops  # noqa: F401  (_ext: loads _C; ops: registers the shallowkern:: ops)
 from .nn import (AFCCConv2d, AFCCLinear, MultiDelayLinear, QuadricConv2d, QuadricLinear, RoDiBHead,
                  SpinalLinear, WideConv2d, fuse, unfuse)
+from ._ext import empty_cpu_cache
 from .ops import last_backend, use_backend
 
 __version__ = "0.1.0"
 _LAZY = ("afcc", "cli", "data", "laws", "models", "plot", "profile", "reports", "sweep",
          "testing", "train")
-__all__ = ["AFCCConv2d", "AFCCLinear", "MultiDelayLinear", "RoDiBHead", "QuadricConv2d", "QuadricLinear", "SpinalLinear", "WideConv2d", "afcc", "data", "fuse",
+__all__ = ["AFCCConv2d", "AFCCLinear", "MultiDelayLinear", "RoDiBHead", "QuadricConv2d", "QuadricLinear", "SpinalLinear", "WideConv2d", "afcc", "data", "empty_cpu_cache", "fuse",
            "last_backend", "laws", "models", "ops", "profile", "unfuse", "use_backend",
            "__version__"]
 

@@ -47,3 +47,18 @@ def available() -> bool:
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels (a CUDA torch and nvcc)."""
     return _C is not None and bool(getattr(_C, "with_cuda", False))
+
+
+def empty_cpu_cache() -> int:
+    """Return the C++ kernels' cached large CPU output blocks to the OS (as
+    ``torch.cuda.empty_cache`` does for CUDA); returns the bytes released.
+
+    Large CPU outputs of the C++ kernels (>= 2 MiB, e.g. SpinalLinear's weight gradients) are
+    allocated on transparent huge pages and, once freed, kept (up to 1 GiB) for the next request
+    of the same size, so a training step's gradients reuse pages already faulted in
+    (``SHALLOWKERN_CPU_HUGE_PAGES=0`` turns both off)."""
+    if _C is None or not hasattr(_C, "large_cache_bytes"):
+        return 0
+    held = int(_C.large_cache_bytes())
+    _C.empty_large_cache()
+    return held

@@ -145,9 +145,9 @@ BackwardOut backward_cpu(const Tensor& grad_out, const Tensor& input, TensorList
   check_grad_hidden("spinal_linear_backward", g, grad_out, hidden);
   Tensor gy = grad_out.to(input.scalar_type()).contiguous();
   Tensor x = input.contiguous(), Hc = hidden.to(input.scalar_type()).contiguous();
-  Tensor gx = at::empty({B, F}, input.options());
-  Tensor gH = at::empty({B, LW}, input.options());
-  Tensor gwo = at::empty({O, LW}, input.options());
+  Tensor gx = empty_large({B, F}, input.options());
+  Tensor gH = empty_large({B, LW}, input.options());
+  Tensor gwo = empty_large({O, LW}, input.options());
   Tensor gbo = gy.sum(0);
   LayerGrads gw = layer_grads(wx, W, input.options(), /*zero=*/false);
   std::vector<Tensor>&gwx = gw.wx, &gwh = gw.wh, &gb = gw.b;

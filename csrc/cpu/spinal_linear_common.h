@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "shallowkern/cpu/alloc.h"
 #include "shallowkern/cpu/blas.h"
 
 namespace shallowkern {
@@ -24,6 +25,8 @@ namespace spinal {
 
 using at::Tensor;
 using at::TensorList;
+using cpu::empty_large;
+using cpu::zeros_large;
 
 enum class Act { kRelu, kTanh, kSigmoid, kIdentity };
 
@@ -207,14 +210,15 @@ std::vector<const T*> ptrs(TensorList ts, std::vector<Tensor>& keep) {
 }
 
 // Gradient buffers of the layer weights: gW_i^x (shape of weight_x[i]), gW_i^h (W, W) for
-// i >= 1, gb_i (W), zero-filled or uninitialised (kernels that write every element).
+// i >= 1, gb_i (W), zero-filled or uninitialised (kernels that write every element); large ones
+// on huge pages (cpu/alloc.h: at B = 1 the backward is bound by first-touch page faults there).
 struct LayerGrads {
   std::vector<Tensor> wx, wh, b;
 };
 
 inline LayerGrads layer_grads(TensorList wx, int64_t W, const at::TensorOptions& o, bool zero) {
   LayerGrads g;
-  auto make = [&](at::IntArrayRef s) { return zero ? at::zeros(s, o) : at::empty(s, o); };
+  auto make = [&](at::IntArrayRef s) { return zero ? zeros_large(s, o) : empty_large(s, o); };
   for (size_t i = 0; i < wx.size(); ++i) {
     g.wx.push_back(make(wx[i].sizes()));
     if (i > 0) g.wh.push_back(make({W, W}));

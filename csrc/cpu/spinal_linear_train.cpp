@@ -306,7 +306,7 @@ TrainBackwardOut train_backward_cpu(const Tensor& grad_out, const Tensor& input,
   Tensor x = input.contiguous(), Hc = hidden.contiguous();
   Tensor XH = batch_norm ? xhat.contiguous() : xhat, RS = batch_norm ? rstd.contiguous() : rstd;
   Tensor M = drop ? mask.contiguous() : mask;
-  Tensor gx = at::zeros({B, F}, o), gH = at::empty({B, LW}, o), gwo = at::zeros({O, LW}, o);
+  Tensor gx = zeros_large({B, F}, o), gH = empty_large({B, LW}, o), gwo = zeros_large({O, LW}, o);
   Tensor gbo = gy.sum(0);
   LayerGrads gw = layer_grads(wx, W, o, /*zero=*/true);
   std::vector<Tensor>&gwx = gw.wx, &gwh = gw.wh, &gb = gw.b;

@@ -9,6 +9,7 @@
 //   SHALLOWKERN_CPU_SPARSE_BACKWARD  wide_conv2d.cpu_sparse_backward  1 | 0 (dense MKL GEMMs)
 //   SHALLOWKERN_CPU_AVX512           wide_conv2d.cpu_avx512           1 | 0 (as a CPU without AVX-512)
 //   SHALLOWKERN_CPU_PARTIALS_MB      wide_conv2d.cpu_partials_mb      MiB for weight-grad partials
+//   SHALLOWKERN_CPU_HUGE_PAGES       cpu.huge_pages                   1 | 0 (large outputs on 4 KiB pages)
 //   SHALLOWKERN_WC2D_KT              wide_conv2d.cuda_kt              read once by the CUDA planner
 //
 // Torch-free; the getters are a relaxed atomic load (hot paths call them per op call).
@@ -34,6 +35,7 @@ CpuBackward cpu_backward();
 bool cpu_sparse_backward();
 bool cpu_avx512();            // allowed to use AVX-512 (whether the CPU has it is separate)
 int64_t cpu_partials_bytes();  // budget of the backward's per-thread weight-gradient partials
+bool cpu_huge_pages();          // large outputs on transparent huge pages (cpu/alloc.h)
 
 // Sets the knob read from environment variable `env` to `value` ("" restores the default).
 // Throws std::invalid_argument (Python: ValueError) for an unknown name or a bad value.
