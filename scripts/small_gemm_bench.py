@@ -4,13 +4,18 @@ the shapes that decide small_gemm_ok. Builds a throwaway extension (about a minu
 functions run one product `reps` times in C++, so no Python or dispatcher cost is timed.
 
 usage: python scripts/small_gemm_bench.py [OUT.txt]
-       python scripts/small_gemm_bench.py --spinal B,F,W [B,F,W ...]
+       python scripts/small_gemm_bench.py --spinal [--train] B,F,W [B,F,W ...]
 
 --spinal: the GEMM floor of a spinal_linear forward (4 layers, 2 splits, 10 outputs): the sum,
 over the chain's GEMMs, of the faster of the two kernels on that shape (each timed alone, its
 operands hot in cache), beside the eager chain (benchmarks/test_bench_spinal_linear.py, timed
 here) and the time 1.5x eager would need. Where the floor is above that time, no chain of these
 GEMMs reaches the issue's 1.5x target on this CPU.
+--spinal --train: the same for the training step (forward + gradients of x and every weight)
+against 1.2x eager's: the forward's GEMMs plus, per layer, the weight and input gradients, each
+layer the cheaper of split ([W^x | W^h] as two products, as our op) and concatenated (one, as
+eager's autograd) forms, and the output layer's two. "split forms only": the floor of our op's
+own GEMMs (it never concatenates).
 """
 
 import os
@@ -49,6 +54,15 @@ at::Tensor run(const at::Tensor& a, const at::Tensor& b, int64_t reps, bool skin
   }
   return c;
 }
+// Any transposes through MKL (direct_gemm): C (M x N) = op(A) op(B), row-major operands.
+at::Tensor run_mkl(const at::Tensor& a, const at::Tensor& b, int64_t M, int64_t N, int64_t K,
+                   bool ta, bool tb, int64_t reps) {
+  at::Tensor c = at::empty({M, N}, a.options());
+  for (int64_t i = 0; i < reps; ++i)
+    direct_gemm<float>(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.f, a.data_ptr<float>(),
+                       ta ? M : K, b.data_ptr<float>(), tb ? K : N, 0.f, c.data_ptr<float>(), N);
+  return c;
+}
 """
 
 
@@ -78,11 +92,14 @@ def main(out=None):
 def spinal(cases):
     from benchmarks.test_bench_spinal_linear import _eager_fn, _eager_inputs
     from shallowkern.ops.spinal_linear import split_sizes
+    train = "--train" in cases
+    cases = [c for c in cases if c != "--train"]
+    target = 1.2 if train else 1.5
     ext = _build()
     torch.set_num_threads(1)
     L, S, O = 4, 2, 10
 
-    def best(M, N, K):
+    def nt(M, N, K):  # C = A B^T: the faster of MKL and (where routed) the skinny kernel
         a, b = torch.randn(M, K), torch.randn(N, K)
         reps = max(1, int(2e6 / (M * N * K)))
         tm = _median(lambda: ext.run(a, b, reps, False)) / reps
@@ -90,26 +107,54 @@ def spinal(cases):
             return tm
         return min(tm, _median(lambda: ext.run(a, b, reps, True)) / reps)
 
-    print("| case | GEMM floor µs | eager µs | 1.5x eager needs µs | floor / needed |")
-    print("|---|---|---|---|---|")
+    def mkl(M, N, K, ta, tb):  # C = op(A) op(B) through MKL
+        a = torch.randn(K, M) if ta else torch.randn(M, K)
+        b = torch.randn(N, K) if tb else torch.randn(K, N)
+        reps = max(1, int(2e6 / (M * N * K)))
+        return _median(lambda: ext.run_mkl(a, b, M, N, K, ta, tb, reps)) / reps
+
+    def layer_backward(B, W, k, hidden, concat):  # gW = G^T [x_s, h], g[x_s, h] += G [W^x|W^h]
+        split = mkl(W, k, B, True, False) + mkl(B, k, W, False, False)
+        if not hidden:
+            return split
+        split += mkl(W, W, B, True, False) + mkl(B, W, W, False, False)
+        return min(split, mkl(W, k + W, B, True, False) + mkl(B, k + W, W, False, False)) \
+            if concat else split
+
+    print(f"| case | GEMM floor µs | split forms only µs | eager µs | {target}x eager needs µs "
+          "| floor / needed |")
+    print("|---|---|---|---|---|---|")
     for case in cases:
         B, F, W = map(int, case.split(","))
         sizes = split_sizes(F, S)
-        floor = sum(best(B, W, sizes[i % S]) + (best(B, W, W) if i else 0) for i in range(L))
-        floor += best(B, O, L * W)
+        floors = []
+        for concat in (True, False):
+            floor = sum(min(nt(B, W, sizes[i % S]) + nt(B, W, W),
+                            nt(B, W, sizes[i % S] + W) if concat else float("inf"))
+                        if i else nt(B, W, sizes[0]) for i in range(L))
+            floor += nt(B, O, L * W)
+            if train:
+                floor += sum(layer_backward(B, W, sizes[i % S], i > 0, concat) for i in range(L))
+                floor += mkl(O, L * W, B, True, False) + mkl(B, L * W, O, False, False)
+            floors.append(floor)
+        floor, split_floor = floors
         c = {"batch": B, "f": F, "w": W}
         fn, inp = _eager_fn(c), _eager_inputs(c, torch.device("cpu"), torch.float32)
-        with torch.no_grad():
-            te = _median(lambda: fn(*inp), 200)
-        print(f"| b{B}_f{F}_w{W} | {floor * 1e6:,.0f} | {te * 1e6:,.0f} | {te / 1.5 * 1e6:,.0f} | "
-              f"{floor / (te / 1.5):.2f} |", flush=True)
+        if train:
+            leaves = [t for t in inp if t.requires_grad]
+            te = _median(lambda: torch.autograd.grad(fn(*inp).sum(), leaves), 50)
+        else:
+            with torch.no_grad():
+                te = _median(lambda: fn(*inp), 200)
+        print(f"| b{B}_f{F}_w{W} | {floor * 1e6:,.0f} | {split_floor * 1e6:,.0f} | {te * 1e6:,.0f} | "
+              f"{te / target * 1e6:,.0f} | {floor / (te / target):.2f} |", flush=True)
 
 
 def _build():
     src = os.path.join(ROOT, "build", "small_gemm_bench.cpp")
     os.makedirs(os.path.dirname(src), exist_ok=True)
     with open(src, "w") as f:
-        f.write(CPP + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("run", &run); }\n')
+        f.write(CPP + '\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("run", &run); m.def("run_mkl", &run_mkl); }\n')
     return load("sk_small_gemm_bench", [src, os.path.join(ROOT, "csrc", "cpu", "small_gemm.cpp"),
                                         os.path.join(ROOT, "csrc", "knobs.cpp")],
                 extra_include_paths=[os.path.join(ROOT, "csrc", "include")],

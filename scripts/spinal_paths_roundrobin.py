@@ -1,6 +1,9 @@
 """Round-robin timing of spinal_linear's two C++ CPU paths against the eager chain.
 
-    python scripts/spinal_paths_roundrobin.py [--train] THREADS SECONDS B,F,W [B,F,W ...]
+    python scripts/spinal_paths_roundrobin.py [--train] [--only=NAME ...] THREADS SECONDS B,F,W [...]
+
+--only=native|vendor|eager times just those (e.g. one provider per process, so that no provider's
+frees move glibc's dynamic mmap threshold for another: the B = 1 training rows depend on it).
 
 native = row blocks, vendor = BLAS chain (both called as the registered op with that backend
 string), eager = the SpinalNet scripts' torch.cat composition (benchmarks/test_bench_spinal_linear.py).
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 import shallowkern  # noqa: F401  (registers the ops)
 from shallowkern.ops.spinal_linear import split_sizes
 
-args = [a for a in sys.argv[1:] if a != "--train"]
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+only = [a[7:] for a in sys.argv[1:] if a.startswith("--only=")]
 train = "--train" in sys.argv
 thr, budget = int(args[0]), float(args[1])
 torch.set_num_threads(thr)
@@ -58,6 +62,7 @@ for case in args[2:]:
         return f
 
     fns = {"native": ours("native"), "vendor": ours("vendor"), "eager": eager}
+    fns = {k: f for k, f in fns.items() if not only or k in only}
     with torch.set_grad_enabled(train):
         if not train:
             y0 = eager()
@@ -74,6 +79,10 @@ for case in args[2:]:
                 ts[k].append(time.perf_counter() - a)
             rounds += 1
     med = {k: statistics.median(v) * 1e6 for k, v in ts.items()}
+    if only:
+        print(f"{'fwdbwd ' if train else ''}thr={thr} {case:14s} rounds={rounds:4d} " +
+              " ".join(f"{k}={v:10.1f}" for k, v in med.items()), flush=True)
+        continue
     print(f"{'fwdbwd ' if train else ''}thr={thr} {case:14s} rounds={rounds:4d} "
           f"native={med['native']:10.1f} vendor={med['vendor']:10.1f} eager={med['eager']:10.1f}  "
           f"nat/eag={med['eager'] / med['native']:.2f}x ven/eag={med['eager'] / med['vendor']:.2f}x",

@@ -22,6 +22,7 @@ namespace cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kSmallUnit = size_t(64) << 10;
 
 // Blocks of whole huge pages, mmap'd directly (not through malloc, whose dynamic mmap threshold
 // would otherwise move with our frees and change how every other allocation of the process is
@@ -38,7 +39,9 @@ class HugePageAllocator final : public c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (n == 0) return {nullptr, nullptr, &release, cpu};
-    const size_t bytes = (n + kHugePage - 1) / kHugePage * kHugePage;
+    // Huge-page blocks from 2 MiB; smaller ones in 64 KiB steps on ordinary pages (cached too).
+    const size_t unit = n >= kHugePage ? kHugePage : kSmallUnit;
+    const size_t bytes = (n + unit - 1) / unit * unit;
     Block* b = take(bytes);
     if (b == nullptr) b = new Block{map(bytes), bytes};
     return {b->ptr, b, &release, cpu};
@@ -54,6 +57,11 @@ class HugePageAllocator final : public c10::Allocator {
   }
 
   static void* map(size_t bytes) {
+    if (bytes < kHugePage) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      TORCH_CHECK(p != MAP_FAILED, "shallowkern: out of memory mapping ", bytes, " bytes");
+      return p;
+    }
     // Over-map by one huge page and unmap the ends, so the block starts on a 2 MiB boundary.
     void* raw = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -127,7 +135,7 @@ at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options) 
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   if (options.device().is_cpu() && knobs::cpu_huge_pages() &&
-      numel * static_cast<int64_t>(c10::elementSize(dtype)) >= kHugePageMin)
+      numel * static_cast<int64_t>(c10::elementSize(dtype)) >= kLargeMin)
     return at::detail::empty_generic(sizes, &HugePageAllocator::get(),
                                      c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
                                      std::nullopt);

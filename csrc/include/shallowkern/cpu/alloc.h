@@ -19,7 +19,7 @@
 namespace shallowkern {
 namespace cpu {
 
-constexpr int64_t kHugePageMin = int64_t(2) << 20;
+constexpr int64_t kLargeMin = int64_t(256) << 10;  // from here empty_large (cached)
 constexpr int64_t kCacheBytes = int64_t(1) << 30;  // freed blocks kept for reuse, at most
 
 // at::empty(sizes, options) (contiguous, CPU), on huge pages from kHugePageMin bytes.
