@@ -68,6 +68,19 @@ def test_other_sizes_and_small_tensors():
     assert _ext._C.large_cache_bytes() == 0
 
 
+def test_mid_sized_blocks_are_cached_on_ordinary_pages():
+    t = big(300 * 1024)  # from 256 KiB: cached, in 64 KiB steps (no huge page below 2 MiB)
+    assert t.data_ptr() % 4096 == 0
+    ptr = t.data_ptr()
+    del t
+    assert _ext._C.large_cache_bytes() == 320 * 1024
+    again = big(300 * 1024)
+    assert again.data_ptr() == ptr
+    small = _ext._C.empty_large([1024], torch.float32)  # 4 KiB: at::empty, never cached
+    del small
+    assert _ext._C.large_cache_bytes() == 0
+
+
 def test_large_tensors_behave_as_tensors():
     t = big().view(768, 1024)
     t.copy_(torch.arange(t.numel(), dtype=torch.float32).view_as(t))

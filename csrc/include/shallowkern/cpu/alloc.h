@@ -8,8 +8,9 @@
 // outputs 2 MiB-aligned with madvise(MADV_HUGEPAGE) (as PyTorch's own THP_MEM_ALLOC_ENABLE=1 does
 // for every allocation): one fault per 2 MiB, 5.7 ms for the same outer product. And it keeps
 // freed blocks (up to kCacheBytes) for the next request of the same size, as CUDA's caching
-// allocator does: the next step's gradients land on pages already faulted in. Below kHugePageMin
-// bytes, off Linux, or with SHALLOWKERN_CPU_HUGE_PAGES=0 it is at::empty.
+// allocator does: the next step's gradients land on pages already faulted in (blocks from
+// kLargeMin = 256 KiB; below 2 MiB on ordinary pages in 64 KiB steps). Below kLargeMin bytes, off
+// Linux, or with SHALLOWKERN_CPU_HUGE_PAGES=0 it is at::empty.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +23,7 @@ namespace cpu {
 constexpr int64_t kLargeMin = int64_t(256) << 10;  // from here empty_large (cached)
 constexpr int64_t kCacheBytes = int64_t(1) << 30;  // freed blocks kept for reuse, at most
 
-// at::empty(sizes, options) (contiguous, CPU), on huge pages from kHugePageMin bytes.
+// at::empty(sizes, options) (contiguous, CPU), from the cache of blocks from kLargeMin bytes.
 at::Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options);
 // The same, zero-filled.
 at::Tensor zeros_large(at::IntArrayRef sizes, const at::TensorOptions& options);
