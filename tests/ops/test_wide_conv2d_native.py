@@ -52,6 +52,14 @@ CASES = {
     "many_chunks_padded": (13, 4, 16, 15, 8, 3, 3, 1, (1, 2), 1, 1, True),
     "batch_1": (1, 5, 7, 7, 3, 2, 2, 1, 0, 1, 1, True),
     "long_rows": (3, 16, 9, 9, 20, 3, 3, 1, 1, 1, 1, True),  # CRS 144: 64-wide SIMD blocks + tail
+    # The backward's direct AVX-512 tiles (5 rows x <= 80 columns, 3 rows x <= 128): one full
+    # 5 x 5 tile (LeNet conv2 at d1 = 16), a 1-lane tail, two tiles along the run, a 3-row tile
+    # with an 8-lane tail, and 4 packed trials (groups) of LeNet conv2 at d1 = 4.
+    "lenet_conv2": (3, 16, 14, 14, 11, 5, 5, 1, 0, 1, 1, True),
+    "run_65": (2, 13, 12, 12, 7, 5, 5, 1, 2, 1, 1, True),
+    "two_tiles": (2, 23, 11, 11, 9, 5, 5, 1, 1, 1, 1, True),
+    "rows3_run120": (2, 40, 8, 8, 6, 3, 3, 1, 1, 1, 1, True),
+    "packed_conv2": (3, 16, 14, 14, 44, 5, 5, 1, 0, 1, 4, True),
 }
 
 
@@ -383,6 +391,12 @@ def test_conv_layout_knob_rejects_unknown_values():
         ("many_chunks_padded", "contiguous"),
         ("odd_31", "noncontiguous"),
         ("long_rows", "contiguous"),
+        ("stride_2_pad", "contiguous"),
+        ("lenet_conv2", "contiguous"),
+        ("run_65", "noncontiguous"),
+        ("two_tiles", "channels_last"),
+        ("rows3_run120", "contiguous"),
+        ("packed_conv2", "contiguous"),
     ],
 )
 def test_float32_pool2_backward_paths(case, layout, relu, path):
