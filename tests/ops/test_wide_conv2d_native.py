@@ -231,8 +231,12 @@ DIRECT_CASES = {
     "g4_lenet": (2, 12, 12, 11, 16, 5, 5, 1, 1, 1, 4, True),  # conv1 of 4 trials: 16 lanes
     "g8_two_blocks": (2, 16, 9, 10, 24, 3, 3, 1, 1, 1, 8, False),  # 24 lanes: 2 blocks
     "g16_cin1": (2, 16, 8, 8, 32, 3, 3, 1, 0, 1, 16, True),
+    # groups whose channels fill their own lanes run one group at a time (direct_groups_one_by_one)
+    "g4_one_by_one": (2, 12, 12, 11, 64, 5, 5, 1, 1, 1, 4, True),  # 16 lanes per group
+    "g2_k33_one_by_one": (2, 6, 10, 9, 66, 3, 3, 1, 1, 1, 2, False),  # 3 blocks per group
 }
-GROUPED_DIRECT = ("g2_k5", "g4_lenet", "g8_two_blocks", "g16_cin1")
+GROUPED_DIRECT = ("g2_k5", "g4_lenet", "g8_two_blocks", "g16_cin1", "g4_one_by_one",
+                  "g2_k33_one_by_one")
 
 
 @pytest.mark.parametrize("path", ["fused", "vendor", "direct"])
