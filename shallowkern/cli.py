@@ -797,7 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="afterwards write <results>.sqlite and <results>.csv")
     p.add_argument("--pack", type=_positive_int(1), default=1, metavar="N",
                    help="train up to N seeds of one network at once in this process (grouped "
-                        "convs; records of a pack are written when it finishes; docs/study.md)")
+                        "convs), where that was measured faster than one at a time (LeNet d1 <= "
+                        "11 here; sweep.presets.packing_gain); records of a pack are written "
+                        "when it finishes; run two such commands for two cores; docs/study.md")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("fit", help="power law of error vs width, with bootstrap CI",

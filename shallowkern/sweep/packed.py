@@ -370,16 +370,18 @@ def pack_key(cfg: TrialConfig) -> str | None:
     return canonical_json(d)
 
 
-def plan_packs(configs: Iterable[TrialConfig], pack: int) -> list[list[TrialConfig]]:
+def plan_packs(configs: Iterable[TrialConfig], pack: int,
+               helps: Callable[[TrialConfig], bool] | None = None) -> list[list[TrialConfig]]:
     """Group ``configs`` into packs of at most ``pack`` trials with equal ``pack_key`` (the
-    seeds of one network), in first-seen order; unpackable trials are packs of one."""
+    seeds of one network), in first-seen order; unpackable trials, and those for which
+    ``helps(cfg)`` is false, are packs of one."""
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise ValueError(f"pack must be a positive integer, got {pack!r}")
     groups: dict[str, list[TrialConfig]] = {}
     order: list[list[TrialConfig]] = []
     for c in configs:
         k = pack_key(c)
-        if k is None or pack == 1:
+        if k is None or pack == 1 or (helps is not None and not helps(c)):
             order.append([c])
             continue
         g = groups.get(k)
@@ -441,9 +443,13 @@ def run_pack(configs: Sequence[TrialConfig | Mapping[str, Any]], data_root: str 
 def run_packed_sweep(configs: Iterable[TrialConfig | Mapping[str, Any]],
                      results: str | os.PathLike[str], *, pack: int,
                      data_root: str | os.PathLike[str] | None = None, progress: bool = True,
-                     retry_diverged: bool = False, device: str | None = None) -> Any:
+                     retry_diverged: bool = False, device: str | None = None,
+                     pack_all: bool = False) -> Any:
     """``run_sweep`` with packing, in this process (``sweep --pack N``): the pending trials are
-    grouped by ``plan_packs``; each pack takes the leases of its trials (a trial leased by
+    grouped by ``plan_packs``, only where packing was measured faster than one trial at a time
+    (``presets.packing_gain`` > 1: LeNet up to d1 = 11 on this project's CPU; ``pack_all``
+    packs every network); the rest run one at a time. Each pack takes the leases of its trials
+    (a trial leased by
     another driver is left out of the pack, and run by that driver), runs them together and
     appends one record per trial when the pack finishes. Resumable as ``run_sweep``: done
     trials are skipped and the store refuses duplicates. Returns a ``SweepSummary``."""
@@ -462,7 +468,10 @@ def run_packed_sweep(configs: Iterable[TrialConfig | Mapping[str, Any]],
     try:
         pending, summary = _pending(cfgs, results, retry_diverged)
         bar = _Progress(len(pending), progress)
-        for group in plan_packs(pending, pack):
+        from .presets import packing_gain
+
+        helps = None if pack_all else (lambda c: packing_gain(c) > 1.0)
+        for group in plan_packs(pending, pack, helps):
             held: list[tuple[TrialConfig, int]] = []
             for cfg in group:
                 fd = _try_lease(results, cfg.trial_id)

@@ -23,6 +23,8 @@ study — the converged study sized for a 2-core CPU (docs/study.md): LeNet d1 i
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import product
 from typing import Any
@@ -142,14 +144,15 @@ _DESCRIPTIONS: dict[str, str] = {
 # model. STEP_OVERHEAD is the rest of a real epoch over its training steps (augmenting loader,
 # validation pass, bookkeeping): 1.14-1.25 in the study's first LeNet records (d1 = 4..11).
 MEASURED_STEP_MS: dict[str, float] = {
-    'lenet d1=4 k=2.8': 5.6, 'lenet d1=6 k=2.8': 8.0, 'lenet d1=8 k=2.8': 8.5,
-    'lenet d1=11 k=2.8': 11.5, 'lenet d1=16 k=2.8': 15.7, 'lenet d1=23 k=2.8': 32.4,
-    'lenet d1=32 k=2.8': 45.0, 'lenet d1=45 k=2.8': 85.1, 'lenet d1=64 k=2.8': 137.2,
-    'lenet d1=16 k=1': 10.4, 'lenet d1=16 k=2': 13.5, 'lenet d1=16 k=4': 19.0,
-    'lenet d1=16 k=8': 30.6,
-    'vgg16 width=0.03125 bn': 26.4, 'vgg16 width=0.0625 bn': 49.5, 'vgg16 width=0.125 bn': 78.8,
+    'lenet d1=4 k=2.8': 4.5, 'lenet d1=6 k=2.8': 5.7, 'lenet d1=8 k=2.8': 6.5,
+    'lenet d1=11 k=2.8': 8.9, 'lenet d1=16 k=2.8': 12.7, 'lenet d1=23 k=2.8': 27.7,
+    'lenet d1=32 k=2.8': 40.7, 'lenet d1=45 k=2.8': 78.9, 'lenet d1=64 k=2.8': 130.2,
+    'lenet d1=16 k=1': 8.1, 'lenet d1=16 k=2': 10.0, 'lenet d1=16 k=4': 16.3,
+    'lenet d1=16 k=8': 27.2,
+    'vgg16 width=0.03125 bn': 26.9, 'vgg16 width=0.0625 bn': 47.8, 'vgg16 width=0.125 bn': 78.2,
 }
-MEASURED_STEP_WHEN = "2026-11-30 03:25 UTC, torch 2.13.0+cpu, commit fd614d2, through /tmp/quiet.sh"
+MEASURED_STEP_WHEN = ("2026-11-30 10:55 UTC, torch 2.13.0+cpu, commit 560d0c0 (direct sparse "
+                      "backward), --steps 20, through /tmp/quiet.sh")
 STEP_OVERHEAD = 1.2
 
 
@@ -157,11 +160,30 @@ def step_key(cfg: TrialConfig) -> str:
     """The network of a trial, without seed and recipe: what a measured step time describes."""
     return cfg.label().rsplit(" seed=", 1)[0]
 # Packed-over-single training throughput by d1: `OMP_NUM_THREADS=1 python -m
-# shallowkern.sweep.packed 4 4 8 16` (4 trials, loaders included) on this project's 2-core VM,
-# 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 07:06 UTC, after the
-# wide_conv2d fast path (docs/study.md "Packing").
-# Below 1: packing is slower than one trial at a time. Widths not listed get 1.0 (no claim).
-MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.29, 8: 1.14, 16: 0.94}
+# shallowkern.sweep.packed 4 4 8 11 16` (4 trials, loaders included) on this project's 2-core VM,
+# 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 10:54 UTC, commit 560d0c0
+# (direct sparse backward, groups one by one where they fill their lanes; docs/study.md
+# "Packing"). Below 1: packing is slower than one trial at a time. Widths not listed get 1.0.
+MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.38, 8: 1.14, 11: 1.06, 16: 0.99}
+
+
+def packing_gain(cfg: TrialConfig, table: Mapping[int, float] | None = None) -> float:
+    """Packed-over-single throughput of ``cfg``'s network: for LeNet, ``table`` (default
+    ``MEASURED_PACK_SPEEDUP``) by d1, linear in log d1 between measured widths, the smallest
+    width's value below them; 1.0 (packing not used) above the largest measured width, where the
+    table is <= 1, and for other families (VGG-16's grouped oneDNN convs were 0.06-0.38x)."""
+    table = MEASURED_PACK_SPEEDUP if table is None else table
+    if cfg.family != "lenet" or not table:
+        return 1.0
+    d, pts = cfg.d1, sorted(table.items())
+    if d <= pts[0][0]:
+        v = pts[0][1]
+    elif d > pts[-1][0]:
+        v = 1.0
+    else:
+        (a, va), (b, vb) = next((p, q) for p, q in zip(pts, pts[1:]) if p[0] <= d <= q[0])
+        v = va + (vb - va) * (math.log(d) - math.log(a)) / (math.log(b) - math.log(a))
+    return max(1.0, v)
 
 
 def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
@@ -180,8 +202,8 @@ def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
     exceeds the hardware's MAC rate) comes from the quick run measured on this project's 2-core
     VM (docs/sweeps.md: LeNet d1 = 32, 80,000 training images in 39 s wall per trial, 2 workers
     x 1 thread, including evaluation): a rough guide extrapolated from small widths, not a
-    promise (docs/study.md). Packing divides a LeNet trial's time by ``pack_speedup[d1]``
-    (measured; widths not listed: no gain).
+    promise (docs/study.md). Packing divides a trial's time by ``packing_gain(cfg)`` (measured,
+    interpolated in d1; 1.0 where packing is not used).
     """
     from .config import train_images
 
@@ -202,8 +224,7 @@ def estimate_time(configs: Sequence[TrialConfig], mac_rate: float = 50e9,
                          + r.val_size * (macs / mac_rate + step_overhead_s / r.eval_batch_size))
         t = per_epoch * r.epochs
         single += t
-        gain = speed.get(cfg.d1, 1.0) if cfg.family == "lenet" else 1.0
-        packed += t / max(gain, 1e-9)
+        packed += t / packing_gain(cfg, speed)
     w = max(1, workers)
     return {"hours_single": single / 3600 / w, "hours_packed": packed / 3600 / w}
 

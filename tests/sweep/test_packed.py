@@ -125,6 +125,25 @@ def test_plan_packs_groups_seeds_only():
         plan_packs(a, 0)
 
 
+def test_packs_only_where_measured_faster():
+    """run_packed_sweep's default: packs only where presets.packing_gain > 1 (LeNet up to the
+    widest measured width with a gain; interpolated in log d1), everything else alone."""
+    from shallowkern.sweep.presets import packing_gain
+
+    table = {4: 1.4, 8: 1.2, 16: 0.9}
+    lenet = lambda d1: TrialConfig("lenet", d1=d1)  # noqa: E731
+    assert packing_gain(lenet(2), table) == 1.4 and packing_gain(lenet(8), table) == 1.2
+    assert 1.2 < packing_gain(lenet(6), table) < 1.4
+    assert packing_gain(lenet(16), table) == 1.0 and packing_gain(lenet(64), table) == 1.0
+    assert packing_gain(lenet(14), table) == 1.0  # interpolated below 1: not packed
+    assert packing_gain(TrialConfig("vgg16", width=0.125), table) == 1.0
+    cfgs = [TrialConfig("lenet", d1=d, seed=s) for d in (4, 64) for s in range(3)]
+    cfgs += [TrialConfig("vgg16", width=0.0625, seed=s) for s in range(2)]
+    helps = lambda c: packing_gain(c, table) > 1.0  # noqa: E731
+    assert [len(p) for p in plan_packs(cfgs, 4, helps)] == [3, 1, 1, 1, 1, 1]
+    assert [len(p) for p in plan_packs(cfgs, 4)] == [3, 3, 2]
+
+
 def test_run_pack_refuses_mixed_trials():
     with pytest.raises(ValueError, match="differ only in seed"):
         run_pack([TrialConfig("lenet", d1=4), TrialConfig("lenet", d1=8)])
