@@ -80,84 +80,80 @@ bool sparse_backward_enabled() {
 // im2col and col2im write and re-read P x CRS values per image (with runs of 15-80 floats at
 // small widths, more than the multiply-adds cost); here every value is read where it lies.
 // Measured against im2col + combine_rows (AVX-512) + col2im on LeNet's conv2 (1 thread, batch 100,
-// backward with all three gradients): 1.7x at d1 = 8, 1.6x at 16, 1.19x at 23, 1.15x at 32 and
-// 45, 1.08x at 64; LeNet's first layer (run 15) took the direct weight gradient before.
+// backward with all three gradients): 2.2x at d1 = 4, 1.8-1.9x at 8-16, 1.15-1.19x at 23-45,
+// 1.08x at 64 (docs/study.md); LeNet's first layer (run 15) took the direct weight gradient before.
 bool direct_fits(const Conv2dGeom& g) {
   return has_avx512f() && (g.R == 3 || g.R == 5) && g.dw == 1;
 }
 
 #ifdef SK_X86_SIMD
-// Columns [c0, c0 + 16 kV) of every kernel row; `m` masks the last vector.
+// kR x kV accumulator vectors: columns [0, 16 kV) of kR rows `rs` floats apart; `m` masks the
+// last vector (the tile's tail).
+template <int kR, int kV>
+struct Tile {
+  __m512 a[kR][kV];
+
+  __attribute__((target("avx512f"), always_inline)) void zero() {
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < kV; ++v) a[r][v] = _mm512_setzero_ps();
+  }
+  // a += g * src[tile]
+  __attribute__((target("avx512f"), always_inline)) void fma(__m512 g, const float* src,
+                                                             int64_t rs, __mmask16 m) {
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 8
+      for (int v = 0; v < kV - 1; ++v)
+        a[r][v] = _mm512_fmadd_ps(g, _mm512_loadu_ps(src + r * rs + 16 * v), a[r][v]);
+      a[r][kV - 1] = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(m, src + r * rs + 16 * (kV - 1)),
+                                     a[r][kV - 1]);
+    }
+  }
+  // dst[tile] += a
+  __attribute__((target("avx512f"), always_inline)) void add_to(float* dst, int64_t rs,
+                                                                __mmask16 m) const {
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+      float* d = dst + r * rs;
+#pragma GCC unroll 8
+      for (int v = 0; v < kV - 1; ++v)
+        _mm512_storeu_ps(d + 16 * v, _mm512_add_ps(_mm512_loadu_ps(d + 16 * v), a[r][v]));
+      float* t = d + 16 * (kV - 1);
+      _mm512_mask_storeu_ps(t, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, t), a[r][kV - 1]));
+    }
+  }
+};
+
+// Weight gradient, columns [c0, c0 + 16 kV) of every kernel row.
 template <int kR, int kV>
 __attribute__((target("avx512f"))) void wgrad_direct_avx512(
     const int64_t* koff, const int32_t* erow, const float* eval, int64_t nrows,
     const float* xpads, const int64_t* xoff, int64_t run, int64_t rstep, int64_t c0, __mmask16 m,
     float* gw) {
+  Tile<kR, kV> t;
   for (int64_t k = 0; k < nrows; ++k) {
-    __m512 acc[kR][kV];
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < kV; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t e = koff[k]; e < koff[k + 1]; ++e) {
-      const float* base = xpads + xoff[erow[e]] + c0;
-      const __m512 gv = _mm512_set1_ps(eval[e]);
-#pragma GCC unroll 8
-      for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-        for (int v = 0; v < kV - 1; ++v)
-          acc[r][v] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(base + r * rstep + 16 * v), acc[r][v]);
-        acc[r][kV - 1] = _mm512_fmadd_ps(
-            gv, _mm512_maskz_loadu_ps(m, base + r * rstep + 16 * (kV - 1)), acc[r][kV - 1]);
-      }
-    }
-    float* o = gw + k * kR * run + c0;
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-      float* orow = o + r * run;
-#pragma GCC unroll 8
-      for (int v = 0; v < kV - 1; ++v)
-        _mm512_storeu_ps(orow + 16 * v, _mm512_add_ps(_mm512_loadu_ps(orow + 16 * v), acc[r][v]));
-      float* t = orow + 16 * (kV - 1);
-      _mm512_mask_storeu_ps(t, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, t), acc[r][kV - 1]));
-    }
+    t.zero();
+    for (int64_t e = koff[k]; e < koff[k + 1]; ++e)
+      t.fma(_mm512_set1_ps(eval[e]), xpads + xoff[erow[e]] + c0, rstep, m);
+    t.add_to(gw + k * kR * run + c0, run, m);
   }
 }
 
+// Input gradient of one image's npos positions, the same columns.
 template <int kR, int kV>
 __attribute__((target("avx512f"))) void dgrad_direct_avx512(
     const int64_t* poff, const int32_t* pk, const float* pval, int64_t npos, const float* w,
     int64_t crs, const int64_t* off, int64_t run, int64_t rstep, int64_t c0, __mmask16 m,
     float* gpad) {
+  Tile<kR, kV> t;
   for (int64_t p = 0; p < npos; ++p) {
     if (poff[p] == poff[p + 1]) continue;
-    __m512 acc[kR][kV];
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < kV; ++v) acc[r][v] = _mm512_setzero_ps();
-    for (int64_t e = poff[p]; e < poff[p + 1]; ++e) {
-      const float* wk = w + pk[e] * crs + c0;
-      const __m512 gv = _mm512_set1_ps(pval[e]);
-#pragma GCC unroll 8
-      for (int r = 0; r < kR; ++r) {
-#pragma GCC unroll 8
-        for (int v = 0; v < kV - 1; ++v)
-          acc[r][v] = _mm512_fmadd_ps(gv, _mm512_loadu_ps(wk + r * run + 16 * v), acc[r][v]);
-        acc[r][kV - 1] = _mm512_fmadd_ps(
-            gv, _mm512_maskz_loadu_ps(m, wk + r * run + 16 * (kV - 1)), acc[r][kV - 1]);
-      }
-    }
-    float* d = gpad + off[p] + c0;
-#pragma GCC unroll 8
-    for (int r = 0; r < kR; ++r) {
-      float* drow = d + r * rstep;
-#pragma GCC unroll 8
-      for (int v = 0; v < kV - 1; ++v)
-        _mm512_storeu_ps(drow + 16 * v, _mm512_add_ps(_mm512_loadu_ps(drow + 16 * v), acc[r][v]));
-      float* t = drow + 16 * (kV - 1);
-      _mm512_mask_storeu_ps(t, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, t), acc[r][kV - 1]));
-    }
+    t.zero();
+    for (int64_t e = poff[p]; e < poff[p + 1]; ++e)
+      t.fma(_mm512_set1_ps(pval[e]), w + pk[e] * crs + c0, run, m);
+    t.add_to(gpad + off[p] + c0, rstep, m);
   }
 }
 
@@ -180,8 +176,8 @@ void run_tile(int64_t kv, Args... args) {
   Kernel<kR, kV>::run(args...);
 }
 
-// Covers each kernel row's run with tiles of 16 kVmax columns (kVmax = 5 for R = 5, 8 for R = 3).
-// `args` are the kernel's arguments before (c0, m); `gw_or_gpad` the last.
+// Covers each kernel row's run with tiles of 16 kVmax columns (kVmax = 5 for R = 5, 8 for R = 3):
+// Kernel<kR, kV>::run(args..., c0, m, out) per tile.
 template <template <int, int> class Kernel, typename... Args>
 void run_tiles(const Conv2dGeom& g, float* out, Args... args) {
   const int64_t run = g.S * g.Cg;
