@@ -577,7 +577,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"(a guide from one-thread step times measured on an idle machine where a network "
               f"has one, else from MACs; scripts/measure_step_times.py, docs/study.md): "
               f"~{t['hours_single']:.2f} h one trial at a time, ~{t['hours_packed']:.2f} h "
-              f"with --pack 4 (the packing ratios were measured with 4 trials)")
+              f"with --pack 4 (the packing ratios were measured with 3 trials, the seeds of a network)")
         return 0
     if not args.results:
         raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")
@@ -798,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", type=_positive_int(1), default=1, metavar="N",
                    help="train up to N seeds of one network at once in this process (grouped "
                         "convs), where that was measured faster than one at a time (LeNet d1 <= "
-                        "11 here; sweep.presets.packing_gain); records of a pack are written "
+                        "8 here; sweep.presets.packing_gain); records of a pack are written "
                         "when it finishes; run two such commands for two cores; docs/study.md")
     p.set_defaults(func=cmd_sweep)
 

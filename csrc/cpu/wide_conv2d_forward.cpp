@@ -262,23 +262,26 @@ void forward_vendor(const at::Tensor& x, const at::Tensor& weight,
 // only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
 // up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
 // padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
-// groups 1, 2, 4, 8 or 16 (below), pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// any groups (below), pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
 // forces a path (tests run all three).
 // Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
 // 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
 constexpr int64_t kDirectMaxCRS = 512;
 
-// Groups: G in {1, 2, 4, 8, 16} (a divisor of the 16 lanes; packed trials, shallowkern.sweep.packed).
+// Groups: G in {1, 2, 4, 8, 16} (a divisor of the 16 lanes; packed trials, shallowkern.sweep.packed)
 // The image's groups are interleaved in the padded buffer, (Cg, Hp, Wp, G), and lane L of the
 // channel vectors is group L % G, channel L / G of that group, so one load broadcasts the G
 // groups' values of a position across the 16 lanes (G = 1: one value, as before) and the lanes
 // fill up with channels of all groups (LeNet conv1 at d1 = 4: 4 lanes of 16 alone, 16 of 16 for
 // 4 packed trials).
-bool direct_groups_fit(int64_t G) { return G == 1 || G == 2 || G == 4 || G == 8 || G == 16; }
+// Other group counts up to 16 take the next of these (lane slot count Gs >= G): the extra slots
+// hold zero input and zero weights, and their lanes are not stored (3 packed trials, the study's
+// seeds, run as 4 slots: 12 of 16 lanes at d1 = 4). More groups run one at a time.
+int64_t group_slots(int64_t G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : G <= 8 ? 8 : 16; }
 
 bool direct_forward_fits(const Conv2dGeom& g) {
-  return has_avx512f() && g.pool == 2 && direct_groups_fit(g.G) && g.sh == 1 && g.sw == 1 &&
-         g.dh == 1 && g.dw == 1 && g.crs() <= kDirectMaxCRS;
+  return has_avx512f() && g.pool == 2 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+         g.crs() <= kDirectMaxCRS;
 }
 
 #ifdef SK_X86_SIMD
@@ -358,17 +361,20 @@ __attribute__((target("avx512f"))) void direct_windows_avx512(
 }
 #endif
 
+// G: the lane slot count (group_slots(g.G)); slots p >= g.G are empty.
 template <int G>
 void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float* bias,
                       const Conv2dGeom& g, bool relu, at::Tensor& out, at::Tensor* idx) {
 #ifdef SK_X86_SIMD
   // Lane L = k * G + p: channel k of group p, i.e. output channel p * Kg + k (G = 1: lane k).
   const int64_t CRS = g.crs(), KL = g.Kg * G, Kp = div_up(KL, 16) * 16;
+  const auto empty_slot = [&](int64_t L) { return L % G >= g.G; };
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   // (K, Cg, R, S) -> (Cg*R*S, Kp), zero-padded lanes; bias likewise.
   std::vector<float> wt(CRS * Kp, 0.f), bp(Kp, 0.f);
   const float* w = weight.const_data_ptr<float>();
   for (int64_t L = 0; L < KL; ++L) {
+    if (empty_slot(L)) continue;
     const int64_t ch = (L % G) * g.Kg + L / G;
     for (int64_t e = 0; e < CRS; ++e) wt[e * Kp + L] = w[ch * CRS + e];
     if (bias) bp[L] = bias[ch];
@@ -393,7 +399,7 @@ void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float
       for (int64_t c = 0; c < g.Cg; ++c)
         for (int64_t h = 0; h < g.H; ++h) {
           float* d = xpad.data() + ((c * Hp + h + g.ph) * Wp + g.pw) * G;
-          for (int64_t p = 0; p < G; ++p) {
+          for (int64_t p = 0; p < g.G; ++p) {  // empty slots stay zero
             const float* src = xn + (p * g.Cg + c) * xs[1] + h * xs[2];
             for (int64_t w2 = 0; w2 < g.W; ++w2) d[w2 * G + p] = src[w2 * xs[3]];
           }
@@ -411,6 +417,7 @@ void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float
         const int64_t lanes = std::min<int64_t>(KB, KL - k0);
         for (int64_t l = 0; l < lanes; ++l) {
           const int64_t L = k0 + l, ch = (L % G) * g.Kg + L / G;
+          if (empty_slot(L)) continue;
           float* o = op + n * os[0] + ch * os[1];
           uint8_t* ix = ip ? ip + n * os[0] + ch * os[1] : nullptr;
           if (dense) {
@@ -443,7 +450,8 @@ void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float
 // d1 = 4 2.95 / 7.68, 8 5.58 / 8.23, 16 10.9 / 8.36; conv2 d1 = 4 1.32 / 1.34, 8 4.86 / 5.22,
 // 11 8.80 / 6.94, 16 18.8 / 15.2. The rule picks the faster in each (d1 = 11 conv1: a tie).
 bool direct_groups_one_by_one(const Conv2dGeom& g) {
-  return g.G > 1 && 4 * g.G * div_up(g.Kg, 16) <= 5 * div_up(g.G * g.Kg, 16);
+  return g.G > 16 ||
+         (g.G > 1 && 4 * g.G * div_up(g.Kg, 16) <= 5 * div_up(group_slots(g.G) * g.Kg, 16));
 }
 
 void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
@@ -459,13 +467,13 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
     }
     return;
   }
-  switch (g.G) {
+  switch (group_slots(g.G)) {
     case 1: return forward_direct_g<1>(x, weight, bias, g, relu, out, idx);
     case 2: return forward_direct_g<2>(x, weight, bias, g, relu, out, idx);
     case 4: return forward_direct_g<4>(x, weight, bias, g, relu, out, idx);
     case 8: return forward_direct_g<8>(x, weight, bias, g, relu, out, idx);
     case 16: return forward_direct_g<16>(x, weight, bias, g, relu, out, idx);
-    default: TORCH_INTERNAL_ASSERT(false, "forward_direct: groups must be 1, 2, 4, 8 or 16");
+    default: TORCH_INTERNAL_ASSERT(false, "forward_direct: more than 16 groups run one by one");
   }
 }
 

@@ -80,7 +80,7 @@ class _PackedConv(nn.Module):
                             self.groups)
         # conv -> ReLU -> pool of all trials in one fused op (groups = trials): on CPU the C++
         # kernel, whose direct AVX-512 path fills its 16 lanes with the channels of up to 16
-        # trials (P in {1, 2, 4, 8, 16}); other P run the fused im2col + GEMM path per group.
+        # trials (P <= 16; P = 3 in 4 lane slots, one empty); wider trials one group at a time.
         return wide_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                            self.groups, self.activation, self.pool)
 
@@ -447,7 +447,7 @@ def run_packed_sweep(configs: Iterable[TrialConfig | Mapping[str, Any]],
                      pack_all: bool = False) -> Any:
     """``run_sweep`` with packing, in this process (``sweep --pack N``): the pending trials are
     grouped by ``plan_packs``, only where packing was measured faster than one trial at a time
-    (``presets.packing_gain`` > 1: LeNet up to d1 = 11 on this project's CPU; ``pack_all``
+    (``presets.packing_gain`` > 1: LeNet up to d1 = 8 on this project's CPU; ``pack_all``
     packs every network); the rest run one at a time. Each pack takes the leases of its trials
     (a trial leased by
     another driver is left out of the pack, and run by that driver), runs them together and

@@ -130,11 +130,12 @@ def test_packs_only_where_measured_faster():
     widest measured width with a gain; interpolated in log d1), everything else alone."""
     from shallowkern.sweep.presets import packing_gain
 
-    table = {4: 1.4, 8: 1.2, 16: 0.9}
+    table = {4: 1.4, 8: 1.2, 16: 0.9, 32: 1.03}  # 1.03: below PACK_MIN_GAIN
     lenet = lambda d1: TrialConfig("lenet", d1=d1)  # noqa: E731
     assert packing_gain(lenet(2), table) == 1.4 and packing_gain(lenet(8), table) == 1.2
     assert 1.2 < packing_gain(lenet(6), table) < 1.4
     assert packing_gain(lenet(16), table) == 1.0 and packing_gain(lenet(64), table) == 1.0
+    assert packing_gain(lenet(32), table) == 1.0
     assert packing_gain(lenet(14), table) == 1.0  # interpolated below 1: not packed
     assert packing_gain(TrialConfig("vgg16", width=0.125), table) == 1.0
     cfgs = [TrialConfig("lenet", d1=d, seed=s) for d in (4, 64) for s in range(3)]
