@@ -24,11 +24,12 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kSmallUnit = size_t(64) << 10;
 
-// Blocks of whole huge pages, mmap'd directly (not through malloc, whose dynamic mmap threshold
-// would otherwise move with our frees and change how every other allocation of the process is
-// served), 2 MiB-aligned and advised MADV_HUGEPAGE. A freed block is kept for the next request of
-// its size while the cache holds less than kCacheBytes, so the outputs of a training step reuse
-// the previous step's pages: already faulted in, no fault at all.
+// Blocks mmap'd directly (not through malloc, whose dynamic mmap threshold would otherwise move
+// with our frees and change how every other allocation of the process is served): from 2 MiB
+// whole huge pages, 2 MiB-aligned and advised MADV_HUGEPAGE; below, 64 KiB steps of ordinary
+// pages. A freed block is kept for the next request of its size while the cache holds less than
+// kCacheBytes, so the outputs of a training step reuse the previous step's pages: already
+// faulted in, no fault at all.
 struct Block {
   void* ptr;
   size_t bytes;
