@@ -262,7 +262,7 @@ void forward_vendor(const at::Tensor& x, const at::Tensor& weight,
 // only pooled values are stored. Weights are transposed once to (C*R*S, Kp) with Kp = K rounded
 // up to 16 (zero lanes). The input of each image is copied into a zero-padded CHW buffer, so
 // padding costs no bounds checks. Taken for float on AVX-512 CPUs with stride 1, dilation 1,
-// any groups (below), pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
+// up to 16 groups (below), pool 2 and CRS <= kDirectMaxCRS; SHALLOWKERN_CPU_FORWARD=direct|fused|vendor
 // forces a path (tests run all three).
 // Measured (2 threads, batch 32, direct / fused GEMM time): CRS 75 (conv1, d1 = 64..256) 0.76-0.89,
 // 150 0.95, 400 0.86, 800 1.06, 1600 1.13, 3200 1.25: the GEMM's blocking wins on long reductions.
@@ -276,12 +276,13 @@ constexpr int64_t kDirectMaxCRS = 512;
 // 4 packed trials).
 // Other group counts up to 16 take the next of these (lane slot count Gs >= G): the extra slots
 // hold zero input and zero weights, and their lanes are not stored (3 packed trials, the study's
-// seeds, run as 4 slots: 12 of 16 lanes at d1 = 4). More groups run one at a time.
+// seeds, run as 4 slots: 12 of 16 lanes at d1 = 4). More than 16 groups (depthwise-like convs)
+// take the fused or vendor path.
 int64_t group_slots(int64_t G) { return G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : G <= 8 ? 8 : 16; }
 
 bool direct_forward_fits(const Conv2dGeom& g) {
-  return has_avx512f() && g.pool == 2 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
-         g.crs() <= kDirectMaxCRS;
+  return has_avx512f() && g.pool == 2 && g.G <= 16 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
+         g.dw == 1 && g.crs() <= kDirectMaxCRS;
 }
 
 #ifdef SK_X86_SIMD
@@ -450,8 +451,7 @@ void forward_direct_g(const at::Tensor& x, const at::Tensor& weight, const float
 // d1 = 4 2.95 / 7.68, 8 5.58 / 8.23, 16 10.9 / 8.36; conv2 d1 = 4 1.32 / 1.34, 8 4.86 / 5.22,
 // 11 8.80 / 6.94, 16 18.8 / 15.2. The rule picks the faster in each (d1 = 11 conv1: a tie).
 bool direct_groups_one_by_one(const Conv2dGeom& g) {
-  return g.G > 16 ||
-         (g.G > 1 && 4 * g.G * div_up(g.Kg, 16) <= 5 * div_up(group_slots(g.G) * g.Kg, 16));
+  return g.G > 1 && 4 * g.G * div_up(g.Kg, 16) <= 5 * div_up(group_slots(g.G) * g.Kg, 16);
 }
 
 void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* bias,
@@ -473,7 +473,7 @@ void forward_direct(const at::Tensor& x, const at::Tensor& weight, const float* 
     case 4: return forward_direct_g<4>(x, weight, bias, g, relu, out, idx);
     case 8: return forward_direct_g<8>(x, weight, bias, g, relu, out, idx);
     case 16: return forward_direct_g<16>(x, weight, bias, g, relu, out, idx);
-    default: TORCH_INTERNAL_ASSERT(false, "forward_direct: more than 16 groups run one by one");
+    default: TORCH_INTERNAL_ASSERT(false, "forward_direct: at most 16 groups");
   }
 }
 

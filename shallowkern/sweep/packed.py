@@ -80,7 +80,7 @@ class _PackedConv(nn.Module):
                             self.groups)
         # conv -> ReLU -> pool of all trials in one fused op (groups = trials): on CPU the C++
         # kernel, whose direct AVX-512 path fills its 16 lanes with the channels of up to 16
-        # trials (P <= 16; P = 3 in 4 lane slots, one empty); wider trials one group at a time.
+        # trials (P <= 16; P = 3 in 4 lane slots, one empty); wide trials one group at a time.
         return wide_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                            self.groups, self.activation, self.pool)
 

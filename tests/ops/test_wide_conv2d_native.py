@@ -234,13 +234,13 @@ DIRECT_CASES = {
     # groups whose channels fill their own lanes run one group at a time (direct_groups_one_by_one)
     "g4_one_by_one": (2, 12, 12, 11, 64, 5, 5, 1, 1, 1, 4, True),  # 16 lanes per group
     "g2_k33_one_by_one": (2, 6, 10, 9, 66, 3, 3, 1, 1, 1, 2, False),  # 3 blocks per group
-    # other group counts: the next of 2/4/8/16 lane slots, the extra ones empty; > 16 one by one
+    # other group counts up to 16: the next of 2/4/8/16 lane slots, the extra ones empty
     "g3_slots4": (2, 9, 12, 11, 12, 5, 5, 1, 1, 1, 3, True),  # 3 packed LeNet conv1s, d1 = 4
     "g5_slots8": (2, 5, 9, 10, 10, 3, 3, 1, 1, 1, 5, False),
-    "g20_one_by_one": (1, 20, 8, 8, 20, 3, 3, 1, 1, 1, 20, True),
+    "g12_slots16": (1, 12, 8, 8, 24, 3, 3, 1, 1, 1, 12, True),
 }
 GROUPED_DIRECT = ("g2_k5", "g4_lenet", "g8_two_blocks", "g16_cin1", "g4_one_by_one",
-                  "g2_k33_one_by_one", "g3_slots4", "g5_slots8", "g20_one_by_one")
+                  "g2_k33_one_by_one", "g3_slots4", "g5_slots8", "g12_slots16")
 
 
 @pytest.mark.parametrize("path", ["fused", "vendor", "direct"])
