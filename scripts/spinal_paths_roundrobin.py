@@ -1,6 +1,6 @@
 """Round-robin timing of spinal_linear's two C++ CPU paths against the eager chain.
 
-    python scripts/spinal_paths_roundrobin.py [--train] [--only=NAME ...] THREADS SECONDS B,F,W [...]
+    python scripts/spinal_paths_roundrobin.py [--train] [--only=NAME ...] THREADS SECONDS B,F,W ...
 
 --only=native|vendor|eager times just those (e.g. one provider per process, so that no provider's
 frees move glibc's dynamic mmap threshold for another: the B = 1 training rows depend on it).

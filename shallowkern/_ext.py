@@ -53,8 +53,8 @@ def empty_cpu_cache() -> int:
     """Return the C++ kernels' cached large CPU output blocks to the OS (as
     ``torch.cuda.empty_cache`` does for CUDA); returns the bytes released.
 
-    Large CPU outputs of the C++ kernels (>= 2 MiB, e.g. SpinalLinear's weight gradients) are
-    allocated on transparent huge pages and, once freed, kept (up to 1 GiB) for the next request
+    Large CPU outputs of the C++ kernels (>= 256 KiB, e.g. SpinalLinear's weight gradients;
+    transparent huge pages from 2 MiB) are, once freed, kept (up to 1 GiB) for the next request
     of the same size, so a training step's gradients reuse pages already faulted in
     (``SHALLOWKERN_CPU_HUGE_PAGES=0`` turns both off)."""
     if _C is None or not hasattr(_C, "large_cache_bytes"):

@@ -103,8 +103,8 @@ for _k in (
          "memory (MiB) for the per-thread weight-gradient partials", where="C++",
          values="MiB"),
     Knob("cpu.huge_pages", "SHALLOWKERN_CPU_HUGE_PAGES", True, _bool,
-         "`0`: large C++ CPU outputs (>= 2 MiB: the spinal gradients) from `at::empty` instead "
-         "of transparent huge pages with a reuse cache of freed blocks (<= 1 GiB; "
+         "`0`: large C++ CPU outputs (>= 256 KiB: the spinal gradients) from `at::empty` "
+         "instead of a reuse cache of freed blocks (<= 1 GiB; huge pages from 2 MiB; "
          "`shallowkern.empty_cpu_cache()` empties it)", where="C++", values="`0`, `1`"),
     Knob("wide_conv2d.cuda_kt", "SHALLOWKERN_WC2D_KT", None, _choice("4", "16"),
          "CUDA direct kernel's register blocking (default: per shape)", where="C++",

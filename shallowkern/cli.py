@@ -577,7 +577,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"(a guide from one-thread step times measured on an idle machine where a network "
               f"has one, else from MACs; scripts/measure_step_times.py, docs/study.md): "
               f"~{t['hours_single']:.2f} h one trial at a time, ~{t['hours_packed']:.2f} h "
-              f"with --pack 4 (the packing ratios were measured with 3 trials, the seeds of a network)")
+              f"with --pack 4 (the packing ratios were measured with 3 trials, the seeds of "
+              f"a network)")
         return 0
     if not args.results:
         raise CLIError("--results PATH is required (except with --dry-run or --list-presets)")

@@ -159,11 +159,13 @@ STEP_OVERHEAD = 1.2
 def step_key(cfg: TrialConfig) -> str:
     """The network of a trial, without seed and recipe: what a measured step time describes."""
     return cfg.label().rsplit(" seed=", 1)[0]
-# Packed-over-single training throughput by d1 for packs of 3 (the study's seeds): `OMP_NUM_THREADS=1
-# python -m shallowkern.sweep.packed 3 4 6 8 11 16` (loaders included) on this project's 2-core
-# VM, 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 11:27 UTC (3 groups in 4
-# lane slots; docs/study.md "Packing"). Packs of 4 measured 1.38 / 1.14 / 1.06 / 0.99 at d1 = 4 /
-# 8 / 11 / 16. Widths not listed: interpolated (packing_gain).
+
+
+# Packed-over-single training throughput by d1 for packs of 3 (the study's seeds):
+# `OMP_NUM_THREADS=1 python -m shallowkern.sweep.packed 3 4 6 8 11 16` (loaders included) on this
+# project's 2-core VM, 1 thread (one sweep worker), through /tmp/quiet.sh, 2026-11-30 11:27 UTC (3
+# groups in 4 lane slots; docs/study.md "Packing"). Packs of 4 measured 1.38 / 1.14 / 1.06 / 0.99
+# at d1 = 4 / 8 / 11 / 16. Widths not listed: interpolated (packing_gain).
 MEASURED_PACK_SPEEDUP: dict[int, float] = {4: 1.36, 6: 1.10, 8: 1.12, 11: 1.00, 16: 1.02}
 # Below this measured gain packing is not used (run-to-run spread of these ratios: ~3 %).
 PACK_MIN_GAIN = 1.05
