@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "shallowkern/cpu/alloc.h"
+#include "shallowkern/cpu/features.h"
 #include "shallowkern/cpu/small_gemm.h"
 #include "shallowkern/knobs.h"
 
@@ -71,4 +72,42 @@ PYBIND11_MODULE(_C, m) {
       },
       pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"), pybind11::arg("alpha") = 1.0,
       pybind11::arg("beta") = 0.0);
+  m.def("bcast_gemm_ok", [](const std::string& ta, int64_t M, int64_t N, int64_t K) {
+        return shallowkern::cpu::bcast_gemm_ok(ta == "T" ? 'T' : 'N', M, N, K);
+      }, pybind11::arg("ta"), pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),
+      "Whether a float op(A) B product (ta 'N' or 'T') is routed to the broadcast kernel.");
+  // Test hook: c = alpha op(a) b + beta c through the broadcast kernel (strided rows allowed).
+  m.def(
+      "bcast_gemm",
+      [](const at::Tensor& a, const at::Tensor& b, at::Tensor& c, const std::string& ta,
+         double alpha, double beta) {
+        TORCH_CHECK_VALUE(ta == "N" || ta == "T", "bcast_gemm: ta must be 'N' or 'T', got '",
+                          ta, "'");
+        const std::pair<const at::Tensor*, const char*> args[] = {{&a, "a"}, {&b, "b"}, {&c, "c"}};
+        for (auto [t, name] : args) {
+          TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kFloat &&
+                                t->dim() == 2 && t->stride(1) == 1,
+                            "bcast_gemm: ", name,
+                            " must be a 2-D float32 CPU tensor with unit column stride");
+        }
+        const bool tr = ta == "T";
+        const int64_t M = tr ? a.size(1) : a.size(0), K = tr ? a.size(0) : a.size(1);
+        const int64_t N = b.size(1);
+        TORCH_CHECK_VALUE(b.size(0) == K && c.size(0) == M && c.size(1) == N,
+                          "bcast_gemm: shapes a ", a.sizes(), " (ta '", ta, "'), b ", b.sizes(),
+                          ", c ", c.sizes(), " do not give c = op(a) b");
+        TORCH_CHECK_VALUE(shallowkern::cpu::has_avx512f(),
+                          "bcast_gemm: the broadcast kernel needs AVX-512 on this CPU");
+        if (M == 0 || N == 0) return;
+        if (K == 0) {
+          beta == 0.0 ? c.zero_() : c.mul_(beta);
+          return;
+        }
+        shallowkern::cpu::bcast_gemm(tr ? 'T' : 'N', M, N, K, static_cast<float>(alpha),
+                                     a.data_ptr<float>(), a.stride(0), b.data_ptr<float>(),
+                                     b.stride(0), static_cast<float>(beta), c.data_ptr<float>(),
+                                     c.stride(0));
+      },
+      pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"), pybind11::arg("ta") = "N",
+      pybind11::arg("alpha") = 1.0, pybind11::arg("beta") = 0.0);
 }

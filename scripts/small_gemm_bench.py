@@ -4,7 +4,11 @@ the shapes that decide small_gemm_ok. Builds a throwaway extension (about a minu
 functions run one product `reps` times in C++, so no Python or dispatcher cost is timed.
 
 usage: python scripts/small_gemm_bench.py [OUT.txt]
+       python scripts/small_gemm_bench.py --bcast [OUT.txt]
        python scripts/small_gemm_bench.py --spinal [--train] B,F,W [B,F,W ...]
+
+--bcast: the broadcast kernel (bcast_gemm, op(A) B) against MKL on the spinal training step's
+gradient products: G^T X (ta 'T', K = batch) and G W (ta 'N', M = batch).
 
 --spinal: the GEMM floor of a spinal_linear forward (4 layers, 2 splits, 10 outputs): the sum,
 over the chain's GEMMs, of the faster of the two kernels on that shape (each timed alone, its
@@ -55,13 +59,18 @@ at::Tensor run(const at::Tensor& a, const at::Tensor& b, int64_t reps, bool skin
   }
   return c;
 }
-// Any transposes through MKL (direct_gemm): C (M x N) = op(A) op(B), row-major operands.
+// Any transposes through MKL (direct_gemm): C (M x N) = op(A) op(B), row-major operands; with
+// bcast (B not transposed) through bcast_gemm instead.
 at::Tensor run_mkl(const at::Tensor& a, const at::Tensor& b, int64_t M, int64_t N, int64_t K,
-                   bool ta, bool tb, int64_t reps) {
+                   bool ta, bool tb, int64_t reps, bool bcast) {
   at::Tensor c = at::empty({M, N}, a.options());
-  for (int64_t i = 0; i < reps; ++i)
-    direct_gemm<float>(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.f, a.data_ptr<float>(),
-                       ta ? M : K, b.data_ptr<float>(), tb ? K : N, 0.f, c.data_ptr<float>(), N);
+  const float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>();
+  float* pc = c.data_ptr<float>();
+  for (int64_t i = 0; i < reps; ++i) {
+    if (bcast) bcast_gemm(ta ? 'T' : 'N', M, N, K, 1.f, pa, ta ? M : K, pb, N, 0.f, pc, N);
+    else direct_gemm<float>(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.f, pa, ta ? M : K, pb,
+                            tb ? K : N, 0.f, pc, N);
+  }
   return c;
 }
 """
@@ -110,11 +119,11 @@ def spinal(cases):
         return min(tm, _median(lambda: ext.run(a, b, reps, True)) / reps)
 
     @functools.lru_cache(maxsize=None)
-    def mkl(M, N, K, ta, tb):  # C = op(A) op(B) through MKL
-        a = torch.randn(K, M) if ta else torch.randn(M, K)
-        b = torch.randn(N, K) if tb else torch.randn(K, N)
-        reps = max(1, int(2e6 / (M * N * K)))
-        return _median(lambda: ext.run_mkl(a, b, M, N, K, ta, tb, reps)) / reps
+    def mkl(M, N, K, ta, tb):  # C = op(A) op(B): MKL or (where routed) the broadcast kernel
+        t = _time_opab(ext, M, N, K, ta, tb, False)
+        if tb or not _bcast_routed(ta, M, N, K):
+            return t
+        return min(t, _time_opab(ext, M, N, K, ta, tb, True))
 
     def layer_backward(B, W, k, hidden, concat):  # gW = G^T [x_s, h], g[x_s, h] += G [W^x|W^h]
         split = mkl(W, k, B, True, False) + mkl(B, k, W, False, False)
@@ -154,6 +163,49 @@ def spinal(cases):
               flush=True)
 
 
+BCAST_SHAPES = [  # (ta, M, N, K): the gradient products of spinal_linear's training step
+    *[("T", W, n, B) for B in (1, 32, 256) for W, n in (
+        (8, 160), (8, 1600), (8, 25600), (128, 128), (128, 160), (128, 1600), (128, 25600),
+        (512, 160), (512, 256), (512, 512), (512, 1600), (10, 512), (10, 2048))],
+    *[("N", B, n, K) for B in (1, 32, 256) for n, K in (
+        (160, 8), (1600, 8), (25600, 8), (128, 128), (160, 128), (1600, 128), (25600, 128),
+        (160, 512), (256, 512), (512, 512), (1600, 512), (512, 10), (2048, 10))]]
+
+
+def bcast(out=None):
+    ext = _build()
+    torch.set_num_threads(1)
+    lines = [f"# broadcast kernel (bcast_gemm) vs MKL SGEMM (direct), C = op(A) B, 1 thread, "
+             f"fp32, {time.strftime('%Y-%m-%d')}", f"# {machine_fields()}",
+             "| op(A) | M | N | K | bcast µs | GFLOP/s | MKL µs | GFLOP/s | MKL/bcast | routed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
+    for ta, M, N, K in BCAST_SHAPES:
+        tb_, tm = (_time_opab(ext, M, N, K, ta == "T", False, b) for b in (True, False))
+        fl = 2 * M * N * K
+        row = (f"| {'A^T' if ta == 'T' else 'A'} | {M} | {N} | {K} | {tb_ * 1e6:.2f} | "
+               f"{fl / tb_ / 1e9:.1f} | {tm * 1e6:.2f} | {fl / tm / 1e9:.1f} | {tm / tb_:.2f}x | "
+               f"{'yes' if _bcast_routed(ta == 'T', M, N, K) else 'no'} |")
+        lines.append(row)
+        print(row, flush=True)
+    if out:
+        with open(out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def _time_opab(ext, M, N, K, ta, tb, bcast):  # one product, hot operands, seconds per call
+    a = torch.randn(K, M) if ta else torch.randn(M, K)
+    b = torch.randn(N, K) if tb else torch.randn(K, N)
+    reps = max(1, int(2e6 / (M * N * K)))
+    return _median(lambda: ext.run_mkl(a, b, M, N, K, ta, tb, reps, bcast)) / reps
+
+
+def _bcast_routed(ta, M, N, K):
+    from shallowkern import _ext
+    ok = getattr(_ext._C, "bcast_gemm_ok", None)  # None: shallowkern._C not rebuilt yet
+    return ok is not None and ok("T" if ta else "N", M, N, K)
+
+
 def _build():
     src = os.path.join(ROOT, "build", "small_gemm_bench.cpp")
     os.makedirs(os.path.dirname(src), exist_ok=True)
@@ -179,5 +231,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--spinal"]:
         sys.path.insert(0, ROOT)
         spinal(sys.argv[2:])
+    elif sys.argv[1:2] == ["--bcast"]:
+        bcast(sys.argv[2] if len(sys.argv) > 2 else None)
     else:
         main(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -1,4 +1,5 @@
-// Skinny A B^T products (see csrc/include/shallowkern/cpu/small_gemm.h).
+// Skinny A B^T products and broadcast op(A) B products (see
+// csrc/include/shallowkern/cpu/small_gemm.h).
 #include "shallowkern/cpu/small_gemm.h"
 
 #include <algorithm>
@@ -118,6 +119,131 @@ void small_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
       blocks(b0 * kR, std::min(M, b1 * kR), 0, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     });
   }
+#endif
+}
+
+// ---- op(A) B: broadcast A, vectors of B's rows ------------------------------------------------
+
+namespace {
+#ifdef SK_X86_SIMD
+// Every register loop fully unrolled: otherwise GCC keeps acc[][] addressable on the stack and
+// stores all 24 accumulators on every k (measured: 40 GFLOP/s, store-bound).
+#define SK_UNROLL _Pragma("GCC unroll 8")
+// MR rows x NV vectors of 16 columns, the last vector under `last` (a full mask when N fills
+// it). op(A)[r, k] = A[r * rs + k * ks]. 6 x 4 = 24 accumulators + 4 B vectors + 1 broadcast.
+template <int MR, int NV>
+__attribute__((target("avx512f"))) void bmicro(int64_t K, float alpha, const float* A,
+                                               int64_t rs, int64_t ks, const float* B,
+                                               int64_t ldb, __mmask16 last, float beta,
+                                               float* C, int64_t ldc) {
+  __m512 acc[MR][NV];
+  SK_UNROLL
+  for (int r = 0; r < MR; ++r)
+    SK_UNROLL
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    __m512 b[NV];
+    SK_UNROLL
+    for (int v = 0; v < NV - 1; ++v) b[v] = _mm512_loadu_ps(bk + 16 * v);
+    b[NV - 1] = _mm512_maskz_loadu_ps(last, bk + 16 * (NV - 1));
+    const float* ak = A + k * ks;
+    SK_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(ak[r * rs]);
+      SK_UNROLL
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  SK_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    float* c = C + r * ldc;
+    SK_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF);
+      __m512 y = alpha == 1.0f ? acc[r][v] : _mm512_mul_ps(va, acc[r][v]);
+      if (beta != 0.0f) y = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + 16 * v), y);
+      _mm512_mask_storeu_ps(c + 16 * v, m, y);
+    }
+  }
+}
+
+using BMicro = void (*)(int64_t, float, const float*, int64_t, int64_t, const float*, int64_t,
+                        __mmask16, float, float*, int64_t);
+constexpr int kBR = 6, kBV = 4, kBCols = 16 * kBV;
+
+template <int MR, int... V>
+constexpr auto brow_table(std::integer_sequence<int, V...>) {
+  return std::array<BMicro, sizeof...(V)>{&bmicro<MR, V + 1>...};
+}
+
+const std::array<std::array<BMicro, kBV>, kBR> kBTable = {
+    brow_table<1>(std::make_integer_sequence<int, kBV>{}),
+    brow_table<2>(std::make_integer_sequence<int, kBV>{}),
+    brow_table<3>(std::make_integer_sequence<int, kBV>{}),
+    brow_table<4>(std::make_integer_sequence<int, kBV>{}),
+    brow_table<5>(std::make_integer_sequence<int, kBV>{}),
+    brow_table<6>(std::make_integer_sequence<int, kBV>{})};
+
+// Columns [n0, n1) in chunks whose K-high slice of B fits in L2 (kChunkBytes); in a chunk, row
+// tiles of near-equal height (32 rows: 6, 6, 5, 5, 5, 5 rather than 6 x 5 + 2), each sweeping
+// the chunk's 64-column panels, so the tile's rows of op(A) stay in L1 and C is written in
+// contiguous row segments (panel-major order over all rows touched one page of a wide C per
+// row per panel: 0.4x MKL at 128 x 25600).
+constexpr int64_t kChunkBytes = int64_t{256} << 10;
+
+void bpanels(int64_t n0, int64_t n1, int64_t M, int64_t K, float alpha, const float* A,
+             int64_t rs, int64_t ks, const float* B, int64_t ldb, float beta, float* C,
+             int64_t ldc) {
+  const int64_t tiles = (M + kBR - 1) / kBR, base = M / tiles, extra = M % tiles;
+  const int64_t nc = std::max<int64_t>(1, kChunkBytes / (K * 4 * kBCols)) * kBCols;
+  for (int64_t c0 = n0; c0 < n1; c0 += nc) {
+    const int64_t c1 = std::min(n1, c0 + nc);
+    int64_t m = 0;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t h = base + (t < extra ? 1 : 0);
+      for (int64_t n = c0; n < c1; n += kBCols) {
+        const int64_t w = std::min<int64_t>(kBCols, c1 - n);
+        const int nv = static_cast<int>((w + 15) / 16);
+        const int rem = static_cast<int>(w - 16 * (nv - 1));
+        const auto last = static_cast<__mmask16>(rem == 16 ? 0xFFFFu : (1u << rem) - 1u);
+        kBTable[h - 1][nv - 1](K, alpha, A + m * rs, rs, ks, B + n, ldb, last, beta,
+                               C + m * ldc + n, ldc);
+      }
+      m += h;
+    }
+  }
+}
+#endif
+}  // namespace
+
+bool bcast_gemm_ok(char ta, int64_t M, int64_t N, int64_t K) {
+  // Where it beat MKL's SGEMM (1 thread, Zen 4, docs/spinal.md "The gradient GEMMs"), for both
+  // ta: every shape with a short reduction (K <= 64: 1.2-3x; MKL packs both operands for a
+  // handful of multiply-adds per element), 8-32 rows at any K (1.2-1.3x), and elsewhere while
+  // C and B stay cache-sized. MKL kept: a single row over a B of several MiB (a memory-bound
+  // GEMV, 0.8x) and many rows into a C of several MiB at K >= 128 (0.6-0.8x).
+  (void)ta;
+  return has_avx512f() && M > 0 && N > 0 && K > 0 &&
+         (K <= 64 || (M >= 8 && M <= 32) || (M * N <= (int64_t{1} << 19) &&
+                                              K * N <= (int64_t{1} << 21)));
+}
+
+void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+#ifdef SK_X86_SIMD
+  const int64_t rs = ta == 'N' ? lda : 1, ks = ta == 'N' ? 1 : lda;
+  const int64_t macs = M * N * K;
+  if (macs < kParallelMacs || at::in_parallel_region() || at::get_num_threads() == 1) {
+    bpanels(0, N, M, K, alpha, A, rs, ks, B, ldb, beta, C, ldc);
+    return;
+  }
+  const int64_t panels = (N + kBCols - 1) / kBCols;
+  const int64_t grain = std::max<int64_t>(1, panels * kParallelMacs / 4 / macs);
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    bpanels(p0 * kBCols, std::min(N, p1 * kBCols), M, K, alpha, A, rs, ks, B, ldb, beta, C, ldc);
+  });
 #endif
 }
 

@@ -1,6 +1,7 @@
-// Row-major GEMM for the C++ CPU kernels (quadric_linear, spinal_linear*): our AVX-512 kernel for
-// skinny float A B^T products (small_gemm.h), MKL's SGEMM/DGEMM called directly for other small
-// products, ATen's GEMM on strided views otherwise.
+// Row-major GEMM for the C++ CPU kernels (quadric_linear, spinal_linear*): our AVX-512 kernels for
+// skinny float A B^T products and for the op(A) B shapes where they beat MKL (small_gemm.h),
+// MKL's SGEMM/DGEMM called directly for other small products, ATen's GEMM on strided views
+// otherwise.
 //
 // Why: an at::mm through the dispatcher costs ~2-4 us, which is most of a batch-32 layer
 // (the whole quadric diagonal forward at B = 32, n = K = 64 took 11.7 us with two at::addmm;
@@ -82,8 +83,8 @@ void aten_gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const
 }
 
 // When allowed (allow_direct, e.g. an environment switch): small_gemm_nt for skinny float A B^T
-// products (small_gemm_ok), direct_gemm when direct_gemm_ok; aten_gemm otherwise. Empty outputs
-// return at once.
+// products (small_gemm_ok), bcast_gemm for float op(A) B where bcast_gemm_ok, direct_gemm when
+// direct_gemm_ok; aten_gemm otherwise. Empty outputs return at once.
 template <typename T>
 void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc, bool allow_direct = true) {
@@ -91,6 +92,10 @@ void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   if constexpr (std::is_same_v<T, float>) {
     if (allow_direct && ta == 'N' && tb == 'T' && small_gemm_ok(M, N, K)) {
       small_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    }
+    if (allow_direct && tb == 'N' && bcast_gemm_ok(ta, M, N, K)) {
+      bcast_gemm(ta, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
       return;
     }
   }

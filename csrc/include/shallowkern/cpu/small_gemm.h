@@ -25,5 +25,20 @@ bool small_gemm_ok(int64_t M, int64_t N, int64_t K);
 void small_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Products whose right operand is row-major K x N (MKL 'N'): C = alpha op(A) B + beta C with
+// op(A) = A (M x K, ta 'N') or A^T (A K x M, ta 'T'). Each register tile of up to 6 rows x 64
+// columns broadcasts one A element per row and loads 4 vectors of B's row k: no packing of
+// either operand and no pass over C before the products, which is where MKL spends a quarter
+// of a spinal training step (perf: 17 % packing, 9 % scaling C). Its shapes there: the weight
+// gradients G^T X (ta 'T', K = batch, e.g. 32) and the input gradients G W (ta 'N', M = batch).
+// bcast_gemm_ok holds the measured rule (float, AVX-512, the shapes where it beat MKL).
+bool bcast_gemm_ok(char ta, int64_t M, int64_t N, int64_t K);
+
+// C[m, n] = alpha * sum_k op(A)[m, k] * B[k * ldb + n] + beta * C[m * ldc + n] (beta == 0
+// ignores C's old contents, NaN included); op(A)[m, k] = A[m * lda + k] for ta 'N',
+// A[k * lda + m] for 'T'. Caller checked bcast_gemm_ok, or at least AVX-512 and M, N, K > 0.
+void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 }  // namespace cpu
 }  // namespace shallowkern
