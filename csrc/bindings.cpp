@@ -7,6 +7,10 @@
 #include "shallowkern/cpu/small_gemm.h"
 #include "shallowkern/knobs.h"
 
+namespace shallowkern::spinal {
+bool transposed_chain_ok(int64_t B, int64_t W);  // csrc/cpu/spinal_linear.cpp
+}
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -72,6 +76,9 @@ PYBIND11_MODULE(_C, m) {
       },
       pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"), pybind11::arg("alpha") = 1.0,
       pybind11::arg("beta") = 0.0);
+  m.def("spinal_transposed_ok", &shallowkern::spinal::transposed_chain_ok, pybind11::arg("B"),
+        pybind11::arg("W"),
+        "Whether spinal_linear's fp32 row-block forward runs as the transposed chain.");
   m.def("bcast_gemm_ok", [](const std::string& ta, int64_t M, int64_t N, int64_t K) {
         return shallowkern::cpu::bcast_gemm_ok(ta == "T" ? 'T' : 'N', M, N, K);
       }, pybind11::arg("ta"), pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),

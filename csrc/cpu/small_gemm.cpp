@@ -240,10 +240,20 @@ void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const flo
     return;
   }
   const int64_t panels = (N + kBCols - 1) / kBCols;
-  const int64_t grain = std::max<int64_t>(1, panels * kParallelMacs / 4 / macs);
-  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    bpanels(p0 * kBCols, std::min(N, p1 * kBCols), M, K, alpha, A, rs, ks, B, ldb, beta, C, ldc);
-  });
+  if (panels >= 2 * at::get_num_threads()) {
+    const int64_t grain = std::max<int64_t>(1, panels * kParallelMacs / 4 / macs);
+    at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+      bpanels(p0 * kBCols, std::min(N, p1 * kBCols), M, K, alpha, A, rs, ks, B, ldb, beta, C,
+              ldc);
+    });
+  } else {  // few columns (a batch of 32 as N): split the rows instead
+    const int64_t tiles = (M + kBR - 1) / kBR;
+    const int64_t grain = std::max<int64_t>(1, tiles * kParallelMacs / 4 / macs);
+    at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+      const int64_t m0 = t0 * kBR, m1 = std::min(M, t1 * kBR);
+      bpanels(0, N, m1 - m0, K, alpha, A + m0 * rs, rs, ks, B, ldb, beta, C + m0 * ldc, ldc);
+    });
+  }
 #endif
 }
 

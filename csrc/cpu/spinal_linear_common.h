@@ -19,6 +19,7 @@
 
 #include "shallowkern/cpu/alloc.h"
 #include "shallowkern/cpu/blas.h"
+#include "shallowkern/cpu/features.h"
 
 namespace shallowkern {
 namespace spinal {
@@ -131,6 +132,10 @@ void act_backward(Act act, T* G, const T* h, int64_t n, int64_t W, int64_t ld, T
     default: act_backward_rows<Act::kIdentity>(G, h, n, W, ld, gb); break;
   }
 }
+
+// Whether the fp32 forward of backend "native" runs as the transposed chain (chain_t in
+// spinal_linear.cpp) for a batch of B rows and layers of width W (measured rule there).
+bool transposed_chain_ok(int64_t B, int64_t W);
 
 struct Geom {
   int64_t B, F, L, W, O, S;

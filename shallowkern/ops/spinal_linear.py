@@ -129,6 +129,18 @@ def _skinny_cached(rows: int, width: int, k: int) -> bool:
     return ok is not None and bool(ok(rows, width, k))
 
 
+@functools.lru_cache(maxsize=1024)
+def _transposed_cached(rows: int, width: int) -> bool:
+    ok = getattr(_ext._C, "spinal_transposed_ok", None)  # None: a _C built before it
+    return ok is not None and bool(ok(rows, width))
+
+
+def _transposed(rows: int, width: int) -> bool:
+    """Whether the C++ row-block forward runs as the transposed chain for this batch and width
+    (fp32; csrc/cpu/spinal_linear.cpp chain_t), where it beats the BLAS chain too. Cached."""
+    return _transposed_cached(rows, width)
+
+
 def _skinny(rows: int, width: int, k: int) -> bool:
     """Whether the C++ kernels take their AVX-512 skinny-GEMM kernel for a layer (fp32). Cached
     per shape (a pybind call costs ~1 us): the SHALLOWKERN_CPU_AVX512 knob, flipped at run time,
@@ -141,6 +153,7 @@ def _skinny(rows: int, width: int, k: int) -> bool:
 # torch._dynamo (and Triton) at `import shallowkern` (tests/test_packaging.py); if torch renamed
 # the attribute, torch.compile(fullgraph=True) of the module would fail loudly (tested).
 _skinny._dynamo_marked_constant = True  # type: ignore[attr-defined]
+_transposed._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _row_blocks_prefer(input, weight_x, *rest) -> str | None:
@@ -149,10 +162,11 @@ def _row_blocks_prefer(input, weight_x, *rest) -> str | None:
     (per-layer ATen/MKL GEMMs over the whole batch, multi-threaded inside). Row blocks win when
     per-call overhead matters; from BLAS_CHAIN_MIN_MACS multiply-adds per layer the chain's
     GEMMs are as fast or faster (docs/spinal.md, "CPU paths"), except for skinny fp32 layers
-    (few rows or few outputs), where the row blocks' AVX-512 kernel beats MKL (small_gemm.h)."""
+    (few rows or few outputs), where the row blocks' AVX-512 kernel beats MKL (small_gemm.h),
+    and fp32 batches of 16-64 rows, which the row-block path runs as the transposed chain."""
     B = input.shape[0]
     W, k = weight_x[0].shape  # layer 0 reads split 0, the widest (tensor_split's rule)
-    if input.dtype == torch.float32 and _skinny(B, W, k):
+    if input.dtype == torch.float32 and (_skinny(B, W, k) or _transposed(B, W)):
         return None
     if B * W * (k + W) >= BLAS_CHAIN_MIN_MACS:
         return f"{B}x{W}x{k + W} per layer >= {BLAS_CHAIN_MIN_MACS} multiply-adds: BLAS chain"

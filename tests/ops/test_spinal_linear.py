@@ -284,6 +284,10 @@ OP_CONFIGS = [  # (B, F, W, L, S, O, activation, bias, out_bias)
     (0, 9, 6, 3, 2, 4, "relu", True, True),
     (130, 13, 8, 6, 4, 5, "identity", True, False),  # > 64 rows: the row-block parallel path
     (3, 5, 3, 2, 4, 2, "relu", True, True),  # more splits than layers: splits 2, 3 unused
+    # fp32 batches of 16-64 rows: the transposed chain (chain_t; B = 17 above too)
+    (32, 161, 48, 3, 2, 10, "relu", True, True),
+    (64, 33, 16, 3, 3, 1, "sigmoid", True, False),
+    (16, 70, 37, 2, 1, 3, "identity", False, True),
 ]
 
 
@@ -338,6 +342,16 @@ def test_cpu_paths_forward_vs_reference(cfg, path):
     assert_close(H, Hr, dtype=torch.float32, reduction=F_ + W)
     assert_close(torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo, bo, S, act, path), yr,
                  dtype=torch.float32, reduction=F_ + len(wx) * W)
+
+
+@requires_native
+def test_transposed_chain_rule():
+    from shallowkern import _ext
+    ok = _ext._C.spinal_transposed_ok
+    if not _ext._C.small_gemm_ok(1, 1, 16):
+        pytest.skip("no AVX-512 here: the transposed chain is never chosen")
+    assert ok(32, 128) and ok(16, 16) and ok(64, 512)
+    assert not ok(15, 128) and not ok(65, 128) and not ok(32, 8) and not ok(1, 512)
 
 
 @requires_native
