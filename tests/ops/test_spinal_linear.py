@@ -385,7 +385,10 @@ def test_blas_chain_routing_is_visible():
 @requires_native
 @pytest.mark.parametrize("B,F_,W,dtype", [(1, 320, 8, torch.float32), (32, 3200, 8, torch.float32),
                                           (5, 11, 3, torch.float64), (2, 25600, 128, torch.float32),
-                                          (600, 512, 128, torch.float32)])
+                                          (600, 512, 128, torch.float32),
+                                          # the transposed chain, its GEMMs split over threads
+                                          (32, 1600, 128, torch.float32),
+                                          (48, 3200, 512, torch.float32)])
 def test_functional_fast_path_records_dispatch_choice(B, F_, W, dtype):
     """The functional's CPU fast path (plain eager calls skip DISPATCH) records exactly what
     DISPATCH would choose, row blocks or the BLAS chain, and computes the same result."""
