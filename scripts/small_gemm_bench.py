@@ -11,7 +11,8 @@ usage: python scripts/small_gemm_bench.py [OUT.txt]
 gradient products: G^T X (ta 'T', K = batch) and G W (ta 'N', M = batch).
 
 --spinal: the GEMM floor of a spinal_linear forward (4 layers, 2 splits, 10 outputs): the sum,
-over the chain's GEMMs, of the faster of the two kernels on that shape (each timed alone, its
+over the chain's GEMMs, of the fastest of MKL, the skinny kernel and (the transposed chain's
+form, W X^T) the broadcast kernel on that shape (each timed alone, its
 operands hot in cache), beside the eager chain (benchmarks/test_bench_spinal_linear.py, timed
 here) and the time 1.5x eager would need. Where the floor is above that time, no chain of these
 GEMMs reaches the issue's 1.5x target on this CPU.
@@ -119,6 +120,12 @@ def spinal(cases):
         return min(tm, _median(lambda: ext.run(a, b, reps, True)) / reps)
 
     @functools.lru_cache(maxsize=None)
+    def tr(M, N, K):  # C^T = B A^T as the transposed chain runs it: weights x batch columns
+        if not _bcast_routed(False, N, M, K):
+            return float("inf")
+        return _time_opab(ext, N, M, K, False, False, True)
+
+    @functools.lru_cache(maxsize=None)
     def mkl(M, N, K, ta, tb):  # C = op(A) op(B): MKL or (where routed) the broadcast kernel
         t = _time_opab(ext, M, N, K, ta, tb, False)
         if tb or not _bcast_routed(ta, M, N, K):
@@ -142,9 +149,10 @@ def spinal(cases):
         floors = []
         for concat in (True, False):
             floor = sum(min(nt(B, W, sizes[i % S]) + nt(B, W, W),
+                            tr(B, W, sizes[i % S]) + tr(B, W, W),
                             nt(B, W, sizes[i % S] + W) if concat else float("inf"))
-                        if i else nt(B, W, sizes[0]) for i in range(L))
-            floor += nt(B, O, L * W)
+                        if i else min(nt(B, W, sizes[0]), tr(B, W, sizes[0])) for i in range(L))
+            floor += min(nt(B, O, L * W), tr(B, O, L * W))
             if train:
                 floor += sum(layer_backward(B, W, sizes[i % S], i > 0, concat) for i in range(L))
                 floor += mkl(O, L * W, B, True, False) + mkl(B, L * W, O, False, False)

@@ -86,6 +86,10 @@ def test_routing_rule():
     # the spinal training step's gradient products at batch 1 and 32
     assert ok("T", 512, 1600, 32) and ok("T", 128, 25600, 32) and ok("T", 512, 160, 1)
     assert ok("N", 32, 1600, 512) and ok("N", 32, 25600, 128) and ok("N", 1, 1600, 512)
+    # the transposed chain's forward: weights x a batch of 32 columns, any in_features
+    assert ok("N", 512, 32, 25600) and ok("N", 16, 32, 160) and ok("N", 10, 32, 2048)
     assert not ok("N", 1, 25600, 128)  # a memory-bound GEMV: MKL streams B faster
     assert not ok("T", 512, 1600, 256) and not ok("N", 256, 25600, 128)  # a wide C at long K
+    assert not ok("T", 512, 160, 4096)  # A^T at a long K: one cache line of A per k
+    assert not ok("N", 32, 8192, 1024)  # 8-32 rows, but beyond the measured K and cache-sized B
     assert not ok("N", 0, 8, 32) and not ok("T", 4, 0, 8) and not ok("N", 4, 8, 0)

@@ -219,15 +219,17 @@ void bpanels(int64_t n0, int64_t n1, int64_t M, int64_t K, float alpha, const fl
 }  // namespace
 
 bool bcast_gemm_ok(char ta, int64_t M, int64_t N, int64_t K) {
-  // Where it beat MKL's SGEMM (1 thread, Zen 4, docs/spinal.md "The gradient GEMMs"), for both
-  // ta: every shape with a short reduction (K <= 64: 1.2-3x; MKL packs both operands for a
-  // handful of multiply-adds per element), 8-32 rows at any K (1.2-1.3x), and elsewhere while
-  // C and B stay cache-sized. MKL kept: a single row over a B of several MiB (a memory-bound
-  // GEMV, 0.8x) and many rows into a C of several MiB at K >= 128 (0.6-0.8x).
-  (void)ta;
+  // Where it beat MKL's SGEMM (1 thread, Zen 4, docs/spinal.md "The gradient GEMMs and the
+  // transposed chain", benchmarks/results/spinal/cpu-bcast-gemm-2026-11-30.txt), for both ta:
+  // every short reduction (K <= 64; MKL packs both operands for a handful of multiply-adds per
+  // element), 8-32 rows up to K = 512, and elsewhere while C (M N) and B (K N) stay
+  // cache-sized, for A^T only up to K = 512 (a tile then reads one cache line of A per k:
+  // 0.4-0.75x MKL at K = 4096). MKL kept: a single row over a B of several MiB (a
+  // memory-bound GEMV, 0.55x) and many rows into a C of several MiB at K >= 128.
   return has_avx512f() && M > 0 && N > 0 && K > 0 &&
-         (K <= 64 || (M >= 8 && M <= 32) || (M * N <= (int64_t{1} << 19) &&
-                                              K * N <= (int64_t{1} << 21)));
+         (K <= 64 || (M >= 8 && M <= 32 && K <= 512) ||
+          (M * N <= (int64_t{1} << 19) && K * N <= (int64_t{1} << 21) &&
+           (ta == 'N' || K <= 512)));
 }
 
 void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,

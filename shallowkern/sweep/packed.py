@@ -456,7 +456,9 @@ def run_packed_sweep(configs: Iterable[TrialConfig | Mapping[str, Any]],
     from .scheduler import (_as_configs, _clear_stale_leases, _driver_lock, _pending, _Progress,
                             _release, _try_lease)
     from .store import append_record, completed_ids, diverged_ids, encode_record, is_diverged
+    from .trial import git_commit
 
+    git_commit()  # pinned at driver start: the records name the code this process runs
     t0 = time.perf_counter()
     results = Path(results)
     if results.is_dir():

@@ -301,6 +301,8 @@ def run_sweep(
         raise ValueError(f"backend must be 'local', 'submitit' or 'ray', got {backend!r}")
     if workers is not None and workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
+    from .trial import git_commit
+    git_commit()  # pinned at driver start (in-process trials run the code loaded now)
     t0 = time.perf_counter()
     results = Path(results)
     if results.is_dir():

@@ -119,7 +119,10 @@ def model_cost(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """HEAD of the git checkout holding this package, or None (installed wheel, no git)."""
+    """HEAD of the git checkout holding this package, or None (installed wheel, no git). Cached
+    for the process: the sweep drivers and run_trial call it when they start, so a record names
+    the commit of the code its process loaded, not a later HEAD (commits made while a long
+    driver runs do not change the code it runs)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10)
@@ -170,6 +173,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], data_root: str | None = N
             be checkpointed; they restart).
     """
     t0 = time.perf_counter()
+    git_commit()  # pinned now (see git_commit)
     cfg = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = cfg.resolved_recipe()

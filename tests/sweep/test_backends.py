@@ -133,3 +133,19 @@ def test_a_cluster_backend_stores_diverged_trials_and_retries_them_when_asked(tm
     assert healed.completed == [grid[1].trial_id] and not healed.diverged
     res = load_results(results)
     assert not res.diverged and len(res.records) == 2
+
+
+def test_commit_is_pinned_when_the_driver_starts(tmp_path):
+    """Records name the commit whose code the driver loaded: git_commit() is cached before the
+    first trial runs, so a commit made while a long in-process sweep runs does not relabel it."""
+    from shallowkern.sweep import trial
+
+    seen = []
+
+    def probe(config, data_root=None):
+        seen.append(trial.git_commit.cache_info().currsize)
+        return fast_trial(config, data_root)
+
+    trial.git_commit.cache_clear()
+    run_sweep(GRID[:1], tmp_path / "r.jsonl", workers=0, trial_fn=probe)
+    assert seen == [1]
