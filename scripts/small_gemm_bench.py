@@ -89,15 +89,8 @@ def main(out=None):
         a, b = torch.randn(M, K), torch.randn(N, K)
         reps = max(1, int(2e6 / (M * N * K)))
         ts, tm = (_median(lambda s=s: ext.run(a, b, reps, s)) / reps for s in (True, False))
-        fl = 2 * M * N * K
-        row = (f"| {M} | {N} | {K} | {ts * 1e6:.2f} | {fl / ts / 1e9:.1f} | {tm * 1e6:.2f} | "
-               f"{fl / tm / 1e9:.1f} | {tm / ts:.2f}x | "
-               f"{'yes' if _routed(M, N, K) else 'no'} |")
-        lines.append(row)
-        print(row, flush=True)
-    if out:
-        with open(out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        lines.append(_row([M, N, K], ts, tm, 2 * M * N * K, _routed(M, N, K)))
+    _write(lines, out)
 
 
 def spinal(cases):
@@ -195,12 +188,20 @@ def bcast(out=None):
     print("\n".join(lines))
     for ta, M, N, K in BCAST_SHAPES:
         tb_, tm = (_time_opab(ext, M, N, K, ta == "T", False, b) for b in (True, False))
-        fl = 2 * M * N * K
-        row = (f"| {'A^T' if ta == 'T' else 'A'} | {M} | {N} | {K} | {tb_ * 1e6:.2f} | "
-               f"{fl / tb_ / 1e9:.1f} | {tm * 1e6:.2f} | {fl / tm / 1e9:.1f} | {tm / tb_:.2f}x | "
-               f"{'yes' if _bcast_routed(ta == 'T', M, N, K) else 'no'} |")
-        lines.append(row)
-        print(row, flush=True)
+        lines.append(_row(["A^T" if ta == "T" else "A", M, N, K], tb_, tm, 2 * M * N * K,
+                          _bcast_routed(ta == "T", M, N, K)))
+    _write(lines, out)
+
+
+def _row(cells, t_ours, t_mkl, flop, routed):  # one table row, printed as it is measured
+    row = (f"| {' | '.join(map(str, cells))} | {t_ours * 1e6:.2f} | {flop / t_ours / 1e9:.1f} | "
+           f"{t_mkl * 1e6:.2f} | {flop / t_mkl / 1e9:.1f} | {t_mkl / t_ours:.2f}x | "
+           f"{'yes' if routed else 'no'} |")
+    print(row, flush=True)
+    return row
+
+
+def _write(lines, out):
     if out:
         with open(out, "w") as f:
             f.write("\n".join(lines) + "\n")
