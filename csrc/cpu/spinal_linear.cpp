@@ -25,9 +25,10 @@ namespace shallowkern {
 namespace spinal {
 
 bool transposed_chain_ok(int64_t B, int64_t W) {
-  // Where the transposed chain beat the row-major one (fp32, 1 and 2 threads, docs/spinal.md
-  // "The transposed chain"): the batch fills at least one 16-lane column vector and at most
-  // four, the layers are at least one tile of rows wide.
+  // The batch fills one to four 16-lane column vectors and the layers are at least 16 rows
+  // wide (width 8 stays on the skinny kernel). Measured at B = 32, widths 128/512, 1 and 2
+  // threads (docs/spinal.md "The gradient GEMMs and the transposed chain"); the edges of the
+  // range are not separately timed.
   return cpu::has_avx512f() && B >= 16 && B <= 64 && W >= 16;
 }
 
@@ -60,8 +61,9 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
 // The transposed chain (fp32, a batch of 16-64 rows, AVX-512; part of backend "native"): the
 // same math on z_i^T = W_i^x x_s^T + W_i^h h_{i-1}^T, so every GEMM is weights (rows) times the
 // batch as 16-lane columns, an op(A) B product for bcast_gemm (no packing; 105-110 GFLOP/s at
-// 32 columns against MKL's ~89 for X W^T, docs/spinal.md "The transposed chain"). Costs one
-// transpose of x in and of y (and H, when kept) out: O(B (F + L W)) against O(B W (F + L W)).
+// 32 columns against MKL's ~89 for X W^T, docs/spinal.md "The gradient GEMMs and the
+// transposed chain"). Costs one transpose of x in and of y (and H, when kept) out:
+// O(B (F + L W)) against O(B W (F + L W)).
 void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
              const std::vector<const float*>& wx, const std::vector<const float*>& wh,
              const std::vector<const float*>& b, const float* wo, const float* bo, float* H,
