@@ -15,6 +15,28 @@ bool transposed_chain_ok(int64_t B, int64_t W);  // csrc/cpu/spinal_linear.cpp
 #include <omp.h>
 #endif
 
+namespace {
+// the test hooks' operands: 2-D float32 CPU tensors with unit column stride, AVX-512 present
+void check_rows(const char* fn, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 &&
+                        t.stride(1) == 1,
+                    fn, ": ", name, " must be a 2-D float32 CPU tensor with unit column stride");
+  TORCH_CHECK_VALUE(shallowkern::cpu::has_avx512f(), fn,
+                    ": the broadcast kernel needs AVX-512 on this CPU");
+}
+
+shallowkern::cpu::Epilogue epilogue(const char* fn, const std::optional<at::Tensor>& row_bias,
+                                    bool relu, int64_t M) {
+  if (!row_bias.has_value()) return {nullptr, relu};
+  TORCH_CHECK_VALUE(row_bias->device().is_cpu() && row_bias->scalar_type() == at::kFloat &&
+                        row_bias->dim() == 1 && row_bias->size(0) == M &&
+                        row_bias->is_contiguous(),
+                    fn, ": row_bias must be a contiguous float32 CPU vector of ", M,
+                    " elements (one per row of c)");
+  return {row_bias->data_ptr<float>(), relu};
+}
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "shallowkern native kernels (C++ CPU, CUDA)";
 #ifdef SHALLOWKERN_WITH_CUDA
@@ -83,28 +105,24 @@ PYBIND11_MODULE(_C, m) {
         return shallowkern::cpu::bcast_gemm_ok(ta == "T" ? 'T' : 'N', M, N, K);
       }, pybind11::arg("ta"), pybind11::arg("M"), pybind11::arg("N"), pybind11::arg("K"),
       "Whether a float op(A) B product (ta 'N' or 'T') is routed to the broadcast kernel.");
-  // Test hook: c = alpha op(a) b + beta c through the broadcast kernel (strided rows allowed).
+  // Test hooks: c = ep(alpha op(a) b + beta c) through the broadcast kernel (strided rows
+  // allowed; ep: + row_bias[m], then ReLU); c = ep(sum_t a_t b_t) through bcast_gemm_sum; and
+  // the AVX-512 transpose dst = src^T.
   m.def(
       "bcast_gemm",
       [](const at::Tensor& a, const at::Tensor& b, at::Tensor& c, const std::string& ta,
-         double alpha, double beta) {
+         double alpha, double beta, const std::optional<at::Tensor>& row_bias, bool relu) {
         TORCH_CHECK_VALUE(ta == "N" || ta == "T", "bcast_gemm: ta must be 'N' or 'T', got '",
                           ta, "'");
         const std::pair<const at::Tensor*, const char*> args[] = {{&a, "a"}, {&b, "b"}, {&c, "c"}};
-        for (auto [t, name] : args) {
-          TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kFloat &&
-                                t->dim() == 2 && t->stride(1) == 1,
-                            "bcast_gemm: ", name,
-                            " must be a 2-D float32 CPU tensor with unit column stride");
-        }
+        for (auto [t, name] : args) check_rows("bcast_gemm", *t, name);
         const bool tr = ta == "T";
         const int64_t M = tr ? a.size(1) : a.size(0), K = tr ? a.size(0) : a.size(1);
         const int64_t N = b.size(1);
         TORCH_CHECK_VALUE(b.size(0) == K && c.size(0) == M && c.size(1) == N,
                           "bcast_gemm: shapes a ", a.sizes(), " (ta '", ta, "'), b ", b.sizes(),
                           ", c ", c.sizes(), " do not give c = op(a) b");
-        TORCH_CHECK_VALUE(shallowkern::cpu::has_avx512f(),
-                          "bcast_gemm: the broadcast kernel needs AVX-512 on this CPU");
+        const auto ep = epilogue("bcast_gemm", row_bias, relu, M);
         if (M == 0 || N == 0) return;
         if (K == 0) {
           beta == 0.0 ? c.zero_() : c.mul_(beta);
@@ -113,8 +131,49 @@ PYBIND11_MODULE(_C, m) {
         shallowkern::cpu::bcast_gemm(tr ? 'T' : 'N', M, N, K, static_cast<float>(alpha),
                                      a.data_ptr<float>(), a.stride(0), b.data_ptr<float>(),
                                      b.stride(0), static_cast<float>(beta), c.data_ptr<float>(),
-                                     c.stride(0));
+                                     c.stride(0), ep);
       },
       pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"), pybind11::arg("ta") = "N",
-      pybind11::arg("alpha") = 1.0, pybind11::arg("beta") = 0.0);
+      pybind11::arg("alpha") = 1.0, pybind11::arg("beta") = 0.0,
+      pybind11::arg("row_bias") = std::nullopt, pybind11::arg("relu") = false);
+  m.def(
+      "bcast_gemm_sum",
+      [](const std::vector<at::Tensor>& as, const std::vector<at::Tensor>& bs, at::Tensor& c,
+         const std::optional<at::Tensor>& row_bias, bool relu) {
+        TORCH_CHECK_VALUE(!as.empty() && as.size() == bs.size(),
+                          "bcast_gemm_sum: a and b must be equally long, non-empty lists");
+        check_rows("bcast_gemm_sum", c, "c");
+        const int64_t M = c.size(0), N = c.size(1);
+        std::vector<shallowkern::cpu::Term> terms;
+        for (size_t t = 0; t < as.size(); ++t) {
+          check_rows("bcast_gemm_sum", as[t], "a[t]");
+          check_rows("bcast_gemm_sum", bs[t], "b[t]");
+          const int64_t K = as[t].size(1);
+          TORCH_CHECK_VALUE(as[t].size(0) == M && bs[t].size(0) == K && bs[t].size(1) == N &&
+                                K > 0,
+                            "bcast_gemm_sum: term ", t, ": a ", as[t].sizes(), ", b ",
+                            bs[t].sizes(), ", c ", c.sizes(), " do not give c += a b (K > 0)");
+          terms.push_back({as[t].data_ptr<float>(), as[t].stride(0), bs[t].data_ptr<float>(),
+                           bs[t].stride(0), K});
+        }
+        const auto ep = epilogue("bcast_gemm_sum", row_bias, relu, M);
+        if (M == 0 || N == 0) return;
+        shallowkern::cpu::bcast_gemm_sum(M, N, terms.data(), static_cast<int>(terms.size()),
+                                         c.data_ptr<float>(), c.stride(0), ep);
+      },
+      pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("c"),
+      pybind11::arg("row_bias") = std::nullopt, pybind11::arg("relu") = false);
+  m.def(
+      "transpose_f32",
+      [](const at::Tensor& src, at::Tensor& dst) {
+        check_rows("transpose_f32", src, "src");
+        check_rows("transpose_f32", dst, "dst");
+        TORCH_CHECK_VALUE(dst.size(0) == src.size(1) && dst.size(1) == src.size(0),
+                          "transpose_f32: dst ", dst.sizes(), " is not src ", src.sizes(),
+                          " transposed");
+        if (src.numel() == 0) return;
+        shallowkern::cpu::transpose(src.size(0), src.size(1), src.data_ptr<float>(),
+                                    src.stride(0), dst.data_ptr<float>(), dst.stride(0));
+      },
+      pybind11::arg("src"), pybind11::arg("dst"));
 }

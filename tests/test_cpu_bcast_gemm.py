@@ -93,3 +93,93 @@ def test_routing_rule():
     assert not ok("T", 512, 160, 4096)  # A^T at a long K: one cache line of A per k
     assert not ok("N", 32, 8192, 1024)  # 8-32 rows, but beyond the measured K and cache-sized B
     assert not ok("N", 0, 8, 32) and not ok("T", 4, 0, 8) and not ok("N", 4, 8, 0)
+
+
+# ---- the epilogue, the continued sums, bcast_gemm_sum (the transposed chain's layer) ------------
+
+@pytest.mark.parametrize("M,N,K", [(7, 33, 20), (32, 64, 100), (128, 32, 300)])
+@pytest.mark.parametrize("ta", ["N", "T"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_epilogue_bias_relu(M, N, K, ta, threads):
+    g = torch.Generator().manual_seed(M + N + K)
+    a, b = _operands(M, N, K, ta, g)
+    a[0, 0] = float("nan")  # op(a)[0, 0] for both ta: row 0 of c is NaN, ReLU keeps it
+    bias = torch.randn(M, generator=g)
+    c = torch.full((M, N), float("nan"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _ext._C.bcast_gemm(a, b, c, ta, row_bias=bias, relu=True)
+    finally:
+        torch.set_num_threads(old)
+    opa = a.double().T if ta == "T" else a.double()
+    want = torch.relu(opa @ b.double() + bias.double()[:, None])
+    assert torch.isnan(c[0]).all() and not torch.isnan(c[1:]).any()
+    assert_close(c[1:], want[1:], torch.float32, reduction=K)
+
+
+@pytest.mark.parametrize("ta", ["N", "T"])
+def test_continued_sums_round_as_one_product(ta):
+    # alpha = beta = 1 continues C's sums: a product split along K equals the whole, bit for bit
+    g = torch.Generator().manual_seed(5)
+    M, N, K, k1 = 13, 70, 90, 37
+    a, b = _operands(M, N, K, ta, g)
+    whole = torch.empty(M, N)
+    _ext._C.bcast_gemm(a, b, whole, ta)
+    part = torch.empty(M, N)
+    a1, a2 = (a[:k1], a[k1:]) if ta == "T" else (a[:, :k1], a[:, k1:])
+    _ext._C.bcast_gemm(a1, b[:k1], part, ta)
+    _ext._C.bcast_gemm(a2, b[k1:], part, ta, beta=1.0)
+    assert torch.equal(part, whole)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("M,N,ks", [(5, 17, (3,)), (128, 32, (1600, 128)), (40, 200, (64, 9, 33))])
+def test_sum_of_terms(M, N, ks, threads):
+    g = torch.Generator().manual_seed(M * N)
+    a = [torch.randn(M, k + 3, generator=g)[:, 1:k + 1] for k in ks]  # strided rows
+    b = [torch.randn(k, N, generator=g) for k in ks]
+    bias = torch.randn(M, generator=g)
+    c = torch.full((M, N), float("nan"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _ext._C.bcast_gemm_sum(a, b, c, row_bias=bias, relu=True)
+    finally:
+        torch.set_num_threads(old)
+    want = sum(x.double() @ y.double() for x, y in zip(a, b)) + bias.double()[:, None]
+    assert_close(c, torch.relu(want), torch.float32, reduction=sum(ks))
+    # the same sums as one product over the concatenated reduction, bit for bit
+    whole = torch.empty(M, N)
+    _ext._C.bcast_gemm(torch.cat(a, 1), torch.cat(b, 0), whole, row_bias=bias, relu=True)
+    assert torch.equal(c, whole)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (16, 16), (17, 33), (32, 3200), (64, 257),
+                                       (3, 1000), (40, 2000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transpose(rows, cols, threads):
+    src = torch.randn(rows, cols + 5)[:, 2:cols + 2]  # strided rows in and out
+    dst = torch.full((cols, rows + 3), float("nan"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _ext._C.transpose_f32(src, dst[:, 1:rows + 1])
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(dst[:, 1:rows + 1], src.T)
+    assert dst[:, 0].isnan().all() and dst[:, rows + 1:].isnan().all()  # nothing outside
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda: _ext._C.bcast_gemm(torch.ones(2, 16), torch.ones(16, 3), torch.empty(2, 3),
+                                row_bias=torch.ones(3)), "row_bias must be"),
+    (lambda: _ext._C.bcast_gemm_sum([torch.ones(2, 4)], [], torch.empty(2, 3)), "equally long"),
+    (lambda: _ext._C.bcast_gemm_sum([torch.ones(2, 4)], [torch.ones(5, 3)], torch.empty(2, 3)),
+     "term 0"),
+    (lambda: _ext._C.transpose_f32(torch.ones(2, 4), torch.empty(2, 4)), "transposed"),
+    (lambda: _ext._C.transpose_f32(torch.ones(2, 4).T, torch.empty(2, 4)), "src must be"),
+])
+def test_bad_hook_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad()

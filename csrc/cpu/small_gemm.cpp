@@ -128,19 +128,24 @@ namespace {
 #ifdef SK_X86_SIMD
 // Every register loop fully unrolled: otherwise GCC keeps acc[][] addressable on the stack and
 // stores all 24 accumulators on every k (measured: 40 GFLOP/s, store-bound).
-#define SK_UNROLL _Pragma("GCC unroll 8")
+#define SK_UNROLL _Pragma("GCC unroll 16")
 // MR rows x NV vectors of 16 columns, the last vector under `last` (a full mask when N fills
 // it). op(A)[r, k] = A[r * rs + k * ks]. 6 x 4 = 24 accumulators + 4 B vectors + 1 broadcast.
+// alpha = beta = 1: the accumulators start at C (one rounding chain over consecutive calls).
 template <int MR, int NV>
 __attribute__((target("avx512f"))) void bmicro(int64_t K, float alpha, const float* A,
                                                int64_t rs, int64_t ks, const float* B,
                                                int64_t ldb, __mmask16 last, float beta,
-                                               float* C, int64_t ldc) {
+                                               float* C, int64_t ldc, Epilogue ep) {
+  const bool from_c = alpha == 1.0f && beta == 1.0f;
   __m512 acc[MR][NV];
   SK_UNROLL
   for (int r = 0; r < MR; ++r)
     SK_UNROLL
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = from_c ? _mm512_maskz_loadu_ps(v == NV - 1 ? last : __mmask16(0xFFFF),
+                                                 C + r * ldc + 16 * v)
+                         : _mm512_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     const float* bk = B + k * ldb;
     __m512 b[NV];
@@ -155,22 +160,27 @@ __attribute__((target("avx512f"))) void bmicro(int64_t K, float alpha, const flo
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
-  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
   SK_UNROLL
   for (int r = 0; r < MR; ++r) {
     float* c = C + r * ldc;
     SK_UNROLL
     for (int v = 0; v < NV; ++v) {
       const __mmask16 m = v == NV - 1 ? last : static_cast<__mmask16>(0xFFFF);
-      __m512 y = alpha == 1.0f ? acc[r][v] : _mm512_mul_ps(va, acc[r][v]);
-      if (beta != 0.0f) y = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + 16 * v), y);
+      __m512 y = acc[r][v];
+      if (!from_c) {
+        if (alpha != 1.0f) y = _mm512_mul_ps(va, y);
+        if (beta != 0.0f) y = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c + 16 * v), y);
+      }
+      if (ep.row_bias != nullptr) y = _mm512_add_ps(y, _mm512_set1_ps(ep.row_bias[r]));
+      if (ep.relu) y = _mm512_max_ps(zero, y);  // the second operand when NaN: NaN kept
       _mm512_mask_storeu_ps(c + 16 * v, m, y);
     }
   }
 }
 
 using BMicro = void (*)(int64_t, float, const float*, int64_t, int64_t, const float*, int64_t,
-                        __mmask16, float, float*, int64_t);
+                        __mmask16, float, float*, int64_t, Epilogue);
 constexpr int kBR = 6, kBV = 4, kBCols = 16 * kBV;
 
 template <int MR, int... V>
@@ -195,7 +205,7 @@ constexpr int64_t kChunkBytes = int64_t{256} << 10;
 
 void bpanels(int64_t n0, int64_t n1, int64_t M, int64_t K, float alpha, const float* A,
              int64_t rs, int64_t ks, const float* B, int64_t ldb, float beta, float* C,
-             int64_t ldc) {
+             int64_t ldc, Epilogue ep) {
   const int64_t tiles = (M + kBR - 1) / kBR, base = M / tiles, extra = M % tiles;
   const int64_t nc = std::max<int64_t>(1, kChunkBytes / (K * 4 * kBCols)) * kBCols;
   for (int64_t c0 = n0; c0 < n1; c0 += nc) {
@@ -208,8 +218,10 @@ void bpanels(int64_t n0, int64_t n1, int64_t M, int64_t K, float alpha, const fl
         const int nv = static_cast<int>((w + 15) / 16);
         const int rem = static_cast<int>(w - 16 * (nv - 1));
         const auto last = static_cast<__mmask16>(rem == 16 ? 0xFFFFu : (1u << rem) - 1u);
+        Epilogue e = ep;
+        if (e.row_bias != nullptr) e.row_bias += m;
         kBTable[h - 1][nv - 1](K, alpha, A + m * rs, rs, ks, B + n, ldb, last, beta,
-                               C + m * ldc + n, ldc);
+                               C + m * ldc + n, ldc, e);
       }
       m += h;
     }
@@ -232,28 +244,136 @@ bool bcast_gemm_ok(char ta, int64_t M, int64_t N, int64_t K) {
            (ta == 'N' || K <= 512)));
 }
 
-void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
 #ifdef SK_X86_SIMD
-  const int64_t rs = ta == 'N' ? lda : 1, ks = ta == 'N' ? 1 : lda;
-  const int64_t macs = M * N * K;
+// run(n0, n1, m0, m1) over the whole product, or split over ATen's threads: by 64-column panels
+// when there are enough of them, else (a batch of 32 as N) by 6-row tiles.
+template <typename Run>
+void split_work(int64_t M, int64_t N, int64_t macs, const Run& run) {
   if (macs < kParallelMacs || at::in_parallel_region() || at::get_num_threads() == 1) {
-    bpanels(0, N, M, K, alpha, A, rs, ks, B, ldb, beta, C, ldc);
+    run(0, N, 0, M);
     return;
   }
   const int64_t panels = (N + kBCols - 1) / kBCols;
   if (panels >= 2 * at::get_num_threads()) {
     const int64_t grain = std::max<int64_t>(1, panels * kParallelMacs / 4 / macs);
     at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-      bpanels(p0 * kBCols, std::min(N, p1 * kBCols), M, K, alpha, A, rs, ks, B, ldb, beta, C,
-              ldc);
+      run(p0 * kBCols, std::min(N, p1 * kBCols), 0, M);
     });
-  } else {  // few columns (a batch of 32 as N): split the rows instead
+  } else {
     const int64_t tiles = (M + kBR - 1) / kBR;
     const int64_t grain = std::max<int64_t>(1, tiles * kParallelMacs / 4 / macs);
     at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-      const int64_t m0 = t0 * kBR, m1 = std::min(M, t1 * kBR);
-      bpanels(0, N, m1 - m0, K, alpha, A + m0 * rs, rs, ks, B, ldb, beta, C + m0 * ldc, ldc);
+      run(0, N, t0 * kBR, std::min(M, t1 * kBR));
+    });
+  }
+}
+
+Epilogue rows_from(Epilogue ep, int64_t m0) {
+  if (ep.row_bias != nullptr) ep.row_bias += m0;
+  return ep;
+}
+#endif
+}  // namespace
+
+void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                Epilogue ep) {
+#ifdef SK_X86_SIMD
+  const int64_t rs = ta == 'N' ? lda : 1, ks = ta == 'N' ? 1 : lda;
+  split_work(M, N, M * N * K, [&](int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+    bpanels(n0, n1, m1 - m0, K, alpha, A + m0 * rs, rs, ks, B, ldb, beta, C + m0 * ldc, ldc,
+            rows_from(ep, m0));
+  });
+#endif
+}
+
+void bcast_gemm_sum(int64_t M, int64_t N, const Term* terms, int nterms, float* C, int64_t ldc,
+                    Epilogue ep) {
+#ifdef SK_X86_SIMD
+  int64_t macs = 0;
+  for (int t = 0; t < nterms; ++t) macs += M * N * terms[t].K;
+  split_work(M, N, macs, [&](int64_t n0, int64_t n1, int64_t m0, int64_t m1) {
+    for (int t = 0; t < nterms; ++t) {
+      const Term& a = terms[t];
+      bpanels(n0, n1, m1 - m0, a.K, 1.0f, a.A + m0 * a.lda, a.lda, 1, a.B, a.ldb,
+              t == 0 ? 0.0f : 1.0f, C + m0 * ldc, ldc,
+              t == nterms - 1 ? rows_from(ep, m0) : Epilogue{});
+    }
+  });
+#endif
+}
+
+// ---- transpose ---------------------------------------------------------------------------------
+
+namespace {
+#ifdef SK_X86_SIMD
+// rows [r0, r0 + nr) x columns [c0, c1) (nr <= 16) in 16 x 16 register blocks: 16 row vectors
+// in (missing rows and columns read as zero), 64 shuffles, 16 column vectors out under a mask
+// of nr lanes.
+__attribute__((target("avx512f"))) void tr_rows(int64_t nr, int64_t c0, int64_t c1,
+                                                const float* src, int64_t lds, float* dst,
+                                                int64_t ldd) {
+  const auto lanes = static_cast<__mmask16>(nr == 16 ? 0xFFFFu : (1u << nr) - 1u);
+  for (int64_t c = c0; c < c1; c += 16) {
+    const int64_t nc = std::min<int64_t>(16, c1 - c);
+    const auto cols = static_cast<__mmask16>(nc == 16 ? 0xFFFFu : (1u << nc) - 1u);
+    __m512 r[16], t[16];
+    SK_UNROLL
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < nr ? _mm512_maskz_loadu_ps(cols, src + i * lds + c) : _mm512_setzero_ps();
+    // pairs of rows interleaved; then, per 128-bit lane L, r[4q + j] = column 4L + j of rows
+    // 4q..4q+3; then the lanes regrouped twice so that r[c] is column c of all 16 rows
+    SK_UNROLL
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    SK_UNROLL
+    for (int q = 0; q < 4; ++q) {
+      r[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+      r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+      r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+      r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+    }
+    SK_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+      t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+      t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+      t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+    SK_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+      r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+      r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+    }
+    for (int64_t i = 0; i < nc; ++i) _mm512_mask_storeu_ps(dst + (c + i) * ldd, lanes, r[i]);
+  }
+}
+#endif
+constexpr int64_t kParallelTranspose = int64_t{1} << 16;  // elements; below, one thread
+}  // namespace
+
+void transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst,
+               int64_t ldd) {
+#ifdef SK_X86_SIMD
+  // column blocks of 256 outer, row blocks of 16 inner: the block's 16 x 256 reads and 256
+  // destination rows stay in L1 while its row blocks fill them
+  auto run = [&](int64_t c0, int64_t c1) {
+    for (int64_t b0 = c0; b0 < c1; b0 += 256)
+      for (int64_t r = 0; r < rows; r += 16)
+        tr_rows(std::min<int64_t>(16, rows - r), b0, std::min(c1, b0 + 256), src + r * lds, lds,
+                dst + r, ldd);
+  };
+  if (rows * cols < kParallelTranspose || at::in_parallel_region() ||
+      at::get_num_threads() == 1) {
+    run(0, cols);
+  } else {
+    at::parallel_for(0, (cols + 15) / 16, 64, [&](int64_t b0, int64_t b1) {
+      run(b0 * 16, std::min(cols, b1 * 16));
     });
   }
 #endif

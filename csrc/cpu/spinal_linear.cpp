@@ -62,8 +62,9 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
 // same math on z_i^T = W_i^x x_s^T + W_i^h h_{i-1}^T, so every GEMM is weights (rows) times the
 // batch as 16-lane columns, an op(A) B product for bcast_gemm (no packing; 105-110 GFLOP/s at
 // 32 columns against MKL's ~89 for X W^T, docs/spinal.md "The gradient GEMMs and the
-// transposed chain"). Costs one transpose of x in and of y (and H, when kept) out:
-// O(B (F + L W)) against O(B W (F + L W)).
+// transposed chain"), whose stores add the bias and apply ReLU (the W_i^h product continues
+// the W_i^x product's sums). Costs one transpose of x in and of y (and H, when kept) out, in
+// 16 x 16 register blocks: O(B (F + L W)) against O(B W (F + L W)).
 void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
              const std::vector<const float*>& wx, const std::vector<const float*>& wh,
              const std::vector<const float*>& b, const float* wo, const float* bo, float* H,
@@ -75,32 +76,21 @@ void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
   Tensor xt_ = empty_large({F * B}, opts), ht_ = empty_large({LW * B}, opts);
   Tensor yt_ = at::empty({O * B}, opts);
   float *xt = xt_.data_ptr<float>(), *ht = ht_.data_ptr<float>(), *yt = yt_.data_ptr<float>();
-  // x^T in 64-column blocks: a block's B x 64 reads and 64 x B writes stay in L1
-  for (int64_t f0 = 0; f0 < F; f0 += 64) {
-    const int64_t f1 = std::min(F, f0 + 64);
-    for (int64_t r = 0; r < B; ++r)
-      for (int64_t f = f0; f < f1; ++f) xt[f * B + r] = x[r * ldx + f];
-  }
+  cpu::transpose(B, F, x, ldx, xt, B);
   for (int64_t i = 0; i < g.L; ++i) {
     const int64_t s = i % g.S, k = g.off[s + 1] - g.off[s];
     float* zt = ht + i * W * B;
-    gemm<float>('N', 'N', W, B, k, 1.f, wx[i], k, xt + g.off[s] * B, B, 0.f, zt, B);
-    if (i > 0) gemm<float>('N', 'N', W, B, W, 1.f, wh[i - 1], W, zt - W * B, B, 1.f, zt, B);
-    if (!b.empty()) {
-      for (int64_t c = 0; c < W; ++c)
-        for (int64_t r = 0; r < B; ++r) zt[c * B + r] += b[i][c];
-    }
-    bias_act<float>(act, zt, W, B, B, nullptr);  // elementwise: the layout does not matter
+    const float* h = i > 0 ? zt - W * B : nullptr;  // h_{i-1}^T
+    const cpu::Term terms[2] = {{wx[i], k, xt + g.off[s] * B, B, k},
+                                {i > 0 ? wh[i - 1] : nullptr, W, h, B, W}};
+    cpu::gemm_sum_ep(W, B, terms, i > 0 ? 2 : 1, zt, B,
+                     {b.empty() ? nullptr : b[i], act == Act::kRelu});
+    if (act != Act::kRelu) bias_act<float>(act, zt, W, B, B, nullptr);  // tanh, sigmoid
   }
-  gemm<float>('N', 'N', O, B, LW, 1.f, wo, LW, ht, B, 0.f, yt, B);
-  for (int64_t r = 0; r < B; ++r)
-    for (int64_t o = 0; o < O; ++o) y[r * O + o] = yt[o * B + r] + (bo ? bo[o] : 0.f);
-  if (H == nullptr) return;
-  for (int64_t c0 = 0; c0 < LW; c0 += 64) {
-    const int64_t c1 = std::min(LW, c0 + 64);
-    for (int64_t r = 0; r < B; ++r)
-      for (int64_t c = c0; c < c1; ++c) H[r * LW + c] = ht[c * B + r];
-  }
+  const cpu::Term out{wo, LW, ht, B, LW};
+  cpu::gemm_sum_ep(O, B, &out, 1, yt, B, {bo, false});
+  cpu::transpose(O, B, yt, B, y, O);
+  if (H != nullptr) cpu::transpose(LW, B, ht, B, H, LW);
 }
 
 // The BLAS chain (backend "vendor"): per layer, ATen's GEMMs on the whole batch write straight

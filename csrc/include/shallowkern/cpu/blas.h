@@ -14,6 +14,7 @@
 
 #include "shallowkern/cpu/small_gemm.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -103,6 +104,33 @@ void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     direct_gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
     aten_gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+// C = ep(sum_t A_t B_t) in float (A_t M x K_t, 'N'): bcast_gemm_sum where it takes every term,
+// otherwise gemm() term after term and then a pass over C for ep.
+inline void gemm_sum_ep(int64_t M, int64_t N, const Term* terms, int nterms, float* C,
+                        int64_t ldc, Epilogue ep) {
+  if (M == 0 || N == 0) return;
+  bool direct = true;
+  for (int t = 0; t < nterms; ++t)
+    direct = direct && terms[t].K > 0 && bcast_gemm_ok('N', M, N, terms[t].K);
+  if (direct) {
+    bcast_gemm_sum(M, N, terms, nterms, C, ldc, ep);
+    return;
+  }
+  for (int t = 0; t < nterms; ++t) {
+    const Term& a = terms[t];
+    gemm<float>('N', 'N', M, N, a.K, 1.0f, a.A, a.lda, a.B, a.ldb, t == 0 ? 0.0f : 1.0f, C, ldc);
+  }
+  if (ep.row_bias == nullptr && !ep.relu) return;
+  for (int64_t m = 0; m < M; ++m) {
+    const float bias = ep.row_bias != nullptr ? ep.row_bias[m] : 0.0f;
+    float* c = C + m * ldc;
+    for (int64_t n = 0; n < N; ++n) {
+      const float v = c[n] + bias;
+      c[n] = ep.relu ? std::max(v, 0.0f) : v;  // std::max keeps NaN
+    }
   }
 }
 

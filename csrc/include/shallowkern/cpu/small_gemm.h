@@ -34,11 +34,41 @@ void small_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
 // bcast_gemm_ok holds the measured rule (float, AVX-512, the shapes where it beat MKL).
 bool bcast_gemm_ok(char ta, int64_t M, int64_t N, int64_t K);
 
-// C[m, n] = alpha * sum_k op(A)[m, k] * B[k * ldb + n] + beta * C[m * ldc + n] (beta == 0
+// What bcast_gemm does to each result before storing it: + row_bias[m] (one value per row of
+// C; nullptr: none), then ReLU (max(0, v), NaN kept) when relu.
+struct Epilogue {
+  const float* row_bias = nullptr;
+  bool relu = false;
+};
+
+// C[m, n] = ep(alpha * sum_k op(A)[m, k] * B[k * ldb + n] + beta * C[m * ldc + n]) (beta == 0
 // ignores C's old contents, NaN included); op(A)[m, k] = A[m * lda + k] for ta 'N',
-// A[k * lda + m] for 'T'. Caller checked bcast_gemm_ok, or at least AVX-512 and M, N, K > 0.
+// A[k * lda + m] for 'T'. With alpha = beta = 1 the sum continues from C (the accumulators
+// start at C), so a product split along K in consecutive calls rounds as one product.
+// Caller checked bcast_gemm_ok, or at least AVX-512 and M, N, K > 0.
 void bcast_gemm(char ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                Epilogue ep = {});
+
+// One term A B of bcast_gemm_sum: A M x K (row stride lda), B K x N (row stride ldb), K > 0.
+struct Term {
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  int64_t K;
+};
+
+// C = ep(sum_t A_t B_t), each element's sums in one rounding chain (term after term), the rows
+// split over the threads once for all terms (a SpinalNet layer: W^x x_s^T + W^h h^T, one
+// parallel region). Caller checked bcast_gemm_ok('N', M, N, K_t) for every term.
+void bcast_gemm_sum(int64_t M, int64_t N, const Term* terms, int nterms, float* C, int64_t ldc,
+                    Epilogue ep = {});
+
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (float, AVX-512 16 x 16 register
+// blocks; split over ATen's threads when large). Caller checked has_avx512f().
+void transpose(int64_t rows, int64_t cols, const float* src, int64_t lds, float* dst,
+               int64_t ldd);
 
 }  // namespace cpu
 }  // namespace shallowkern
