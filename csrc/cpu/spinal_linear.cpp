@@ -21,8 +21,15 @@
 // routes CUDA tensors to the kernels registered from Python (Triton) and fake tensors to Meta.
 #include "spinal_linear_common.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace shallowkern {
 namespace spinal {
+
+// From this many multiply-adds a multi-threaded transposed chain runs as one parallel region.
+constexpr int64_t kTeamMacs = int64_t{1} << 20;
 
 bool transposed_chain_ok(int64_t B, int64_t W) {
   // The batch fills one to four 16-lane column vectors and the layers are at least 16 rows
@@ -64,7 +71,10 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
 // 32 columns against MKL's ~89 for X W^T, docs/spinal.md "The gradient GEMMs and the
 // transposed chain"), whose stores add the bias and apply ReLU (the W_i^h product continues
 // the W_i^x product's sums). Costs one transpose of x in and of y (and H, when kept) out, in
-// 16 x 16 register blocks: O(B (F + L W)) against O(B W (F + L W)).
+// 16 x 16 register blocks: O(B (F + L W)) against O(B W (F + L W)). With several threads the
+// whole chain is one parallel region (each thread its share of every layer's rows, a barrier
+// between layers) where every product takes the broadcast kernel; otherwise each product and
+// transpose splits over the threads by itself.
 void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
              const std::vector<const float*>& wx, const std::vector<const float*>& wh,
              const std::vector<const float*>& b, const float* wo, const float* bo, float* H,
@@ -76,21 +86,64 @@ void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
   Tensor xt_ = empty_large({F * B}, opts), ht_ = empty_large({LW * B}, opts);
   Tensor yt_ = at::empty({O * B}, opts);
   float *xt = xt_.data_ptr<float>(), *ht = ht_.data_ptr<float>(), *yt = yt_.data_ptr<float>();
-  cpu::transpose(B, F, x, ldx, xt, B);
-  for (int64_t i = 0; i < g.L; ++i) {
+  // layer i's products from row m0 of its weights on: W_i^x x_s^T (+ W_i^h h_{i-1}^T)
+  auto terms = [&](int64_t i, int64_t m0, cpu::Term* t) {
     const int64_t s = i % g.S, k = g.off[s + 1] - g.off[s];
-    float* zt = ht + i * W * B;
-    const float* h = i > 0 ? zt - W * B : nullptr;  // h_{i-1}^T
-    const cpu::Term terms[2] = {{wx[i], k, xt + g.off[s] * B, B, k},
-                                {i > 0 ? wh[i - 1] : nullptr, W, h, B, W}};
-    cpu::gemm_sum_ep(W, B, terms, i > 0 ? 2 : 1, zt, B,
-                     {b.empty() ? nullptr : b[i], act == Act::kRelu});
-    if (act != Act::kRelu) bias_act<float>(act, zt, W, B, B, nullptr);  // tanh, sigmoid
+    t[0] = {wx[i] + m0 * k, k, xt + g.off[s] * B, B, k};
+    if (i > 0) t[1] = {wh[i - 1] + m0 * W, W, ht + (i - 1) * W * B, B, W};
+    return i > 0 ? 2 : 1;
+  };
+  // [lo, hi) of n in whole units for thread `tid` of `nt`
+  auto share = [](int64_t n, int64_t unit, int tid, int nt) {
+    const int64_t units = (n + unit - 1) / unit;
+    return std::pair<int64_t, int64_t>{std::min(n, units * tid / nt * unit),
+                                       std::min(n, units * (tid + 1) / nt * unit)};
+  };
+  auto body = [&](int tid, int nt, const auto& sync) {
+    const auto [c0, c1] = share(F, 16, tid, nt);
+    if (c1 > c0) cpu::transpose(B, c1 - c0, x + c0, ldx, xt + c0 * B, B);
+    sync();
+    for (int64_t i = 0; i < g.L; ++i) {
+      const auto [m0, m1] = share(W, 6, tid, nt);
+      cpu::Term t[2];
+      const int n = terms(i, m0, t);
+      float* zt = ht + (i * W + m0) * B;
+      cpu::gemm_sum_ep(m1 - m0, B, t, n, zt, B,
+                       {b.empty() ? nullptr : b[i] + m0, act == Act::kRelu});
+      if (act != Act::kRelu) bias_act<float>(act, zt, m1 - m0, B, B, nullptr);  // tanh, sigmoid
+      sync();
+    }
+    const auto [o0, o1] = share(O, 6, tid, nt);
+    const cpu::Term out{wo + o0 * LW, LW, ht, B, LW};
+    cpu::gemm_sum_ep(o1 - o0, B, &out, 1, yt + o0 * B, B, {bo ? bo + o0 : nullptr, false});
+    if (H != nullptr) {
+      const auto [r0, r1] = share(LW, 16, tid, nt);
+      if (r1 > r0) cpu::transpose(r1 - r0, B, ht + r0 * B, B, H + r0, LW);
+    }
+    sync();
+    const auto [b0, b1] = share(B, 16, tid, nt);
+    if (b1 > b0) cpu::transpose(O, b1 - b0, yt + b0, B, y + b0 * O, O);
+  };
+  int64_t macs = O * LW;
+  bool direct = cpu::bcast_gemm_ok('N', O, B, LW);
+  for (int64_t i = 0; i < g.L; ++i) {
+    cpu::Term t[2];
+    for (int j = 0, n = terms(i, 0, t); j < n; ++j) {
+      macs += W * t[j].K;
+      direct = direct && t[j].K > 0 && cpu::bcast_gemm_ok('N', W, B, t[j].K);
+    }
   }
-  const cpu::Term out{wo, LW, ht, B, LW};
-  cpu::gemm_sum_ep(O, B, &out, 1, yt, B, {bo, false});
-  cpu::transpose(O, B, yt, B, y, O);
-  if (H != nullptr) cpu::transpose(LW, B, ht, B, H, LW);
+  const int threads = at::get_num_threads();
+#ifdef _OPENMP
+  if (direct && threads > 1 && !at::in_parallel_region() && macs * B >= kTeamMacs) {
+#pragma omp parallel num_threads(threads)
+    body(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
+    });
+    return;
+  }
+#endif
+  body(0, 1, [] {});
 }
 
 // The BLAS chain (backend "vendor"): per layer, ATen's GEMMs on the whole batch write straight

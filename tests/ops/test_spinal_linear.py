@@ -288,6 +288,10 @@ OP_CONFIGS = [  # (B, F, W, L, S, O, activation, bias, out_bias)
     (32, 161, 48, 3, 2, 10, "relu", True, True),
     (64, 33, 16, 3, 3, 1, "sigmoid", True, False),
     (16, 70, 37, 2, 1, 3, "identity", False, True),
+    # ... large enough (>= 2^20 multiply-adds) to run as one parallel region with 2 threads
+    (40, 1000, 50, 3, 3, 7, "tanh", False, False),
+    (17, 2000, 33, 4, 2, 10, "sigmoid", True, True),
+    (64, 600, 130, 2, 2, 13, "relu", True, False),
 ]
 
 
@@ -342,6 +346,25 @@ def test_cpu_paths_forward_vs_reference(cfg, path):
     assert_close(H, Hr, dtype=torch.float32, reduction=F_ + W)
     assert_close(torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo, bo, S, act, path), yr,
                  dtype=torch.float32, reduction=F_ + len(wx) * W)
+
+
+@requires_native
+@pytest.mark.parametrize("cfg", OP_CONFIGS[-3:], ids=lambda c: "-".join(map(str, c)))
+def test_transposed_chain_threads_bitwise(cfg):
+    """The transposed chain with 2 threads (one parallel region: every layer's rows, the output
+    rows and the transposes shared out) equals 1 thread bit for bit: each output element's sums
+    run in the same order whoever computes them."""
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=torch.float32)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.shallowkern.spinal_linear_forward(x, wx, wh, b, wo, bo, S, act,
+                                                                    "native"))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
 @requires_native
