@@ -323,6 +323,19 @@ void bcast_gemm_sum(int64_t M, int64_t N, const Term* terms, int nterms, float* 
 
 namespace {
 #ifdef SK_X86_SIMD
+// out[i] = 128-bit lanes 0, 2 of in[i] then of in[i + S], out[i + S] = lanes 1, 3 of both, for
+// every i with bit S clear
+template <int S>
+__attribute__((target("avx512f"), always_inline)) inline void regroup(const __m512* in,
+                                                                     __m512* out) {
+  SK_UNROLL
+  for (int i = 0; i < 16; ++i) {
+    if ((i & S) != 0) continue;
+    out[i] = _mm512_shuffle_f32x4(in[i], in[i + S], 0x88);
+    out[i + S] = _mm512_shuffle_f32x4(in[i], in[i + S], 0xDD);
+  }
+}
+
 // rows [r0, r0 + nr) x columns [c0, c1) (nr <= 16) in 16 x 16 register blocks: 16 row vectors
 // in (missing rows and columns read as zero), 64 shuffles, 16 column vectors out under a mask
 // of nr lanes.
@@ -351,20 +364,8 @@ __attribute__((target("avx512f"))) void tr_rows(int64_t nr, int64_t c0, int64_t 
       r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
       r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
     }
-    SK_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-      t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
-      t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-      t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-    }
-    SK_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-      r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-      r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
-    }
+    regroup<4>(r, t);
+    regroup<8>(t, r);
     for (int64_t i = 0; i < nc; ++i) _mm512_mask_storeu_ps(dst + (c + i) * ldd, lanes, r[i]);
   }
 }
