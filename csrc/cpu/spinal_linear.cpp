@@ -69,8 +69,8 @@ void chain_rows(const Geom& g, Act act, const T* x, int64_t ldx, const std::vect
 // same math on z_i^T = W_i^x x_s^T + W_i^h h_{i-1}^T, so every GEMM is weights (rows) times the
 // batch as 16-lane columns, an op(A) B product for bcast_gemm (no packing; 105-110 GFLOP/s at
 // 32 columns against MKL's ~89 for X W^T, docs/spinal.md "The gradient GEMMs and the
-// transposed chain"), whose stores add the bias and apply ReLU (the W_i^h product continues
-// the W_i^x product's sums). Costs one transpose of x in and of y (and H, when kept) out, in
+// transposed chain"), whose stores add the bias and apply ReLU (the W_i^h product added to the
+// W_i^x product in the same call). Costs one transpose of x in and of y (and H, when kept) out, in
 // 16 x 16 register blocks: O(B (F + L W)) against O(B W (F + L W)). With several threads the
 // whole chain is one parallel region (each thread its share of every layer's rows, a barrier
 // between layers) where every product takes the broadcast kernel; otherwise each product and

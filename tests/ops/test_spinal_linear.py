@@ -368,6 +368,20 @@ def test_transposed_chain_threads_bitwise(cfg):
 
 
 @requires_native
+def test_transposed_chain_long_reduction_within_table():
+    """F = 51,200 (25,600 columns per split) through the transposed chain, against fp64: the
+    broadcast GEMM sums in blocks (one running sum per output erred 11x more than MKL here)."""
+    cfg = (32, 51200, 16, 2, 2, 10, "relu", True, True)
+    x, wx, wh, b, wo, bo, S, act = op_args(*cfg, dtype=torch.float32)
+    y = torch.ops.shallowkern.spinal_linear(x, wx, wh, b, wo, bo, S, act, "native")
+    d = lambda t: [u.double() for u in t] if isinstance(t, list) else t.double() if \
+        isinstance(t, torch.Tensor) else t
+    yr = sl.spinal_linear_reference(*(d(t) for t in (x, wx, wh, b, wo, bo)), splits=S,
+                                    activation=act)
+    assert_close(y, yr, dtype=torch.float32, reduction=cfg[1] + cfg[3] * cfg[2])
+
+
+@requires_native
 def test_transposed_chain_rule():
     from shallowkern import _ext
     ok = _ext._C.spinal_transposed_ok
