@@ -6,9 +6,15 @@ functions run one product `reps` times in C++, so no Python or dispatcher cost i
 usage: python scripts/small_gemm_bench.py [OUT.txt]
        python scripts/small_gemm_bench.py --bcast [OUT.txt]
        python scripts/small_gemm_bench.py --spinal [--train] B,F,W [B,F,W ...]
+       python scripts/small_gemm_bench.py --pieces [OUT.txt]
 
 --bcast: the broadcast kernel (bcast_gemm, op(A) B) against MKL on the spinal training step's
 gradient products: G^T X (ta 'T', K = batch) and G W (ta 'N', M = batch).
+
+--pieces: the transposed chain's pieces through shallowkern._C's test hooks: one W X^T product
+(512 x 32 x 1,600) cycling over 1-8 distinct weight matrices (how far the weights stay in
+cache), the AVX-512 transpose against torch's strided copy, and the broadcast kernel's error at
+K = 25,600 against MKL's (max abs vs fp64).
 
 --spinal: the GEMM floor of a spinal_linear forward (4 layers, 2 splits, 10 outputs): the sum,
 over the chain's GEMMs, of the fastest of MKL, the skinny kernel and (the transposed chain's
@@ -241,10 +247,47 @@ def _median(f, reps=30):
     return statistics.median(call_times(f, reps, warmup=2))
 
 
+def pieces(out=None):
+    from shallowkern import _ext
+    C = _ext._C
+    torch.set_num_threads(1)
+    lines = [f"# the transposed chain's pieces, 1 thread, fp32, {time.strftime('%Y-%m-%d')}",
+             f"# {machine_fields()}", "",
+             "| W X^T, 512 x 32 x 1,600, over | weights MiB | µs | GFLOP/s |", "|---|---|---|---|"]
+    M, N, K = 512, 32, 1600
+    b, c = torch.randn(K, N), torch.empty(M, N)
+    for n in (1, 2, 3, 4, 5, 6, 8):
+        ws = [torch.randn(M, K) for _ in range(n)]
+        it = iter(range(1 << 62))
+        t = _median(lambda: [C.bcast_gemm(ws[next(it) % n], b, c) for _ in range(n)]) / n
+        lines.append(f"| {n} matrices | {n * M * K * 4 / 2**20:.1f} | {t * 1e6:.0f} | "
+                     f"{2 * M * N * K / t / 1e9:.1f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "| transpose rows x cols | AVX-512 µs | torch copy_ of the .t() view µs |",
+              "|---|---|---|"]
+    for r, cols in ((32, 3200), (32, 51200), (512, 32)):
+        src, dst = torch.randn(r, cols), torch.empty(cols, r)
+        t1 = _median(lambda: C.transpose_f32(src, dst))
+        t2 = _median(lambda: dst.copy_(src.t()))
+        lines.append(f"| {r} x {cols} | {t1 * 1e6:.1f} | {t2 * 1e6:.1f} |")
+        print(lines[-1], flush=True)
+    lines += ["", "| 128 x 32 x 25,600, randn | max abs error vs fp64 |", "|---|---|"]
+    g = torch.Generator().manual_seed(25600)
+    a, bb = torch.randn(128, 25600, generator=g), torch.randn(25600, 32, generator=g)
+    ref, cc = a.double() @ bb.double(), torch.empty(128, 32)
+    C.bcast_gemm(a, bb, cc)
+    for name, y in (("bcast_gemm (sums in blocks of 256 k)", cc), ("MKL (torch.mm)", a @ bb)):
+        lines.append(f"| {name} | {(y.double() - ref).abs().max().item():.2e} |")
+        print(lines[-1], flush=True)
+    _write(lines, out)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--spinal"]:
         sys.path.insert(0, ROOT)
         spinal(sys.argv[2:])
+    elif sys.argv[1:2] == ["--pieces"]:
+        pieces(sys.argv[2] if len(sys.argv) > 2 else None)
     elif sys.argv[1:2] == ["--bcast"]:
         bcast(sys.argv[2] if len(sys.argv) > 2 else None)
     else:
