@@ -21,8 +21,7 @@ void check_rows(const char* fn, const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 &&
                         t.stride(1) == 1,
                     fn, ": ", name, " must be a 2-D float32 CPU tensor with unit column stride");
-  TORCH_CHECK_VALUE(shallowkern::cpu::has_avx512f(), fn,
-                    ": the broadcast kernel needs AVX-512 on this CPU");
+  TORCH_CHECK_VALUE(shallowkern::cpu::has_avx512f(), fn, ": needs AVX-512 on this CPU");
 }
 
 shallowkern::cpu::Epilogue epilogue(const char* fn, const std::optional<at::Tensor>& row_bias,
@@ -78,12 +77,7 @@ PYBIND11_MODULE(_C, m) {
       "small_gemm_nt",
       [](const at::Tensor& a, const at::Tensor& b, at::Tensor& c, double alpha, double beta) {
         const std::pair<const at::Tensor*, const char*> args[] = {{&a, "a"}, {&b, "b"}, {&c, "c"}};
-        for (auto [t, name] : args) {
-          TORCH_CHECK_VALUE(t->device().is_cpu() && t->scalar_type() == at::kFloat &&
-                                t->dim() == 2 && t->stride(1) == 1,
-                            "small_gemm_nt: ", name,
-                            " must be a 2-D float32 CPU tensor with unit column stride");
-        }
+        for (auto [t, name] : args) check_rows("small_gemm_nt", *t, name);
         const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
         TORCH_CHECK_VALUE(b.size(1) == K && c.size(0) == M && c.size(1) == N,
                           "small_gemm_nt: shapes a ", a.sizes(), ", b ", b.sizes(), ", c ",

@@ -124,18 +124,19 @@ void chain_t(const Geom& g, Act act, const float* x, int64_t ldx,
     const auto [b0, b1] = share(B, 16, tid, nt);
     if (b1 > b0) cpu::transpose(O, b1 - b0, yt + b0, B, y + b0 * O, O);
   };
-  int64_t macs = O * LW;
-  bool direct = cpu::bcast_gemm_ok('N', O, B, LW);
+  // one parallel region where every product takes the broadcast kernel
+  const cpu::Term out_all{wo, LW, ht, B, LW};
+  bool direct = cpu::bcast_sum_ok(O, B, &out_all, 1);
+  int64_t macs = O * LW * B;
   for (int64_t i = 0; i < g.L; ++i) {
     cpu::Term t[2];
-    for (int j = 0, n = terms(i, 0, t); j < n; ++j) {
-      macs += W * t[j].K;
-      direct = direct && t[j].K > 0 && cpu::bcast_gemm_ok('N', W, B, t[j].K);
-    }
+    const int n = terms(i, 0, t);
+    direct = direct && cpu::bcast_sum_ok(W, B, t, n);
+    for (int j = 0; j < n; ++j) macs += W * t[j].K * B;
   }
   const int threads = at::get_num_threads();
 #ifdef _OPENMP
-  if (direct && threads > 1 && !at::in_parallel_region() && macs * B >= kTeamMacs) {
+  if (direct && threads > 1 && !at::in_parallel_region() && macs >= kTeamMacs) {
 #pragma omp parallel num_threads(threads)
     body(omp_get_thread_num(), omp_get_num_threads(), [] {
 #pragma omp barrier

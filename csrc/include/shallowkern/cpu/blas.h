@@ -107,15 +107,19 @@ void gemm(char ta, char tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   }
 }
 
+// Whether gemm_sum_ep takes bcast_gemm_sum for these terms (every one routed to it).
+inline bool bcast_sum_ok(int64_t M, int64_t N, const Term* terms, int nterms) {
+  for (int t = 0; t < nterms; ++t)
+    if (terms[t].K <= 0 || !bcast_gemm_ok('N', M, N, terms[t].K)) return false;
+  return true;
+}
+
 // C = ep(sum_t A_t B_t) in float (A_t M x K_t, 'N'): bcast_gemm_sum where it takes every term,
 // otherwise gemm() term after term and then a pass over C for ep.
 inline void gemm_sum_ep(int64_t M, int64_t N, const Term* terms, int nterms, float* C,
                         int64_t ldc, Epilogue ep) {
   if (M == 0 || N == 0) return;
-  bool direct = true;
-  for (int t = 0; t < nterms; ++t)
-    direct = direct && terms[t].K > 0 && bcast_gemm_ok('N', M, N, terms[t].K);
-  if (direct) {
+  if (bcast_sum_ok(M, N, terms, nterms)) {
     bcast_gemm_sum(M, N, terms, nterms, C, ldc, ep);
     return;
   }
